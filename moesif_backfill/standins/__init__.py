@@ -1,0 +1,1 @@
+"""moesif_backfill/standins"""
