@@ -1,0 +1,1 @@
+"""Fixtures for moto server and the HTTP-endpoint receiver."""
