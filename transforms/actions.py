@@ -1,0 +1,214 @@
+"""Arrow record batch -> Moesif action JSON records, rejects and counters. Pure and column-wise.
+
+Every accepted row becomes one JSON object, with fields in this order and nulls omitted:
+
+    {"action_name", "request": {"time", "uri"?, "ip_address"?, "user_agent_string"?},
+     "company_id"?, "user_id"?, "subscription_id"?, "session_token"?, "transaction_id",
+     "metadata"?}
+
+Each optional piece is a string column holding `,"field":<json>` or null; one
+`binary_join_element_wise` call glues the pieces of all rows together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.canon import canon_array
+from transforms.ids import existing_uuids, id_names, uuid5_array
+from transforms.jsonfrag import (
+    json_constant,
+    json_string,
+    metadata_value,
+    string_field,
+    time_text,
+)
+from transforms.mapping import ColumnSource, FieldSource, MappingSpec
+from transforms.times import to_epoch_us
+
+MAX_ACTION_BYTES = 1_000_000
+
+# Reject reasons, in the order they are checked (the first that applies is reported).
+R_KEY_MISSING = "missing transaction_id key value"
+R_KEY_NONFINITE = "non-finite transaction_id key value (NaN or infinity)"
+R_BAD_UUID = "invalid UUID in transaction_id column"
+R_NAME_MISSING = "missing action_name"
+R_TIME_MISSING = "missing time"
+R_TIME_BAD = "unparseable time"
+R_TOO_LARGE = f"action over {MAX_ACTION_BYTES:,} bytes"
+
+
+@dataclass
+class ActionBatch:
+    """The result of one batch: records for accepted rows, and the rejected rows."""
+
+    records: pa.Array  # string: one JSON action per accepted row
+    accepted: np.ndarray  # int64 row positions (within the input batch) of `records`
+    rejected: np.ndarray  # int64 row positions of rejected rows
+    reasons: list[str]  # one reason per rejected row
+    epoch_us: pa.Array  # int64 request time of accepted rows (UTC microseconds)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def min_time_us(self) -> int | None:
+        if len(self.epoch_us) == 0:
+            return None
+        v = pc.min(self.epoch_us).as_py()
+        return None if v is None else int(v)
+
+
+def _piece(prefix: str, values: pa.Array | str) -> pa.Array | str:
+    if isinstance(values, str):
+        return prefix + values
+    return pc.binary_join_element_wise(prefix, values, "")
+
+
+def _source(batch: pa.RecordBatch, src: FieldSource, tz: str) -> pa.Array | str:
+    """A string field's JSON literal: a column (nulls = omit) or a constant."""
+    if isinstance(src, ColumnSource):
+        return string_field(batch.column(src.column), tz=tz)
+    return json_constant(src.value if isinstance(src.value, str) else str(src.value))
+
+
+def _as_array(v: pa.Array | str, n: int) -> pa.Array:
+    return pa.array([v] * n, pa.string()) if isinstance(v, str) else v
+
+
+class Rejects:
+    """Accumulates the first reason that applies to each row."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = np.full(n, -1, dtype=np.int16)
+        self.labels: list[str] = []
+
+    def add(self, mask: np.ndarray | pa.Array, label: str) -> None:
+        m = mask if isinstance(mask, np.ndarray) else _np_bool(mask)
+        if not m.any():
+            return
+        code = len(self.labels)
+        self.labels.append(label)
+        self.reason[(self.reason < 0) & m] = code
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.asarray(self.reason < 0)
+
+
+def _np_bool(arr: pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def build_actions(batch: pa.RecordBatch, spec: MappingSpec) -> ActionBatch:
+    """Turn one batch (columns named as in the mapping) into actions and rejects."""
+    n = batch.num_rows
+    tz = spec.time.timezone
+    rej = Rejects(n)
+    counters = {"metadata_nonfinite_omitted": 0}
+
+    # transaction_id
+    tid = spec.transaction_id
+    if tid.column is not None:
+        ids, invalid = existing_uuids(batch.column(tid.column))
+        rej.add(ids.is_null(), R_KEY_MISSING)
+        rej.add(invalid, R_BAD_UUID)
+    else:
+        texts, all_null = [], np.ones(n, dtype=bool)
+        nonfinite = np.zeros(n, dtype=bool)
+        for col in tid.key or []:
+            text, bad = canon_array(batch.column(col), tz=tz)
+            nonfinite |= bad
+            all_null &= _np_bool(text.is_null()) & ~bad
+            texts.append(text)
+        rej.add(all_null, R_KEY_MISSING)
+        rej.add(nonfinite, R_KEY_NONFINITE)
+        ids = uuid5_array(tid.namespace_uuid(), id_names(texts))
+
+    # action_name
+    name = _source(batch, spec.action_name, tz)
+    if not isinstance(name, str):
+        rej.add(name.is_null(), R_NAME_MISSING)
+
+    # time
+    time_col = batch.column(spec.time.column)
+    epoch_us, unparseable = to_epoch_us(time_col, tz=tz, unit=spec.time.unit)
+    rej.add(time_col.is_null(), R_TIME_MISSING)
+    rej.add(unparseable, R_TIME_BAD)
+
+    pieces: list[pa.Array | str] = ['{"action_name":', name, ',"request":{"time":"']
+    pieces.append(time_text(epoch_us))
+    pieces.append('"')
+    for key, src in spec.request_fields().items():
+        pieces.append(_piece(f',"{key}":', _source(batch, src, tz)))
+    pieces.append("}")
+    for key, src in spec.string_fields().items():
+        pieces.append(_piece(f',"{key}":', _source(batch, src, tz)))
+    pieces.extend([',"transaction_id":"', ids, '"'])
+    if spec.metadata:
+        pieces.append(_metadata(batch, spec, tz, counters))
+    pieces.append("}")
+
+    arrays = [p for p in pieces if not isinstance(p, str)]
+    if not arrays:  # pragma: no cover - transaction_id is always a column
+        raise AssertionError("no per-row piece")
+    records = pc.binary_join_element_wise(
+        *pieces, "", null_handling="replace", null_replacement=""
+    )
+    rej.add(pc.greater(pc.binary_length(records), MAX_ACTION_BYTES), R_TOO_LARGE)
+
+    ok = rej.ok
+    accepted = np.flatnonzero(ok)
+    rejected = np.flatnonzero(~ok)
+    if len(rejected):
+        keep = pa.array(ok)
+        records = pc.filter(records, keep)
+        epoch_kept = pc.filter(epoch_us, keep)
+    else:
+        epoch_kept = epoch_us
+    labels = rej.labels
+    return ActionBatch(
+        records=records,
+        accepted=accepted,
+        rejected=rejected,
+        reasons=[labels[c] for c in rej.reason[rejected]],
+        epoch_us=epoch_kept,
+        counters=counters,
+    )
+
+
+def _metadata(
+    batch: pa.RecordBatch, spec: MappingSpec, tz: str, counters: dict[str, int]
+) -> pa.Array | str:
+    """The `,"metadata":{...}` piece; null (omitted) for rows whose values are all null."""
+    parts: list[pa.Array | str] = []
+    for key, src in spec.metadata.items():
+        label = json_constant(key)
+        if isinstance(src, ColumnSource):
+            value, omitted = metadata_value(batch.column(src.column), tz=tz)
+            counters["metadata_nonfinite_omitted"] += omitted
+            parts.append(pc.binary_join_element_wise(f",{label}:", value, ""))
+        else:
+            parts.append(f",{label}:{json_constant(src.value)}")
+    if all(isinstance(p, str) for p in parts):
+        return ',"metadata":{' + "".join(str(p) for p in parts)[1:] + "}"
+    body = pc.binary_join_element_wise(*parts, "", null_handling="replace", null_replacement="")
+    inner = pc.utf8_slice_codeunits(body, 1)
+    wrapped = pc.binary_join_element_wise(',"metadata":{', inner, "}", "")
+    return pc.if_else(pc.equal(pc.binary_length(body), 0), pa.scalar(None, pa.string()), wrapped)
+
+
+def time_bounds(arr: pa.Array, spec: MappingSpec) -> tuple[pa.Array, np.ndarray]:
+    """The request time of every row (UTC epoch microseconds) for preflight checks."""
+    return to_epoch_us(arr, tz=spec.time.timezone, unit=spec.time.unit)
+
+
+__all__ = [
+    "MAX_ACTION_BYTES",
+    "ActionBatch",
+    "build_actions",
+    "json_string",
+    "time_bounds",
+]

@@ -1,0 +1,152 @@
+"""canon(): the canonical text of a value, per ID contract v1 (docs/transaction-id.md).
+
+`canon_array` is the column-wise implementation used on the hot path; `canon_value` is a plain
+Python reference implementation of the same contract, used by tests and documentation. The two
+must agree on every value (a property test checks it).
+
+    string    -> as is
+    bool      -> "true" | "false"
+    integer   -> decimal digits with optional "-"
+    float     -> finite, integral and |v| < 2**53 -> canon(int(v)); other finite -> repr(v);
+                 NaN/Inf -> no canonical text (the row is rejected when it is a key)
+    decimal   -> plain notation, no exponent, trailing fractional zeros and a bare "." removed,
+                 "-0" -> "0"
+    timestamp -> UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ" (naive -> the mapping's time zone)
+    date      -> "YYYY-MM-DD"
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import math
+import zoneinfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from moesif_backfill.errors import MappingError
+from transforms.times import format_epoch, to_epoch_us
+
+_TWO_53 = 2.0**53
+
+
+class NonFinite(ValueError):
+    """A float key value (NaN or infinity) has no canonical text."""
+
+
+def canon_decimal_text(d: decimal.Decimal) -> str:
+    if not d.is_finite():
+        raise NonFinite(str(d))
+    text = format(d, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def localize_value(naive: dt.datetime, tz: str) -> dt.datetime:
+    """Place a wall-clock time in `tz`: ambiguous -> the earlier instant; inside a DST gap ->
+    the first instant after the gap (the same rule as `transforms.times`)."""
+    zone = zoneinfo.ZoneInfo(tz)
+    early = naive.replace(tzinfo=zone, fold=0)
+    if early.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) == naive:
+        return early
+    # Nonexistent: the instants for both offsets bracket the transition; find it.
+    lo = naive.replace(tzinfo=zone, fold=1).astimezone(dt.UTC)
+    hi = early.astimezone(dt.UTC)
+    lo, hi = min(lo, hi), max(lo, hi)
+    step = dt.timedelta(microseconds=1)
+    while hi - lo > step:
+        mid = lo + (hi - lo) // 2
+        if mid.astimezone(zone).replace(tzinfo=None) > naive:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def canon_value(v: object, *, tz: str = "UTC") -> str:
+    """Reference canon() for one Python value (from `pyarrow.Array.to_pylist()`)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise NonFinite(repr(v))
+        if v.is_integer() and abs(v) < _TWO_53:
+            return str(int(v))
+        return repr(v)
+    if isinstance(v, decimal.Decimal):
+        return canon_decimal_text(v)
+    if isinstance(v, dt.datetime):
+        aware = v if v.tzinfo is not None else localize_value(v, tz)
+        return aware.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    raise TypeError(f"no canonical text for {type(v).__name__}")
+
+
+def canon_array(arr: pa.Array, *, tz: str) -> tuple[pa.Array, np.ndarray]:
+    """canon() over a column: a string array (nulls stay null) and a NaN/Inf mask.
+
+    Values without canonical text (NaN/Inf floats) become null and are flagged in the mask.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    t = arr.type
+    none = np.zeros(len(arr), dtype=bool)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return arr.cast(pa.string()), none
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), pa.string()), none
+    if pa.types.is_boolean(t) or pa.types.is_integer(t):
+        return arr.cast(pa.string()), none
+    if pa.types.is_floating(t):
+        return _canon_float(arr.cast(pa.float64()))
+    if pa.types.is_decimal(t):
+        return _canon_decimal(arr), none
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        us, _bad = to_epoch_us(arr, tz=tz, unit=None)
+        return format_epoch(us, unit="us"), none
+    raise MappingError(f"values of type {t} have no canonical text in ID contract v1")
+
+
+def _canon_float(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    vals = np.asarray(arr.fill_null(0.0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    finite = np.isfinite(vals)
+    nonfinite = valid & ~finite
+    with np.errstate(invalid="ignore"):
+        integral = finite & (vals == np.floor(vals)) & (np.abs(vals) < _TWO_53)
+    ints = np.where(integral, vals, 0).astype(np.int64)
+    out = pa.array(ints).cast(pa.string())
+    other = valid & finite & ~integral
+    if other.any():
+        idx = np.flatnonzero(other)
+        texts = pa.array([repr(float(x)) for x in vals[idx]], pa.string())
+        full = np.zeros(len(arr), dtype=bool)
+        full[idx] = True
+        out = pc.replace_with_mask(out, pa.array(full), texts)
+    keep = valid & finite
+    if not keep.all():
+        out = pc.if_else(pa.array(keep), out, pa.scalar(None, pa.string()))
+    return out, nonfinite
+
+
+def _canon_decimal(arr: pa.Array) -> pa.Array:
+    if arr.type.scale < 0:  # Arrow prints these with an exponent: use the reference path
+        return pa.array(
+            [None if v is None else canon_decimal_text(v) for v in arr.to_pylist()], pa.string()
+        )
+    text = arr.cast(pa.string())
+    if arr.type.scale == 0:
+        return pc.replace_substring_regex(text, pattern=r"^-0$", replacement="0")
+    text = pc.replace_substring_regex(text, pattern=r"0+$", replacement="")
+    text = pc.replace_substring_regex(text, pattern=r"\.$", replacement="")
+    return pc.replace_substring_regex(text, pattern=r"^-0$", replacement="0")

@@ -1,0 +1,329 @@
+"""The mapping file: how source columns become Moesif action fields.
+
+A mapping is YAML validated by the pydantic models below. Every action field is either
+``{column: NAME}`` or ``{value: CONSTANT}``; a bare string is shorthand for ``{column: NAME}``.
+`resolve_mapping` binds a mapping to one file's schema (exact column name first, then a unique
+case-insensitive match) and fails with a `MappingError` that names the problem and lists the
+available columns, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+import zoneinfo
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from moesif_backfill.errors import MappingError
+
+ID_CONTRACT_VERSION = "v1"
+Scalar = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSource(_Strict):
+    """Take the value from a source column."""
+
+    column: str = Field(min_length=1)
+
+
+class ValueSource(_Strict):
+    """Use the same constant for every row."""
+
+    value: Scalar
+
+
+def _shorthand(v: Any) -> Any:
+    return {"column": v} if isinstance(v, str) else v
+
+
+FieldSource = Annotated[ColumnSource | ValueSource, Field(union_mode="left_to_right")]
+
+
+class TimeSource(_Strict):
+    """The column that becomes ``request.time``."""
+
+    column: str = Field(min_length=1)
+    timezone: str = "UTC"
+    unit: Literal["s", "ms", "us", "ns"] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {v!r} (e.g. 'UTC', 'Europe/Berlin')") from exc
+        return v
+
+
+class RequestFields(_Strict):
+    uri: FieldSource | None = None
+    ip_address: FieldSource | None = None
+    user_agent_string: FieldSource | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        if isinstance(data, MappingABC):
+            return {k: _shorthand(v) for k, v in data.items()}
+        return data
+
+
+class TransactionIdSpec(_Strict):
+    """How the stable transaction_id is made (ID contract v1, see docs/transaction-id.md)."""
+
+    scope: str | None = Field(default=None, min_length=1)
+    namespace: uuid.UUID | None = None
+    key: list[str] | None = Field(default=None, min_length=1)
+    column: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TransactionIdSpec:
+        if self.column is not None:
+            if self.key or self.scope or self.namespace:
+                raise ValueError(
+                    "give either `column` (existing UUIDs) or `key` with `scope`/`namespace`, "
+                    "not both"
+                )
+            return self
+        if not self.key:
+            raise ValueError(
+                "missing `key`: list the source columns that identify a row, "
+                "e.g. key: [invoice_line_id]"
+            )
+        if (self.scope is None) == (self.namespace is None):
+            raise ValueError("give exactly one of `scope` (a name) or `namespace` (a UUID)")
+        return self
+
+    def namespace_uuid(self) -> uuid.UUID:
+        if self.namespace is not None:
+            return self.namespace
+        assert self.scope is not None
+        return uuid.uuid5(uuid.NAMESPACE_URL, "moesif-backfill:" + self.scope)
+
+
+class MappingSpec(_Strict):
+    """A whole mapping file."""
+
+    action_name: FieldSource
+    time: TimeSource
+    transaction_id: TransactionIdSpec
+    company_id: FieldSource | None = None
+    user_id: FieldSource | None = None
+    subscription_id: FieldSource | None = None
+    session_token: FieldSource | None = None
+    request: RequestFields = RequestFields()
+    metadata: dict[str, FieldSource] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        if not isinstance(data, MappingABC):
+            return data
+        out = dict(data)
+        for name in ("action_name", "company_id", "user_id", "subscription_id", "session_token"):
+            if name in out:
+                out[name] = _shorthand(out[name])
+        if isinstance(out.get("time"), str):
+            out["time"] = {"column": out["time"]}
+        if isinstance(out.get("metadata"), MappingABC):
+            out["metadata"] = {str(k): _shorthand(v) for k, v in out["metadata"].items()}
+        return out
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides IDs and payloads (not comments or key order)."""
+        body = json.dumps(
+            {"contract": ID_CONTRACT_VERSION, "mapping": self.model_dump(mode="json")},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def string_fields(self) -> dict[str, FieldSource]:
+        """Top-level optional string fields in output order (action_name excluded)."""
+        fields = {
+            "company_id": self.company_id,
+            "user_id": self.user_id,
+            "subscription_id": self.subscription_id,
+            "session_token": self.session_token,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def request_fields(self) -> dict[str, FieldSource]:
+        fields = {
+            "uri": self.request.uri,
+            "ip_address": self.request.ip_address,
+            "user_agent_string": self.request.user_agent_string,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def referenced_columns(self) -> list[str]:
+        """Every source column the mapping reads, in a stable order, without repeats."""
+        cols: list[str] = []
+        sources: list[FieldSource | None] = [
+            self.action_name,
+            *self.string_fields().values(),
+            *self.request_fields().values(),
+            *self.metadata.values(),
+        ]
+        cols.extend(s.column for s in sources if isinstance(s, ColumnSource))
+        cols.append(self.time.column)
+        if self.transaction_id.column:
+            cols.append(self.transaction_id.column)
+        cols.extend(self.transaction_id.key or [])
+        return list(dict.fromkeys(cols))
+
+    def key_columns(self) -> list[str]:
+        tid = self.transaction_id
+        return [tid.column] if tid.column else list(tid.key or [])
+
+
+def _format_validation_error(path: str, exc: ValidationError) -> str:
+    lines = [f"mapping file {path} is invalid:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see README 'Mapping file')"
+        lines.append(f"  - {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_mapping(data: Any, *, origin: str = "<mapping>") -> MappingSpec:
+    if not isinstance(data, MappingABC):
+        raise MappingError(f"mapping file {origin} must be a YAML mapping of field: source")
+    try:
+        return MappingSpec.model_validate(data)
+    except ValidationError as exc:
+        raise MappingError(_format_validation_error(origin, exc)) from None
+
+
+def load_mapping(path: str | Path) -> MappingSpec:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(f"cannot read mapping file {p}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise MappingError(f"mapping file {p}{where} is not valid YAML: {exc}") from None
+    return parse_mapping(data, origin=str(p))
+
+
+@dataclass(frozen=True)
+class ResolvedMapping:
+    """A mapping bound to one file's schema.
+
+    ``columns`` maps every column name used in the mapping to the file's physical column name.
+    """
+
+    spec: MappingSpec
+    columns: dict[str, str]
+    schema: pa.Schema
+
+    def physical_columns(self) -> list[str]:
+        return list(dict.fromkeys(self.columns.values()))
+
+    def to_logical(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Rename/duplicate a batch of physical columns into the mapping's column names."""
+        arrays = [batch.column(phys) for phys in self.columns.values()]
+        return pa.RecordBatch.from_arrays(arrays, names=list(self.columns))
+
+
+def resolve_column(name: str, available: list[str], *, origin: str, field: str) -> str:
+    if name in available:
+        return name
+    matches = [c for c in available if c.lower() == name.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    shown = ", ".join(available) if available else "(none)"
+    if not matches:
+        raise MappingError(
+            f"{origin}: the mapping's {field} names column {name!r}, which this file does not "
+            f"have. Available columns: {shown}"
+        )
+    raise MappingError(
+        f"{origin}: the mapping's {field} column {name!r} is ambiguous: it matches "
+        f"{', '.join(matches)} case-insensitively. Use the exact name."
+    )
+
+
+def _field_names(spec: MappingSpec) -> dict[str, str]:
+    """For error messages: which mapping field uses which column."""
+    uses: dict[str, str] = {}
+    for label, src in [
+        ("action_name", spec.action_name),
+        *spec.string_fields().items(),
+        *((f"request.{k}", v) for k, v in spec.request_fields().items()),
+        *((f"metadata.{k}", v) for k, v in spec.metadata.items()),
+    ]:
+        if isinstance(src, ColumnSource):
+            uses.setdefault(src.column, label)
+    uses.setdefault(spec.time.column, "time")
+    for col in spec.key_columns():
+        uses.setdefault(col, "transaction_id")
+    return uses
+
+
+def resolve_mapping(spec: MappingSpec, schema: pa.Schema, *, origin: str) -> ResolvedMapping:
+    """Bind `spec` to `schema`; raises MappingError naming the file, field and columns."""
+    available = list(schema.names)
+    uses = _field_names(spec)
+    columns = {
+        name: resolve_column(name, available, origin=origin, field=uses.get(name, "mapping"))
+        for name in spec.referenced_columns()
+    }
+    _check_types(spec, schema, columns, origin)
+    return ResolvedMapping(spec=spec, columns=columns, schema=schema)
+
+
+def _check_types(spec: MappingSpec, schema: pa.Schema, columns: dict[str, str], origin: str) -> None:
+    def typ(logical: str) -> pa.DataType:
+        t = schema.field(columns[logical]).type
+        return t.value_type if pa.types.is_dictionary(t) else t
+
+    t = typ(spec.time.column)
+    is_int = pa.types.is_integer(t) or pa.types.is_floating(t)
+    if is_int and spec.time.unit is None:
+        raise MappingError(
+            f"{origin}: time column {spec.time.column!r} holds numbers ({t}); say which epoch "
+            "unit they are in, e.g. time: {column: " + spec.time.column + ", unit: s} "
+            "(s, ms, us or ns)"
+        )
+    time_ok = (
+        is_int
+        or pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_null(t)
+    )
+    if not time_ok:
+        raise MappingError(
+            f"{origin}: time column {spec.time.column!r} has type {t}; expected a timestamp, a "
+            "date, an ISO 8601 string or an integer epoch"
+        )
+    for col in spec.key_columns():
+        kt = typ(col)
+        nested = pa.types.is_nested(kt) or pa.types.is_binary(kt) or pa.types.is_large_binary(kt)
+        if nested and not (spec.transaction_id.column and pa.types.is_fixed_size_binary(kt)):
+            raise MappingError(
+                f"{origin}: transaction_id column {col!r} has type {kt}, which has no canonical "
+                "text form in ID contract v1; use string, integer, decimal, date or timestamp "
+                "columns"
+            )

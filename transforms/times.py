@@ -1,0 +1,253 @@
+"""Time columns to UTC epoch microseconds, and epoch values to ISO 8601 text, column-wise.
+
+Naive wall-clock times are placed in the mapping's IANA time zone with Arrow's
+``assume_timezone``: an ambiguous time (the repeated hour when DST ends) takes the earlier
+instant; a time that does not exist (the skipped hour when DST starts) moves forward to the
+first instant after the gap. The fast path and the per-value fallback share that one rule.
+
+Formatting uses integer arithmetic in numpy (Howard Hinnant's days-to-civil algorithm) because
+`pyarrow.compute.strftime` costs microseconds per value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}  # ns: divide by 1000 (floor)
+MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+_OFFSET_RE = r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)$"
+_PY_OFFSET = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$")
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _localize(naive_us: pa.Array, tz: str) -> pa.Array:
+    """Naive wall-clock microseconds (as timestamp[us]) -> UTC epoch microseconds (int64)."""
+    if tz == "UTC":
+        return naive_us.cast(pa.int64())
+    aware = pc.assume_timezone(naive_us, timezone=tz, ambiguous="earliest", nonexistent="latest")
+    return aware.cast(pa.int64())
+
+
+def _to_us(values: pa.Array, unit: str) -> tuple[pa.Array, np.ndarray]:
+    """int64 epoch values in `unit` -> (int64 microseconds, out-of-range mask).
+
+    Sub-microsecond parts are floored; values outside years 1..9999 become null and flagged.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    raw = np.asarray(values.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    nulls = _null_mask(values)
+    factor = US_PER_UNIT[unit]
+    if factor is None:
+        us = np.floor_divide(raw, 1000)
+        bad = np.zeros(len(raw), dtype=bool)
+    else:
+        bad = (raw < MIN_US // factor) | (raw > MAX_US // factor)
+        us = np.where(bad, 0, raw) * factor
+    bad |= (us < MIN_US) | (us > MAX_US)
+    if nulls is not None:
+        bad &= ~nulls
+    mask = bad if nulls is None else (bad | nulls)
+    return pa.array(us, type=pa.int64(), mask=mask if mask.any() else None), bad
+
+
+def _null_mask(arr: pa.Array) -> np.ndarray | None:
+    if arr.null_count == 0:
+        return None
+    return np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def to_epoch_us(arr: pa.Array, *, tz: str, unit: str | None) -> tuple[pa.Array, np.ndarray]:
+    """Convert a time column to int64 UTC epoch microseconds.
+
+    Returns ``(epoch_us, unparseable)``: nulls in the input stay null; values that cannot be
+    read as a time become null and are flagged in the boolean `unparseable` mask.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    t = arr.type
+    n = len(arr)
+    no_bad = np.zeros(n, dtype=bool)
+    if pa.types.is_null(t):
+        return pa.nulls(n, pa.int64()), no_bad
+    if pa.types.is_timestamp(t):
+        us, bad = _to_us(arr.cast(pa.int64()), t.unit)
+        if t.tz is None:
+            local, bad2 = _range_checked(_localize(us.cast(pa.timestamp("us")), tz))
+            return local, bad | bad2
+        return us, bad
+    if pa.types.is_date(t):
+        days = arr.cast(pa.date32()).cast(pa.int32()).cast(pa.int64())
+        naive = pc.multiply(days, pa.scalar(86_400_000_000, pa.int64()))
+        return _range_checked(_localize(naive.cast(pa.timestamp("us")), tz))
+    if pa.types.is_integer(t):
+        return _to_us(arr.cast(pa.int64()), unit or "s")
+    if pa.types.is_floating(t):
+        return _from_float_epoch(arr, unit or "s")
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _parse_strings(arr.cast(pa.string()), tz)
+    raise TypeError(f"unsupported time column type {t}")
+
+
+def _from_float_epoch(arr: pa.Array, unit: str) -> tuple[pa.Array, np.ndarray]:
+    vals = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    nulls = _null_mask(arr)
+    valid = np.ones(len(arr), dtype=bool) if nulls is None else ~nulls
+    scale = 1e-3 if unit == "ns" else float(US_PER_UNIT[unit] or 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        us = np.floor(vals * scale)
+        bad = valid & (~np.isfinite(us) | (us < MIN_US) | (us > MAX_US))
+        us = np.where(valid & ~bad, us, 0).astype(np.int64)
+    return pa.array(us, mask=~valid | bad), bad
+
+
+def _range_checked(us: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Null out (and flag) values outside years 1..9999, which ISO 8601 text cannot show."""
+    if isinstance(us, pa.ChunkedArray):
+        us = us.combine_chunks()
+    out_of_range = pc.or_(pc.less(us, MIN_US), pc.greater(us, MAX_US))
+    if not pc.any(out_of_range).as_py():
+        return us, np.zeros(len(us), dtype=bool)
+    bad = np.asarray(pc.fill_null(out_of_range, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return pc.if_else(out_of_range, pa.scalar(None, pa.int64()), us), bad
+
+
+def _parse_strings(s: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
+    s = pc.utf8_trim_whitespace(s)
+    s = pc.replace_substring_regex(s, pattern=r" ?UTC$", replacement="Z")
+    has_offset = pc.match_substring_regex(s, pattern=_OFFSET_RE)
+    n_valid = len(s) - s.null_count
+    n_offset = pc.sum(has_offset).as_py() or 0
+    try:
+        if n_offset == n_valid:
+            parsed = s.cast(pa.timestamp("ns", "UTC"))
+            return _to_us(parsed.cast(pa.int64()), "ns")
+        if n_offset == 0:
+            parsed = s.cast(pa.timestamp("ns"))
+            us, _ = _to_us(parsed.cast(pa.int64()), "ns")
+            return _range_checked(_localize(us.cast(pa.timestamp("us")), tz))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    return _parse_strings_slow(s, tz)
+
+
+def parse_iso_value(text: str) -> tuple[int, bool] | None:
+    """One ISO 8601 string -> (epoch_us, is_naive); naive values are wall-clock microseconds."""
+    t = _FRACTION.sub(r"\1", text.strip())
+    if t.endswith(("z", "Z")):
+        t = t[:-1] + "+00:00"
+    try:
+        value = dt.datetime.fromisoformat(t)
+    except ValueError:
+        return None
+    naive = value.tzinfo is None
+    anchored = value.replace(tzinfo=dt.UTC) if naive else value
+    return (anchored - _EPOCH) // dt.timedelta(microseconds=1), naive
+
+
+def _parse_strings_slow(s: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
+    """Per-value fallback for mixed, unusual or broken strings (the rare path)."""
+    n = len(s)
+    aware = np.zeros(n, dtype=np.int64)
+    naive = np.zeros(n, dtype=np.int64)
+    is_naive = np.zeros(n, dtype=bool)
+    ok = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
+    for i, text in enumerate(s.to_pylist()):
+        if text is None:
+            continue
+        parsed = parse_iso_value(text)
+        if parsed is None:
+            bad[i] = True
+            continue
+        value, was_naive = parsed
+        ok[i] = True
+        if was_naive:
+            is_naive[i] = True
+            naive[i] = value
+        else:
+            aware[i] = value
+    if is_naive.any():
+        localized = _localize(pa.array(naive, pa.timestamp("us")), tz).to_numpy()
+        aware = np.where(is_naive, localized, aware)
+    us, out_of_range = _range_checked(pa.array(aware, mask=~ok))
+    return us, bad | out_of_range
+
+
+# ---------------------------------------------------------------------------- formatting
+
+_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
+
+
+def _civil(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z = days + 719_468
+    era = np.floor_divide(z, 146_097)
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = np.where(mp < 10, mp + 3, mp - 9)
+    y = yoe + era * 400 + (m <= 2)
+    return y, m, d
+
+
+def _put(out: np.ndarray, col: int, value: np.ndarray, width: int) -> None:
+    for k in range(width - 1, -1, -1):
+        out[:, col + k] = _DIGITS[value % 10]
+        value = value // 10
+
+
+def format_epoch(epoch: pa.Array, *, unit: str) -> pa.Array:
+    """int64 UTC epoch (`unit` "ms" or "us") -> "YYYY-MM-DDTHH:MM:SS.mmmZ" / ".ffffffZ" strings.
+
+    Nulls stay null. Values must be within years 1..9999 (see `to_epoch_us`).
+    """
+    if isinstance(epoch, pa.ChunkedArray):
+        epoch = epoch.combine_chunks()
+    per_sec = 1000 if unit == "ms" else 1_000_000
+    frac_w = 3 if unit == "ms" else 6
+    width = 21 + frac_w
+    n = len(epoch)
+    vals = np.asarray(epoch.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    per_day = 86_400 * per_sec
+    days = np.floor_divide(vals, per_day)
+    rem = vals - days * per_day
+    y, m, d = _civil(days)
+    secs, frac = np.divmod(rem, per_sec)
+    out = np.empty((n, width), dtype=np.uint8)
+    _put(out, 0, y, 4)
+    _put(out, 5, m, 2)
+    _put(out, 8, d, 2)
+    _put(out, 11, secs // 3600, 2)
+    _put(out, 14, (secs // 60) % 60, 2)
+    _put(out, 17, secs % 60, 2)
+    _put(out, 20, frac, frac_w)
+    out[:, 4] = out[:, 7] = ord("-")
+    out[:, 10] = ord("T")
+    out[:, 13] = out[:, 16] = ord(":")
+    out[:, 19] = ord(".")
+    out[:, width - 1] = ord("Z")
+    return fixed_width_strings(out, validity=epoch.is_valid() if epoch.null_count else None)
+
+
+def fixed_width_strings(rows: np.ndarray, *, validity: pa.Array | None = None) -> pa.Array:
+    """An (n, width) uint8 matrix -> a string array of n values, without a Python loop."""
+    n, width = rows.shape
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    arr = pa.StringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(rows).tobytes())
+    )
+    if validity is not None:
+        arr = pc.if_else(validity, arr, pa.scalar(None, pa.string()))
+    return arr
