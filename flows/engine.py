@@ -1,0 +1,272 @@
+"""The pipeline for one input file: read -> encode -> send -> commit, chunk by chunk.
+
+Plain Python (no Prefect), so it is testable directly. A chunk is a fixed row range of the file
+(chunk i = rows [i*C, (i+1)*C)), so a rerun finds the same chunks. A chunk is committed to the
+checkpoint only after the sink acknowledged every record in it; several chunks may be in flight
+at once and they may finish in any order. On a delivery failure no new chunk is started, the
+chunks in flight are allowed to finish (and are committed if they succeed), and the error is
+raised: the checkpoint then holds exactly what was delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from connectors.checkpoint import CheckpointStore, FileProgress
+from connectors.readers import iter_batches
+from flows.plan import FilePlan, Plan, file_progress
+from flows.rejects import RejectsWriter
+from flows.sinks import Sink
+from moesif_backfill.errors import BackfillError, SourceError
+from transforms.actions import ActionBatch, build_actions
+
+log = logging.getLogger(__name__)
+
+PREFETCH_DEPTH = 2
+
+
+class ProgressListener(Protocol):
+    def rows_done(self, n: int) -> None: ...
+
+
+@dataclass
+class Counts:
+    rows_read: int = 0
+    actions_sent: int = 0
+    rows_rejected: int = 0
+    rows_skipped: int = 0
+    metadata_nonfinite_omitted: int = 0
+    chunks_committed: int = 0
+    min_time_us: int | None = None
+    sample: list[str] = field(default_factory=list)
+
+    def add(self, other: Counts) -> None:
+        for name in (
+            "rows_read",
+            "actions_sent",
+            "rows_rejected",
+            "rows_skipped",
+            "metadata_nonfinite_omitted",
+            "chunks_committed",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.min_time_us is not None:
+            self.min_time_us = (
+                other.min_time_us
+                if self.min_time_us is None
+                else min(self.min_time_us, other.min_time_us)
+            )
+        self.sample.extend(other.sample[: max(0, 3 - len(self.sample))])
+
+
+def rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """Regroup a file's batches into chunks of exactly `rows` rows (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    index = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(pending)
+            yield index, table.slice(0, rows)
+            index += 1
+            rest = table.slice(rows)
+            pending = rest.to_batches() if rest.num_rows else []
+            held = rest.num_rows
+    if held:
+        yield index, pa.Table.from_batches(pending)
+
+
+def prefetch(it: Iterator[Any], depth: int = PREFETCH_DEPTH) -> Iterator[Any]:
+    """Run `it` on a background thread (Arrow decoding releases the GIL), `depth` items ahead."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:
+            q.put(("error", exc))
+
+    worker = threading.Thread(target=run, name="reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+@dataclass
+class _InFlight:
+    chunk: int
+    future: Future[int]
+    sent: int
+    rejected: int
+    rejects: list[dict[str, Any]]
+
+
+class FileRunner:
+    """Runs one file through the pipeline, committing each acknowledged chunk."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        fp: FilePlan,
+        *,
+        index: int,
+        sink: Sink,
+        store: CheckpointStore | None,
+        rejects: RejectsWriter,
+        progress: ProgressListener | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.plan, self.fp, self.index = plan, fp, index
+        self.sink, self.store, self.rejects = sink, store, rejects
+        self.progress = progress
+        self.should_stop = should_stop
+        self.counts = Counts()
+        self.prog: FileProgress = file_progress(plan, fp)
+        self.inflight: list[_InFlight] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> Counts:
+        prog = self.prog
+        if prog.complete:
+            n = prog.rows_sent + prog.rows_rejected
+            self.counts.rows_read += n
+            self.counts.rows_skipped += n
+            self._progress(n)
+            log.info("%s: already delivered by an earlier run (%d rows)", self.fp.src.key, n)
+            return self.counts
+        self.sink.open_file(self.index, self.fp.src.path)
+        try:
+            self._stream()
+        finally:
+            self.sink.close_file()
+        if self.error is not None:
+            raise self.error
+        return self.counts
+
+    def _stream(self) -> None:
+        prog, fp = self.prog, self.fp
+        batches = iter_batches(
+            fp.src,
+            columns=fp.resolved.physical_columns(),
+            text_columns=fp.text_columns,
+            batch_rows=min(65_536, max(prog.chunk_rows, 1024)),
+        )
+        chunks_seen = 0
+        limit = self.plan.settings.chunks_in_flight
+        try:
+            for chunk, table in prefetch(rechunk(batches, prog.chunk_rows)):
+                chunks_seen = chunk + 1
+                self.counts.rows_read += table.num_rows
+                if prog.is_done(chunk):
+                    self.counts.rows_skipped += table.num_rows
+                    self._progress(table.num_rows)
+                    continue
+                self._submit(chunk, table)
+                self._drain(block_until=limit - 1)
+                if self.error is not None or self.should_stop():
+                    break
+            else:
+                prog.total_chunks = chunks_seen
+        except SourceError:
+            self._drain(block_until=0)
+            raise
+        self._drain(block_until=0)
+        if prog.total_chunks is not None and self.error is None:
+            self._commit()  # records that the file was read to its end
+
+    def _submit(self, chunk: int, table: pa.Table) -> None:
+        batch = self.fp.resolved.to_logical(table.combine_chunks().to_batches()[0])
+        start_row = chunk * self.prog.chunk_rows
+        result: ActionBatch = build_actions(batch, self.plan.spec)
+        self.counts.metadata_nonfinite_omitted += result.counters["metadata_nonfinite_omitted"]
+        low = result.min_time_us
+        if low is not None:
+            self.counts.min_time_us = (
+                low if self.counts.min_time_us is None else min(self.counts.min_time_us, low)
+            )
+        if len(self.counts.sample) < 3 and len(result.records):
+            self.counts.sample.extend(result.records.slice(0, 3).to_pylist())
+            del self.counts.sample[3:]
+        rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
+        future = self.sink.submit(result.records)
+        self.inflight.append(
+            _InFlight(chunk, future, len(result.records), len(result.rejected), rejects)
+        )
+
+    def _drain(self, *, block_until: int) -> None:
+        """Commit finished chunks; wait while more than `block_until` chunks are in flight."""
+        while self.inflight:
+            done = [f for f in self.inflight if f.future.done()]
+            if not done:
+                if len(self.inflight) <= block_until:
+                    return
+                wait([f.future for f in self.inflight], return_when=FIRST_COMPLETED)
+                continue
+            for item in done:
+                self.inflight.remove(item)
+                self._finish(item)
+
+    def _finish(self, item: _InFlight) -> None:
+        exc = item.future.exception()
+        if exc is not None:
+            if self.error is None:
+                self.error = exc
+            log.error("%s chunk %d not delivered: %s", self.fp.src.key, item.chunk, exc)
+            return
+        self.rejects.write(item.rejects)
+        self.prog.mark_done(item.chunk, sent=item.sent, rejected=item.rejected)
+        self.counts.actions_sent += item.sent
+        self.counts.rows_rejected += item.rejected
+        self.counts.chunks_committed += 1
+        self._commit()
+        self._progress(item.sent + item.rejected)
+
+    def _commit(self) -> None:
+        if self.store is not None:
+            self.store.commit(self.plan.state)
+
+    def _progress(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.rows_done(n)
+
+
+class RunTimer:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.start, 3)
+
+
+__all__ = ["BackfillError", "Counts", "FileRunner", "ProgressListener", "RunTimer", "rechunk"]

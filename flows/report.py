@@ -1,0 +1,83 @@
+"""The run summary: an exact account of every input row, written as JSON and shown as a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    job: str
+    mode: str
+    status: str = "running"  # complete | complete_with_rejects | failed
+    rows_read: int = 0
+    actions_sent: int = 0
+    rows_rejected: int = 0
+    rows_skipped: int = 0
+    firehose_calls: int = 0
+    records_retried: int = 0
+    throttled_calls: int = 0
+    bytes_sent: int = 0
+    billable_5kb_units: int = 0
+    metadata_nonfinite_omitted: int = 0
+    rows_older_than_30_days: int = 0
+    files_total: int = 0
+    files_complete: int = 0
+    chunks_committed: int = 0
+    duration_s: float = 0.0
+    startup_s: float = 0.0
+    rows_per_second: float = 0.0
+    checkpoint: str | None = None
+    rejects_path: str | None = None
+    out_dir: str | None = None
+    job_totals: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    sample_actions: list[str] = field(default_factory=list)
+
+    @property
+    def accounted(self) -> bool:
+        return self.rows_read == self.actions_sent + self.rows_rejected + self.rows_skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accounted"] = self.accounted
+        return d
+
+    def table_rows(self) -> list[dict[str, str]]:
+        labels = {
+            "actions_sent": "would be sent" if self.mode == "dry-run" else "sent",
+        }
+        keys = [
+            "status",
+            "rows_read",
+            "actions_sent",
+            "rows_rejected",
+            "rows_skipped",
+            "firehose_calls",
+            "records_retried",
+            "throttled_calls",
+            "bytes_sent",
+            "billable_5kb_units",
+            "metadata_nonfinite_omitted",
+            "files_complete",
+            "files_total",
+            "duration_s",
+            "rows_per_second",
+        ]
+        d = self.to_dict()
+        return [{"metric": labels.get(k, k), "value": str(d[k])} for k in keys]
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)

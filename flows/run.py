@@ -1,0 +1,179 @@
+"""One run of a job, as plain Python: prepare (preflight, lock), process files, finish.
+
+`flows.backfill` wires these steps into a Prefect flow; tests may call them directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from connectors.checkpoint import CheckpointStore
+from connectors.checkpoint_local import LocalCheckpointStore
+from connectors.firehose import FirehoseSender, make_firehose_client
+from flows.engine import Counts, FileRunner, ProgressListener
+from flows.plan import Plan, default_job_name, make_plan
+from flows.rejects import RejectsWriter
+from flows.report import RunSummary, write_json_atomic
+from flows.settings import RunSettings
+from flows.sinks import CountingSink, DryRunSink, FirehoseSink, Sink
+from moesif_backfill.errors import BackfillError, PermanentDeliveryError, PreflightError
+
+log = logging.getLogger(__name__)
+
+
+class Run:
+    """Owns the resources of one run: the plan, the job lock, the sink and the counters."""
+
+    def __init__(self, settings: RunSettings, progress: ProgressListener | None = None) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.started = time.monotonic()
+        self.counts = Counts()
+        self.files_complete = 0
+        self._stack = contextlib.ExitStack()
+        self.store: CheckpointStore | None = None
+        self.plan: Plan | None = None
+        self.sink: Sink | None = None
+        self.rejects: RejectsWriter | None = None
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self) -> Plan:
+        s = self.settings
+        store = LocalCheckpointStore(s.checkpoint)
+        self.store = store if s.mode == "send" else None
+        if s.mode == "send":
+            job = s.job or default_job_name(s)
+            self._stack.enter_context(store.lock(job))
+            if s.reset:
+                store.reset(job)
+                log.warning("job %s: checkpoint reset, starting over", job)
+        plan = make_plan(s, store)
+        if s.mode == "send":
+            store.commit(plan.state)  # proves the checkpoint is writable before sending
+        self.plan = plan
+        self.sink = self._make_sink(plan)
+        self.rejects = RejectsWriter(self._rejects_path(plan))
+        return plan
+
+    def _rejects_path(self, plan: Plan) -> Path | None:
+        s = self.settings
+        if s.rejects is not None:
+            return s.rejects
+        if s.mode == "send":
+            return s.checkpoint / plan.job / "rejects.ndjson"
+        if s.mode == "dry-run" and s.out is not None:
+            return s.out / "rejects.ndjson"
+        return None
+
+    def _make_sink(self, plan: Plan) -> Sink:
+        s = self.settings
+        if s.mode == "validate":
+            return CountingSink()
+        if s.mode == "dry-run":
+            assert s.out is not None
+            return DryRunSink(s.out)
+        assert s.stream is not None
+        client = make_firehose_client(
+            region=s.region,
+            endpoint_url=s.endpoint_url,
+            max_pool_connections=s.max_in_flight + 2,
+            connect_timeout_s=s.connect_timeout_s,
+            read_timeout_s=s.read_timeout_s,
+        )
+        sender = FirehoseSender(
+            client,
+            s.stream,
+            max_in_flight=s.max_in_flight,
+            max_records_per_second=s.max_records_per_second,
+            max_mib_per_second=s.max_mib_per_second,
+        )
+        try:
+            sender.check_stream()
+        except PermanentDeliveryError as exc:
+            sender.close()
+            raise PreflightError(f"{exc} Nothing was sent.") from None
+        return FirehoseSink(sender)
+
+    # ------------------------------------------------------------------ process
+    def process_file(self, index: int) -> Counts:
+        assert self.plan is not None and self.sink is not None and self.rejects is not None
+        fp = self.plan.files[index]
+        runner = FileRunner(
+            self.plan,
+            fp,
+            index=index,
+            sink=self.sink,
+            store=self.store,
+            rejects=self.rejects,
+            progress=self.progress,
+        )
+        try:
+            counts = runner.run()
+        finally:
+            self.counts.add(runner.counts)
+        if runner.prog.complete or self.settings.mode != "send":
+            self.files_complete += 1
+        log.info(
+            "%s: %d rows read, %d sent, %d rejected, %d skipped",
+            fp.src.key,
+            counts.rows_read,
+            counts.actions_sent,
+            counts.rows_rejected,
+            counts.rows_skipped,
+        )
+        return counts
+
+    # ------------------------------------------------------------------ finish
+    def finish(self, error: BaseException | None = None) -> RunSummary:
+        s = self.settings
+        summary = RunSummary(job=self.plan.job if self.plan else (s.job or "?"), mode=s.mode)
+        try:
+            if self.sink is not None:
+                self.sink.close()
+        finally:
+            if self.rejects is not None:
+                self.rejects.close()
+            self._stack.close()
+        c = self.counts
+        for name in (
+            "rows_read",
+            "actions_sent",
+            "rows_rejected",
+            "rows_skipped",
+            "metadata_nonfinite_omitted",
+            "chunks_committed",
+        ):
+            setattr(summary, name, getattr(c, name))
+        if self.sink is not None:
+            for k, v in self.sink.stats().items():
+                setattr(summary, k, v)
+        summary.sample_actions = list(c.sample)
+        summary.duration_s = round(time.monotonic() - self.started, 3)
+        summary.rows_per_second = round(c.rows_read / summary.duration_s, 1) if c.rows_read else 0
+        if self.plan is not None:
+            summary.files_total = len(self.plan.files)
+            summary.rows_older_than_30_days = self.plan.old_rows
+            state = self.plan.state
+            summary.job_totals = {
+                "rows_sent": sum(f.rows_sent for f in state.files.values()),
+                "rows_rejected": sum(f.rows_rejected for f in state.files.values()),
+                "files_complete": sum(1 for f in state.files.values() if f.complete),
+            }
+        summary.files_complete = self.files_complete
+        summary.checkpoint = str(s.checkpoint) if s.mode == "send" else None
+        summary.rejects_path = (
+            str(self.rejects.path) if self.rejects and self.rejects.path else None
+        )
+        summary.out_dir = str(s.out) if s.out else None
+        if error is not None:
+            summary.status = "failed"
+            summary.error = str(error) if isinstance(error, BackfillError) else repr(error)
+            summary.error_type = type(error).__name__
+        else:
+            summary.status = "complete_with_rejects" if c.rows_rejected else "complete"
+        if s.summary_json is not None:
+            write_json_atomic(s.summary_json, summary.to_dict())
+        return summary

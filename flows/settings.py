@@ -1,0 +1,48 @@
+"""Run settings: the typed edge between the CLI (or a deployment) and the pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Mode = Literal["send", "dry-run", "validate"]
+
+DEFAULT_CHECKPOINT_DIR = Path(".moesif-backfill/checkpoints")
+
+
+class RunSettings(BaseModel):
+    """Everything one run needs. Holds no secret: credentials come from boto3's chain."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[str] = Field(min_length=1, description="files, directories or globs")
+    mapping: Path = Field(description="the mapping YAML file")
+    mode: Mode = "send"
+    stream: str | None = Field(default=None, min_length=1, max_length=64)
+    out: Path | None = Field(default=None, description="--dry-run output directory")
+    region: str | None = None
+    endpoint_url: str | None = None
+    checkpoint: Path = DEFAULT_CHECKPOINT_DIR
+    job: str | None = None
+    rejects: Path | None = None
+    summary_json: Path | None = None
+    allow_older_than_30_days: bool = False
+    max_records_per_second: float | None = Field(default=None, gt=0)
+    max_mib_per_second: float | None = Field(default=None, gt=0)
+    chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_in_flight: int = Field(default=8, ge=1, le=64, description="PutRecordBatch calls at once")
+    chunks_in_flight: int = Field(default=4, ge=1, le=64)
+    reset: bool = False
+    reprocess: list[str] = []
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> RunSettings:
+        if self.mode == "send" and not self.stream:
+            raise ValueError("give --stream NAME to send, or --dry-run --out DIR to preview")
+        if self.mode == "dry-run" and self.out is None:
+            raise ValueError("--dry-run needs --out DIR (where the would-be records are written)")
+        return self

@@ -1,0 +1,236 @@
+"""Command line: `moesif-backfill run|validate`.
+
+Exit codes: 0 complete; 2 configuration/preflight error, nothing sent; 3 complete with rejected
+rows; 1 failed (undeliverable after retries, unreadable source) with the checkpoint holding
+exactly what was delivered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REJECTS = 0, 1, 2, 3
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs")
+    p.add_argument("--mapping", required=True, type=Path, help="mapping YAML file")
+    p.add_argument("--allow-older-than-30-days", action="store_true",
+                   help="send rows older than Moesif's 30-day window (account enabled for backfill)")
+    p.add_argument("--chunk-rows", type=int, default=10_000,
+                   help="rows per checkpointed chunk (default 10000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moesif-backfill",
+        description="Send billing/usage rows to Moesif as actions through Amazon Data Firehose.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="backfill SOURCE... (or --dry-run to preview)")
+    _common(run)
+    target = run.add_mutually_exclusive_group(required=True)
+    target.add_argument("--stream", help="Firehose stream (delivery stream) name")
+    target.add_argument("--dry-run", action="store_true",
+                        help="write the records that would be sent to --out DIR; no AWS calls")
+    run.add_argument("--out", type=Path, help="output directory for --dry-run")
+    run.add_argument("--region", help="AWS region (default: boto3's configuration)")
+    run.add_argument("--endpoint-url", help="Firehose endpoint URL (local stand-ins, VPC endpoints)")
+    run.add_argument("--checkpoint", type=Path, default=Path(".moesif-backfill/checkpoints"),
+                     help="checkpoint directory (default .moesif-backfill/checkpoints)")
+    run.add_argument("--job", help="job name (default: derived from the sources and mapping path)")
+    run.add_argument("--rejects", type=Path, help="rejects NDJSON file (default: in the checkpoint)")
+    run.add_argument("--summary-json", type=Path, help="write the run summary here")
+    run.add_argument("--max-records-per-second", type=float)
+    run.add_argument("--max-mib-per-second", type=float)
+    run.add_argument("--max-in-flight", type=int, default=8, help="PutRecordBatch calls at once")
+    run.add_argument("--reset", action="store_true", help="forget this job's checkpoint first")
+    run.add_argument("--reprocess", action="append", default=[], metavar="FILE",
+                     help="send FILE again although it changed since the checkpoint")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    val = sub.add_parser("validate", help="preflight: check the mapping and data, send nothing")
+    _common(val)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from flows.settings import RunSettings
+    from moesif_backfill.errors import ConfigError
+
+    data: dict[str, Any] = {
+        "sources": args.sources,
+        "mapping": args.mapping,
+        "allow_older_than_30_days": args.allow_older_than_30_days,
+        "chunk_rows": args.chunk_rows,
+    }
+    if args.command == "validate":
+        data["mode"] = "validate"
+    else:
+        data.update(
+            mode="dry-run" if args.dry_run else "send",
+            stream=args.stream,
+            out=args.out,
+            region=args.region,
+            endpoint_url=args.endpoint_url,
+            checkpoint=args.checkpoint,
+            job=args.job,
+            rejects=args.rejects,
+            summary_json=args.summary_json,
+            max_records_per_second=args.max_records_per_second,
+            max_mib_per_second=args.max_mib_per_second,
+            max_in_flight=args.max_in_flight,
+            reset=args.reset,
+            reprocess=args.reprocess,
+        )
+    try:
+        return RunSettings.model_validate(data)
+    except ValidationError as exc:
+        msgs = [
+            f"{'.'.join(str(x) for x in e['loc']) or 'arguments'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
+        raise ConfigError("invalid arguments:\n  " + "\n  ".join(msgs)) from None
+
+
+class _Bar:
+    """A rich progress bar on a terminal (rows/s, ETA); nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]rows"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.speed:>10,.0f} rows/s" if False else "{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self.start = time.monotonic()
+        self.task = self.progress.add_task("rows", total=None, rate="")
+        self.progress.start()
+
+    def set_total(self, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, total=total)
+
+    def rows_done(self, n: int) -> None:
+        if self.progress is None:
+            return
+        self.progress.advance(self.task, n)
+        done = self.progress.tasks[0].completed
+        rate = done / max(time.monotonic() - self.start, 1e-6)
+        self.progress.update(self.task, rate=f"{rate:,.0f} rows/s")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    if not summary:
+        return
+    mode = summary.get("mode")
+    sent_label = "would be sent" if mode == "dry-run" else "sent"
+    lines = [
+        f"job {summary['job']}: {summary['status']}",
+        f"  rows read      {summary['rows_read']:>12,}",
+        f"  {sent_label:<14} {summary['actions_sent']:>12,}",
+        f"  rejected       {summary['rows_rejected']:>12,}",
+        f"  skipped        {summary['rows_skipped']:>12,}  (delivered by an earlier run)",
+        f"  firehose calls {summary['firehose_calls']:>12,}  retried records "
+        f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}",
+        f"  bytes          {summary['bytes_sent']:>12,}  billable 5 KB units "
+        f"{summary['billable_5kb_units']:,}",
+        f"  duration       {summary['duration_s']:>11.1f}s  ({summary['rows_per_second']:,.0f} rows/s)",
+    ]
+    if summary.get("rows_rejected") and summary.get("rejects_path"):
+        lines.append(f"  rejects file   {summary['rejects_path']}")
+    if summary.get("out_dir"):
+        lines.append(f"  output         {summary['out_dir']}")
+    if not summary.get("accounted", True):
+        lines.append("  WARNING: rows do not add up; please report this")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _print_validate(summary: dict[str, Any]) -> None:
+    print(f"mapping OK for {summary['files_total']} file(s)")
+    for action in summary.get("sample_actions", []):
+        print(f"  example: {action}")
+    units = summary["billable_5kb_units"]
+    print(
+        f"rows {summary['rows_read']:,}: {summary['actions_sent']:,} valid actions, "
+        f"{summary['rows_rejected']:,} would be rejected, "
+        f"{summary['rows_older_than_30_days']:,} older than 30 days\n"
+        f"payload {summary['bytes_sent']:,} bytes; Firehose bills {units:,} units of 5 KB"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "flows,connectors,transforms")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from moesif_backfill.errors import BackfillError
+
+    try:
+        settings = _settings(args)
+    except BackfillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    t0 = time.monotonic()
+    from flows import backfill as flow_module
+
+    bar = _Bar(sys.stderr.isatty() and not getattr(args, "quiet", False))
+    flow_module.clear_progress_listeners()
+    flow_module.add_progress_listener(bar)
+    code = EXIT_OK
+    try:
+        flow_module.backfill(settings)
+    except BackfillError as exc:
+        bar.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        bar.stop()
+        print("interrupted: the checkpoint holds every acknowledged chunk; rerun to resume",
+              file=sys.stderr)
+        return 130
+    bar.stop()
+    summary = dict(flow_module.LAST_SUMMARY)
+    if summary:
+        summary["startup_s"] = round(time.monotonic() - t0 - summary["duration_s"], 3)
+    if settings.mode == "validate" and code == EXIT_OK:
+        _print_validate(summary)
+    elif summary.get("rows_read") or code == EXIT_OK:
+        _print_summary(summary)
+    if code == EXIT_OK and summary.get("rows_rejected"):
+        code = EXIT_REJECTS
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
