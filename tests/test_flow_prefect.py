@@ -1,0 +1,69 @@
+"""The backfill flow run through Prefect: states, task runs and artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.backfill import backfill
+from flows.settings import RunSettings
+from moesif_backfill.errors import MappingError
+from tests.datasets import MAPPING, expected_ids, write_mapping, write_payments
+
+pytestmark = pytest.mark.integration
+
+
+async def _artifacts(key: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        return list(
+            await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+        )
+
+
+def test_flow_delivers_and_publishes_summary_artifact(
+    tmp_path: Path, prefect_api: str, strict_firehose: Any, firehose_stream: str
+) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 3_000)
+    settings = RunSettings(
+        sources=[str(src)],
+        mapping=write_mapping(tmp_path / "m.yaml"),
+        stream=firehose_stream,
+        endpoint_url=strict_firehose.endpoint_url,
+        region="us-east-1",
+        checkpoint=tmp_path / "ckpt",
+        job="flow-test",
+        chunk_rows=1_000,
+    )
+    result = backfill(settings)
+    assert result["status"] == "complete" and result["actions_sent"] == 3_000
+    assert set(strict_firehose.transaction_ids(firehose_stream)) == expected_ids(1, 3_000)
+    summary = asyncio.run(_artifacts("flow-test-summary"))
+    assert summary and summary[0].type == "table"
+    assert "actions_sent" in str(summary[0].data) or "sent" in str(summary[0].data)
+    progress = asyncio.run(_artifacts("flow-test-progress"))
+    assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
+
+
+def test_flow_fails_loudly_on_config_error(
+    tmp_path: Path, prefect_api: str, strict_firehose: Any, firehose_stream: str
+) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 10)
+    bad = dict(MAPPING, company_id="no_such_column")
+    settings = RunSettings(
+        sources=[str(src)],
+        mapping=write_mapping(tmp_path / "m.yaml", bad),
+        stream=firehose_stream,
+        endpoint_url=strict_firehose.endpoint_url,
+        checkpoint=tmp_path / "ckpt",
+    )
+    with pytest.raises(MappingError, match="no_such_column.*Available columns: invoice_line_id"):
+        backfill(settings)
+    assert strict_firehose.transaction_ids(firehose_stream) == []

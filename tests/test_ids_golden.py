@@ -1,0 +1,338 @@
+"""ID contract v1 golden vectors (tests/golden/transaction_ids.json) and properties.
+
+The golden IDs were computed with `uuid.uuid5` alone from the contract text in
+docs/transaction-id.md, never with this project's code: if a refactor changes an ID, these
+tests fail. Both implementations are checked: the pure-Python reference
+(`transaction_id_value`) and the column-wise hot path (`canon_array` -> `id_names` ->
+`uuid5_array`) on a one-row Arrow array of the value's natural type.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from transforms.actions import R_KEY_MISSING, R_KEY_NONFINITE, build_actions
+from transforms.canon import NonFinite, canon_array, canon_value
+from transforms.ids import id_names, transaction_id_value, uuid5_array
+from transforms.mapping import parse_mapping
+
+GOLDEN = Path(__file__).parent / "golden" / "transaction_ids.json"
+with GOLDEN.open(encoding="utf-8") as fh:
+    CASES: list[dict[str, Any]] = json.load(fh)["cases"]
+
+_ISO = re.compile(
+    r"^(?P<date>\d{4}-\d{2}-\d{2})T(?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d{1,9}))?"
+    r"(?P<off>Z|[+-]\d{2}:\d{2})?$"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding the typed values of the JSON file
+
+
+def _timestamp_parts(text: str) -> tuple[int, str | None, bool]:
+    """ISO text -> (wall-clock ns since the epoch, offset or None, has sub-microsecond digits)."""
+    m = _ISO.match(text)
+    assert m, text
+    frac = (m["frac"] or "").ljust(9, "0")
+    wall = np.datetime64(f"{m['date']}T{m['time']}", "ns").astype(np.int64) + int(frac)
+    off = m["off"]
+    if off and off != "Z":
+        sign = 1 if off[0] == "+" else -1
+        wall -= sign * (int(off[1:3]) * 3600 + int(off[4:6]) * 60) * 1_000_000_000
+    return int(wall), off, len(m["frac"] or "") > 6
+
+
+def arrow_array(item: dict[str, Any]) -> pa.Array:
+    """A one-row Arrow array of the type a Parquet file would give this value."""
+    kind, value = item["type"], item["value"]
+    if kind == "string":
+        return pa.array([value], pa.string())
+    if kind == "int":
+        return pa.array([value], pa.uint64() if value > 2**63 - 1 else pa.int64())
+    if kind == "float":
+        return pa.array([float(value)], pa.float64())
+    if kind == "bool":
+        return pa.array([value], pa.bool_())
+    if kind == "decimal":
+        return pa.array([decimal.Decimal(value)])  # the narrowest decimal type that fits
+    if kind in ("timestamp", "timestamp_naive"):
+        ns, off, sub_us = _timestamp_parts(value)
+        tz = None if off is None else ("UTC" if off == "Z" else off)
+        unit = "ns" if sub_us else "us"
+        raw = ns if sub_us else ns // 1000
+        return pa.array([raw], pa.timestamp(unit, tz=tz))
+    if kind == "date":
+        return pa.array([dt.date.fromisoformat(value)], pa.date32())
+    if kind == "null":
+        return pa.nulls(1, pa.string())
+    raise AssertionError(f"unknown type {kind}")
+
+
+def python_value(item: dict[str, Any]) -> object:
+    """The same value as a plain Python object for the reference implementation."""
+    kind, value = item["type"], item["value"]
+    if kind == "float":
+        return float(value)
+    if kind == "decimal":
+        return decimal.Decimal(value)
+    if kind in ("timestamp", "timestamp_naive"):
+        if _timestamp_parts(value)[2]:  # nanoseconds: what Arrow hands to Python code
+            return arrow_array(item).to_pylist()[0]
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if kind == "date":
+        return dt.date.fromisoformat(value)
+    return value
+
+
+def namespace_of(case: dict[str, Any]) -> uuid.UUID:
+    if "namespace" in case:
+        return uuid.UUID(case["namespace"])
+    return uuid.uuid5(uuid.NAMESPACE_URL, "moesif-backfill:" + case["scope"])
+
+
+def columnwise_ids(ns: uuid.UUID, columns: list[pa.Array], tz: str) -> list[str]:
+    texts = [canon_array(col, tz=tz)[0] for col in columns]
+    return uuid5_array(ns, id_names(texts)).to_pylist()
+
+
+# ---------------------------------------------------------------------------------------------
+# golden vectors
+
+
+def test_golden_file_shape() -> None:
+    assert len(CASES) >= 30
+    assert len({c["id"] for c in CASES}) == len(CASES)
+    types = {item["type"] for c in CASES for item in c["key"]}
+    assert types == {
+        "string",
+        "int",
+        "float",
+        "bool",
+        "decimal",
+        "timestamp",
+        "timestamp_naive",
+        "date",
+        "null",
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_golden_vector_is_plain_uuid5(case: dict[str, Any]) -> None:
+    """The file is self-consistent: anyone can recompute the ID from the name with uuid5."""
+    assert str(uuid.uuid5(namespace_of(case), case["name"])) == case["transaction_id"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_golden_reference(case: dict[str, Any]) -> None:
+    values = [python_value(item) for item in case["key"]]
+    got = transaction_id_value(namespace_of(case), values, tz=case["tz"])
+    assert got == case["transaction_id"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_golden_columnwise(case: dict[str, Any]) -> None:
+    columns = [arrow_array(item) for item in case["key"]]
+    texts = [canon_array(col, tz=case["tz"])[0] for col in columns]
+    assert id_names(texts).to_pylist() == [case["name"]]
+    assert columnwise_ids(namespace_of(case), columns, case["tz"]) == [case["transaction_id"]]
+
+
+WIDER_TYPES = {
+    "string": [pa.large_string(), pa.dictionary(pa.int32(), pa.string())],
+    "int": [pa.int32(), pa.decimal128(38, 0)],
+    "decimal": [pa.decimal128(38, 18), pa.decimal256(60, 30)],
+    "float": [pa.float32()],
+}
+
+
+def _wider(item: dict[str, Any]) -> list[pa.Array]:
+    base = arrow_array(item)
+    out = []
+    for t in WIDER_TYPES.get(item["type"], []):
+        if item["type"] == "float" and float(np.float32(item["value"])) != item["value"]:
+            continue  # not exactly representable in float32
+        if t == pa.int32() and not -(2**31) <= item["value"] < 2**31:
+            continue
+        out.append(base.cast(t))
+    return out
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if len(c["key"]) == 1 and _wider(c["key"][0])],
+    ids=lambda c: c["id"],
+)
+def test_golden_columnwise_other_physical_types(case: dict[str, Any]) -> None:
+    """The same value in another physical type (float32, int32, decimal with a larger scale,
+    large/dictionary strings) has the same canonical text, hence the same ID."""
+    for arr in _wider(case["key"][0]):
+        got = columnwise_ids(namespace_of(case), [arr], case["tz"])
+        assert got == [case["transaction_id"]], arr.type
+
+
+def test_golden_ids_in_one_batch() -> None:
+    """Many rows of one column at once (behind a null row) give the same IDs as one by one."""
+    groups: dict[tuple[str, str], list[tuple[pa.Array, str]]] = {}
+    for case in CASES:
+        if case.get("scope") == "billing.payments" and len(case["key"]) == 1:
+            arr = arrow_array(case["key"][0])
+            groups.setdefault((str(arr.type), case["tz"]), []).append((arr, case["transaction_id"]))
+    assert len(groups) >= 8
+    for (typ, tz), items in groups.items():
+        column = pa.concat_arrays([pa.nulls(1, items[0][0].type), *(a for a, _ in items)])
+        got = columnwise_ids(NS, [column], tz)
+        assert got == [str(uuid.uuid5(NS, "v1|~")), *(i for _, i in items)], typ
+
+
+# ---------------------------------------------------------------------------------------------
+# properties: the column-wise path equals the reference, row by row
+
+NS = uuid.uuid5(uuid.NAMESPACE_URL, "moesif-backfill:billing.payments")
+ZONES = st.sampled_from(["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata"])
+NAIVE = st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2100, 12, 31))
+AWARE = st.datetimes(
+    min_value=dt.datetime(1900, 1, 2),
+    max_value=dt.datetime(2100, 12, 30),
+    timezones=st.sampled_from(
+        [
+            dt.UTC,
+            dt.timezone(dt.timedelta(hours=5, minutes=30)),
+            dt.timezone(-dt.timedelta(hours=8)),
+        ]
+    ),
+)
+DECIMALS = st.decimals(allow_nan=False, allow_infinity=False, places=8).filter(
+    lambda d: abs(d) < 10**29
+)
+
+
+def _column(kind: str, values: list[Any]) -> pa.Array:
+    if kind == "str":
+        return pa.array(values, pa.string())
+    if kind == "int":
+        return pa.array(values, pa.int64())
+    if kind == "float":
+        return pa.array(values, pa.float64())
+    if kind == "decimal":
+        return pa.array(values, pa.decimal128(38, 8))
+    if kind == "naive":
+        return pa.array(values, pa.timestamp("us"))
+    if kind == "aware":
+        return pa.array(values, pa.timestamp("us", tz="UTC"))
+    if kind == "date":
+        return pa.array(values, pa.date32())
+    return pa.array(values, pa.bool_())
+
+
+KINDS: dict[str, st.SearchStrategy[Any]] = {
+    "str": st.text(),
+    "int": st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    "float": st.floats(allow_nan=False, allow_infinity=False),
+    "decimal": DECIMALS,
+    "naive": NAIVE,
+    "aware": AWARE,
+    "date": st.dates(),
+    "bool": st.booleans(),
+}
+
+
+@st.composite
+def key_columns(draw: st.DrawFn) -> tuple[list[str], list[list[Any]]]:
+    n = draw(st.integers(min_value=1, max_value=12))
+    kinds = draw(st.lists(st.sampled_from(sorted(KINDS)), min_size=1, max_size=3))
+    cols = [draw(st.lists(st.none() | KINDS[k], min_size=n, max_size=n)) for k in kinds]
+    return kinds, cols
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key_columns(), ZONES)
+def test_columnwise_equals_reference(data: tuple[list[str], list[list[Any]]], tz: str) -> None:
+    kinds, cols = data
+    arrays = [_column(k, vals) for k, vals in zip(kinds, cols, strict=True)]
+    got = columnwise_ids(NS, arrays, tz)
+    # The reference gets the source values themselves, not Arrow's copies.
+    rows = list(zip(*cols, strict=True))
+    assert got == [transaction_id_value(NS, list(row), tz=tz) for row in rows]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.none() | st.floats(), min_size=1, max_size=20))
+def test_float_canon_and_nonfinite_flags(values: list[float | None]) -> None:
+    text, nonfinite = canon_array(pa.array(values, pa.float64()), tz="UTC")
+    for v, t, bad in zip(values, text.to_pylist(), nonfinite.tolist(), strict=True):
+        if v is None:
+            assert (t, bad) == (None, False)
+        elif not math.isfinite(v):
+            assert (t, bad) == (None, True)
+            with pytest.raises(NonFinite):
+                canon_value(v)
+        else:
+            assert (t, bad) == (canon_value(v), False)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nonfinite_key_rejected_by_reference_and_build_actions(bad: float) -> None:
+    with pytest.raises(NonFinite):
+        transaction_id_value(NS, ["x", bad], tz="UTC")
+    spec = parse_mapping(
+        {
+            "action_name": {"value": "Paid"},
+            "time": "t",
+            "transaction_id": {"scope": "billing.payments", "key": ["a", "f"]},
+        }
+    )
+    batch = pa.RecordBatch.from_pydict(
+        {"t": ["2024-01-01T00:00:00Z"] * 2, "a": ["x", "x"], "f": [1.5, bad]}
+    )
+    res = build_actions(batch, spec)
+    assert res.accepted.tolist() == [0]
+    assert res.rejected.tolist() == [1]
+    assert res.reasons == [R_KEY_NONFINITE]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.none() | st.text(max_size=5), st.none() | st.integers(-5, 5)),
+        min_size=1,
+        max_size=15,
+    )
+)
+def test_all_null_key_rejected(rows: list[tuple[str | None, int | None]]) -> None:
+    spec = parse_mapping(
+        {
+            "action_name": {"value": "Paid"},
+            "time": "t",
+            "transaction_id": {"scope": "billing.payments", "key": ["a", "b"]},
+        }
+    )
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(["2024-01-01T00:00:00Z"] * len(rows), pa.string()),
+            pa.array([r[0] for r in rows], pa.string()),
+            pa.array([r[1] for r in rows], pa.int64()),
+        ],
+        names=["t", "a", "b"],
+    )
+    res = build_actions(batch, spec)
+    all_null = [i for i, r in enumerate(rows) if r == (None, None)]
+    assert res.rejected.tolist() == all_null
+    assert res.reasons == [R_KEY_MISSING] * len(all_null)
+    assert res.accepted.tolist() == [i for i in range(len(rows)) if i not in all_null]
+    sent = [json.loads(r)["transaction_id"] for r in res.records.to_pylist()]
+    expected = [transaction_id_value(NS, list(rows[i]), tz="UTC") for i in res.accepted]
+    assert sent == expected

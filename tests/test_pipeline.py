@@ -1,0 +1,273 @@
+"""Integration tests of the pipeline (plain Python, no Prefect) against the local stand-ins.
+
+boto3 talks HTTP to moto server (happy path) or to the project's strict Firehose endpoint
+(limits and injected faults); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.checkpoint_local import LocalCheckpointStore
+from flows.report import RunSummary
+from flows.run import Run
+from flows.settings import RunSettings
+from moesif_backfill.errors import (
+    CheckpointMismatchError,
+    JobLockedError,
+    PermanentDeliveryError,
+    PreflightError,
+    TransientDeliveryError,
+)
+from tests.datasets import MAPPING, expected_ids, ids_of, write_mapping, write_payments
+
+pytestmark = pytest.mark.integration
+
+
+def run_plain(settings: RunSettings) -> tuple[RunSummary, BaseException | None]:
+    """What the Prefect flow does, without Prefect: prepare, every file, finish."""
+    run = Run(settings)
+    error: BaseException | None = None
+    try:
+        plan = run.prepare()
+        for i in range(len(plan.files)):
+            run.process_file(i)
+    except Exception as exc:
+        error = exc
+    return run.finish(error), error
+
+
+def settings_for(tmp_path: Path, sources: list[Path], **kw: Any) -> RunSettings:
+    base: dict[str, Any] = {
+        "sources": [str(s) for s in sources],
+        "mapping": write_mapping(tmp_path / "mapping.yaml"),
+        "checkpoint": tmp_path / "ckpt",
+        "job": "test-job",
+        "chunk_rows": 1_000,
+        "region": "us-east-1",
+    }
+    base.update(kw)
+    return RunSettings.model_validate(base)
+
+
+def test_moto_happy_path_then_rerun_sends_nothing(tmp_path: Path, moto_firehose_stream: Any) -> None:
+    data = tmp_path / "data"
+    write_payments(data / "a.parquet", 1, 2_500)
+    write_payments(data / "sub" / "b.csv", 2_501, 1_500)
+    s = settings_for(
+        tmp_path, [data], stream=moto_firehose_stream.stream, endpoint_url=moto_firehose_stream.endpoint_url
+    )
+    first, err = run_plain(s)
+    assert err is None, err
+    assert first.rows_read == first.actions_sent == 4_000 and first.accounted
+    receiver = moto_firehose_stream.receiver
+    assert receiver.transaction_ids() == expected_ids(1, 4_000)
+    assert receiver.stats()["duplicates"] == 0 and receiver.stats()["invalid"] == 0
+
+    second, err = run_plain(s)
+    assert err is None
+    assert second.actions_sent == 0 and second.rows_skipped == 4_000 and second.accounted
+    assert receiver.stats()["records"] == 4_000
+
+
+def test_faults_every_row_delivered_at_least_once(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 6_000)
+    strict_firehose.configure(
+        record_failure_rate=0.10,
+        throttle_rate=0.20,
+        drop_after_store_rate=0.05,
+        drop_before_store_rate=0.05,
+    )
+    s = settings_for(
+        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
+    )
+    summary, err = run_plain(s)
+    assert err is None, err
+    delivered = strict_firehose.transaction_ids(firehose_stream)
+    assert set(delivered) == expected_ids(1, 6_000)
+    assert summary.accounted and summary.actions_sent == 6_000
+    assert summary.records_retried > 0 and summary.throttled_calls > 0
+    dupes = sum(c - 1 for c in Counter(delivered).values())
+    # Duplicates come only from calls whose connection dropped after the records were stored
+    # (the client cannot know they arrived); each such call carried at most 500 records.
+    drops = strict_firehose.stream_counters(firehose_stream)["dropped_after_store"]
+    assert drops > 0
+    assert dupes <= drops * 500
+
+
+def test_permanent_failure_checkpoint_holds_exactly_what_was_delivered(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 10_000)
+    strict_firehose.configure(delete_stream_after_calls=7)
+    s = settings_for(
+        tmp_path,
+        [src],
+        stream=firehose_stream,
+        endpoint_url=strict_firehose.endpoint_url,
+        chunks_in_flight=1,
+        max_in_flight=1,
+    )
+    summary, err = run_plain(s)
+    assert isinstance(err, PermanentDeliveryError)
+    assert summary.status == "failed"
+    state = LocalCheckpointStore(tmp_path / "ckpt").load("test-job")
+    assert state is not None
+    prog = state.files[str(src.resolve())]
+    delivered = set(strict_firehose.transaction_ids(firehose_stream))
+    committed: set[str] = set()
+    for a, b in prog.done:
+        for chunk in range(a, b):
+            committed |= expected_ids(1 + chunk * 1_000, 1_000)
+    assert committed, "some chunks were delivered before the stream vanished"
+    assert committed <= delivered  # nothing committed that was not delivered
+    assert prog.rows_sent == len(committed) == summary.actions_sent
+
+    # The stream comes back: the rerun fills exactly the gap.
+    strict_firehose.reset_faults()
+    strict_firehose.create_stream(firehose_stream)
+    summary2, err = run_plain(s)
+    assert err is None, err
+    assert summary2.rows_skipped == len(committed)
+    assert summary2.actions_sent == 10_000 - len(committed)
+    assert set(strict_firehose.transaction_ids(firehose_stream)) | delivered == expected_ids(1, 10_000)
+
+
+def test_throttled_beyond_budget_is_transient_and_resumable(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 2_000)
+    strict_firehose.configure(throttle_rate=1.0)
+    s = settings_for(
+        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
+    )
+    summary, err = run_plain(s)
+    assert isinstance(err, TransientDeliveryError)
+    assert "rerun" in str(err).lower() or "resume" in str(err).lower()
+    assert summary.actions_sent == 0 and strict_firehose.transaction_ids(firehose_stream) == []
+    strict_firehose.reset_faults()
+    summary, err = run_plain(s)
+    assert err is None and summary.actions_sent == 2_000
+
+
+def test_rows_older_than_30_days_stop_before_sending(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=45)
+    src = write_payments(tmp_path / "old.parquet", 1, 300, now=old)
+    s = settings_for(tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url)
+    with pytest.raises(PreflightError, match=r"300 row\(s\) are more than 30 days old"):
+        Run(s).prepare()
+    assert strict_firehose.transaction_ids(firehose_stream) == []
+    allowed = s.model_copy(update={"allow_older_than_30_days": True})
+    summary, err = run_plain(allowed)
+    assert err is None and summary.actions_sent == 300
+
+
+def test_unknown_stream_is_a_preflight_error(tmp_path: Path, strict_firehose: Any) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 10)
+    s = settings_for(tmp_path, [src], stream="no-such-stream", endpoint_url=strict_firehose.endpoint_url)
+    with pytest.raises(PreflightError, match="no-such-stream"):
+        Run(s).prepare()
+
+
+def test_changed_mapping_or_input_needs_reset_or_reprocess(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 1_500)
+    s = settings_for(tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url)
+    assert run_plain(s)[1] is None
+
+    changed = dict(MAPPING, action_name={"value": "Another Name"})
+    write_mapping(tmp_path / "mapping.yaml", changed)
+    with pytest.raises(CheckpointMismatchError, match="mapping changed"):
+        Run(s).prepare()
+    write_mapping(tmp_path / "mapping.yaml")
+
+    write_payments(src, 1, 1_600)  # the file grew
+    with pytest.raises(CheckpointMismatchError, match="--reprocess"):
+        Run(s).prepare()
+    summary, err = run_plain(s.model_copy(update={"reprocess": [str(src)]}))
+    assert err is None and summary.actions_sent == 1_600
+
+    summary, err = run_plain(s.model_copy(update={"reset": True}))
+    assert err is None and summary.actions_sent == 1_600 and summary.rows_skipped == 0
+
+
+def test_second_run_of_a_job_refuses_to_start(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 10)
+    s = settings_for(tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url)
+    first = Run(s)
+    first.prepare()
+    try:
+        with pytest.raises(JobLockedError, match="already running"):
+            Run(s).prepare()
+    finally:
+        first.finish()
+
+
+def test_rejects_are_written_with_reason_and_row(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    csv = tmp_path / "r.csv"
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    csv.write_text(
+        "invoice_line_id,customer_id,user_id,created_at,amount,currency\n"
+        f"il_1,c1,u1,{now},1.5,USD\n"
+        f",c2,u2,{now},2.5,USD\n"
+        f"il_3,c3,u3,,3.5,USD\n"
+        f"il_4,c4,u4,not-a-time,4.5,USD\n"
+        f"il_5,c5,u5,{now},5.5,USD\n",
+        encoding="utf-8",
+    )
+    s = settings_for(
+        tmp_path, [csv], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url,
+        rejects=tmp_path / "rejects.ndjson",
+    )
+    summary, err = run_plain(s)
+    assert err is None
+    assert (summary.actions_sent, summary.rows_rejected, summary.status) == (2, 3, "complete_with_rejects")
+    lines = [json.loads(x) for x in (tmp_path / "rejects.ndjson").read_text().splitlines()]
+    assert [(x["row"], x["reason"]) for x in lines] == [
+        (2, "missing transaction_id key value"),
+        (3, "missing time"),
+        (4, "unparseable time"),
+    ]
+    assert lines[2]["values"]["created_at"] == "not-a-time"
+    assert lines[0]["source"] == str(csv.resolve())
+    assert sorted(ids_of(strict_firehose.records(firehose_stream))) == sorted(
+        ids_of([json.dumps({"transaction_id": t}).encode() for t in _ids_for(["il_1", "il_5"])])
+    )
+
+
+def _ids_for(keys: list[str]) -> list[str]:
+    import uuid
+
+    from tests.datasets import NAMESPACE
+
+    return [str(uuid.uuid5(NAMESPACE, f"v1|{len(k)}:{k}")) for k in keys]
+
+
+def test_dry_run_writes_exactly_the_records_and_sends_nothing(tmp_path: Path) -> None:
+    import gzip
+
+    src = write_payments(tmp_path / "p.parquet", 1, 3_000)
+    s = settings_for(tmp_path, [src], mode="dry-run", out=tmp_path / "out")
+    summary, err = run_plain(s)
+    assert err is None and summary.actions_sent == 3_000
+    files = sorted((tmp_path / "out").glob("*.ndjson.gz"))
+    assert len(files) == 1
+    lines = gzip.decompress(files[0].read_bytes()).decode().splitlines()
+    assert {json.loads(x)["transaction_id"] for x in lines} == expected_ids(1, 3_000)
+    assert sum(len(x.encode()) for x in lines) == summary.bytes_sent
+    assert not (tmp_path / "ckpt" / "test-job" / "state.json").exists()
