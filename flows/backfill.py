@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -47,10 +48,13 @@ class _Progress:
         self.done = 0
         self._last = 0.0
         self._lock = threading.Lock()
-        self.artifact_id = create_progress_artifact(
-            progress=0.0,
-            key=_artifact_key(job, "progress"),
-            description=f"moesif-backfill job {job}: share of input rows accounted for",
+        self.artifact_id: UUID = cast(
+            UUID,
+            create_progress_artifact(
+                progress=0.0,
+                key=_artifact_key(job, "progress"),
+                description=f"moesif-backfill job {job}: share of input rows accounted for",
+            ),
         )
 
     def rows_done(self, n: int) -> None:

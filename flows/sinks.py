@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -112,7 +112,7 @@ class DryRunSink(CountingSink):
         super().__init__()
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        self._fh: igzip_threaded.IGzipFile | None = None  # type: ignore[name-defined]
+        self._fh: Any = None
         self._lock = threading.Lock()
         self.files: list[Path] = []
 
@@ -120,7 +120,9 @@ class DryRunSink(CountingSink):
         self.close_file()
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(name).name)
         path = self.out_dir / f"{index:05d}-{safe}.ndjson.gz"
-        self._fh = igzip_threaded.open(path, "wb", compresslevel=1, threads=1)
+        self._fh = igzip_threaded.open(  # type: ignore[no-untyped-call]  # isal has no stubs
+            path, "wb", compresslevel=1, threads=1
+        )
         self.files.append(path)
 
     def submit(self, records: pa.Array) -> Future[int]:

@@ -8,7 +8,6 @@ exactly what was delivered.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -22,10 +21,14 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REJECTS = 0, 1, 2, 3
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs")
     p.add_argument("--mapping", required=True, type=Path, help="mapping YAML file")
-    p.add_argument("--allow-older-than-30-days", action="store_true",
-                   help="send rows older than Moesif's 30-day window (account enabled for backfill)")
-    p.add_argument("--chunk-rows", type=int, default=10_000,
-                   help="rows per checkpointed chunk (default 10000)")
+    p.add_argument(
+        "--allow-older-than-30-days",
+        action="store_true",
+        help="send rows older than Moesif's 30-day window (account enabled for backfill)",
+    )
+    p.add_argument(
+        "--chunk-rows", type=int, default=10_000, help="rows per checkpointed chunk (default 10000)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,22 +41,38 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument("--stream", help="Firehose stream (delivery stream) name")
-    target.add_argument("--dry-run", action="store_true",
-                        help="write the records that would be sent to --out DIR; no AWS calls")
+    target.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write the records that would be sent to --out DIR; no AWS calls",
+    )
     run.add_argument("--out", type=Path, help="output directory for --dry-run")
     run.add_argument("--region", help="AWS region (default: boto3's configuration)")
-    run.add_argument("--endpoint-url", help="Firehose endpoint URL (local stand-ins, VPC endpoints)")
-    run.add_argument("--checkpoint", type=Path, default=Path(".moesif-backfill/checkpoints"),
-                     help="checkpoint directory (default .moesif-backfill/checkpoints)")
+    run.add_argument(
+        "--endpoint-url", help="Firehose endpoint URL (local stand-ins, VPC endpoints)"
+    )
+    run.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path(".moesif-backfill/checkpoints"),
+        help="checkpoint directory (default .moesif-backfill/checkpoints)",
+    )
     run.add_argument("--job", help="job name (default: derived from the sources and mapping path)")
-    run.add_argument("--rejects", type=Path, help="rejects NDJSON file (default: in the checkpoint)")
+    run.add_argument(
+        "--rejects", type=Path, help="rejects NDJSON file (default: in the checkpoint)"
+    )
     run.add_argument("--summary-json", type=Path, help="write the run summary here")
     run.add_argument("--max-records-per-second", type=float)
     run.add_argument("--max-mib-per-second", type=float)
     run.add_argument("--max-in-flight", type=int, default=8, help="PutRecordBatch calls at once")
     run.add_argument("--reset", action="store_true", help="forget this job's checkpoint first")
-    run.add_argument("--reprocess", action="append", default=[], metavar="FILE",
-                     help="send FILE again although it changed since the checkpoint")
+    run.add_argument(
+        "--reprocess",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="send FILE again although it changed since the checkpoint",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     val = sub.add_parser("validate", help="preflight: check the mapping and data, send nothing")
     _common(val)
@@ -164,7 +183,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}",
         f"  bytes          {summary['bytes_sent']:>12,}  billable 5 KB units "
         f"{summary['billable_5kb_units']:,}",
-        f"  duration       {summary['duration_s']:>11.1f}s  ({summary['rows_per_second']:,.0f} rows/s)",
+        f"  duration       {summary['duration_s']:>11.1f}s  "
+        f"({summary['rows_per_second']:,.0f} rows/s)",
     ]
     if summary.get("rows_rejected") and summary.get("rejects_path"):
         lines.append(f"  rejects file   {summary['rejects_path']}")
@@ -217,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code
     except KeyboardInterrupt:
         bar.stop()
-        print("interrupted: the checkpoint holds every acknowledged chunk; rerun to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: the checkpoint holds every acknowledged chunk; rerun to resume",
+            file=sys.stderr,
+        )
         return 130
     bar.stop()
     summary = dict(flow_module.LAST_SUMMARY)

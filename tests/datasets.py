@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+import yaml
 
 SCOPE = "billing.payments"
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "moesif-backfill:" + SCOPE)
@@ -70,8 +71,6 @@ def write_payments(path: Path, start: int, n: int, **kw: object) -> Path:
 
 
 def write_mapping(path: Path, mapping: dict[str, object] | None = None) -> Path:
-    import yaml
-
     path.write_text(yaml.safe_dump(mapping or MAPPING, sort_keys=False), encoding="utf-8")
     return path
 

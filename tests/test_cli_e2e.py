@@ -32,10 +32,25 @@ def _env(prefect_api: str) -> dict[str, str]:
 
 def _run_args(tmp_path: Path, src: Path, stream: str, endpoint: str, n: int) -> list[str]:
     return [
-        *CLI, "run", str(src), "--mapping", str(tmp_path / "m.yaml"),
-        "--stream", stream, "--endpoint-url", endpoint, "--region", "us-east-1",
-        "--checkpoint", str(tmp_path / "ckpt"), "--job", "e2e",
-        "--summary-json", str(tmp_path / f"summary-{n}.json"), "--chunk-rows", "500",
+        *CLI,
+        "run",
+        str(src),
+        "--mapping",
+        str(tmp_path / "m.yaml"),
+        "--stream",
+        stream,
+        "--endpoint-url",
+        endpoint,
+        "--region",
+        "us-east-1",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--job",
+        "e2e",
+        "--summary-json",
+        str(tmp_path / f"summary-{n}.json"),
+        "--chunk-rows",
+        "500",
         "--quiet",
     ]
 
@@ -54,7 +69,9 @@ def test_sigkill_and_rerun_loses_nothing(
     for n in range(1, 8):
         proc = subprocess.Popen(
             _run_args(tmp_path, src, firehose_stream, strict_firehose.endpoint_url, n),
-            env=_env(prefect_api), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=_env(prefect_api),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         if kills < 3:
             target = len(strict_firehose.records(firehose_stream)) + rng.randint(1_000, 4_000)
@@ -65,7 +82,7 @@ def test_sigkill_and_rerun_loses_nothing(
                     kills += 1
                     break
                 time.sleep(0.01)
-        out, err = proc.communicate(timeout=300)
+        _out, err = proc.communicate(timeout=300)
         attempts.append(proc.returncode)
         if proc.returncode == 0:
             break
@@ -93,14 +110,28 @@ def test_exit_codes_config_error_and_rejects(
     )
     write_mapping(tmp_path / "m.yaml")
     args = _run_args(tmp_path, csv, firehose_stream, strict_firehose.endpoint_url, 1)
-    done = subprocess.run(args, env=_env(prefect_api), capture_output=True, timeout=300)
+    done = subprocess.run(
+        args, env=_env(prefect_api), capture_output=True, timeout=300, check=False
+    )
     assert done.returncode == 3, done.stderr.decode()[-2000:]
     assert "rejected" in done.stderr.decode()
 
     missing = subprocess.run(
-        [*CLI, "run", str(tmp_path / "nope.csv"), "--mapping", str(tmp_path / "m.yaml"),
-         "--stream", firehose_stream, "--endpoint-url", strict_firehose.endpoint_url],
-        env=_env(prefect_api), capture_output=True, timeout=300,
+        [
+            *CLI,
+            "run",
+            str(tmp_path / "nope.csv"),
+            "--mapping",
+            str(tmp_path / "m.yaml"),
+            "--stream",
+            firehose_stream,
+            "--endpoint-url",
+            strict_firehose.endpoint_url,
+        ],
+        env=_env(prefect_api),
+        capture_output=True,
+        timeout=300,
+        check=False,
     )
     assert missing.returncode == 2
     assert "nope.csv" in missing.stderr.decode()

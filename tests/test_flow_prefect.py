@@ -64,6 +64,6 @@ def test_flow_fails_loudly_on_config_error(
         endpoint_url=strict_firehose.endpoint_url,
         checkpoint=tmp_path / "ckpt",
     )
-    with pytest.raises(MappingError, match="no_such_column.*Available columns: invoice_line_id"):
+    with pytest.raises(MappingError, match=r"no_such_column.*Available columns: invoice_line_id"):
         backfill(settings)
     assert strict_firehose.transaction_ids(firehose_stream) == []

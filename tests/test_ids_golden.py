@@ -56,30 +56,27 @@ def _timestamp_parts(text: str) -> tuple[int, str | None, bool]:
     return int(wall), off, len(m["frac"] or "") > 6
 
 
+SIMPLE_TYPES = {"string": pa.string(), "float": pa.float64(), "bool": pa.bool_()}
+
+
 def arrow_array(item: dict[str, Any]) -> pa.Array:
     """A one-row Arrow array of the type a Parquet file would give this value."""
     kind, value = item["type"], item["value"]
-    if kind == "string":
-        return pa.array([value], pa.string())
+    if kind in SIMPLE_TYPES:
+        return pa.array([value], SIMPLE_TYPES[kind])
     if kind == "int":
         return pa.array([value], pa.uint64() if value > 2**63 - 1 else pa.int64())
-    if kind == "float":
-        return pa.array([float(value)], pa.float64())
-    if kind == "bool":
-        return pa.array([value], pa.bool_())
     if kind == "decimal":
         return pa.array([decimal.Decimal(value)])  # the narrowest decimal type that fits
     if kind in ("timestamp", "timestamp_naive"):
         ns, off, sub_us = _timestamp_parts(value)
         tz = None if off is None else ("UTC" if off == "Z" else off)
-        unit = "ns" if sub_us else "us"
-        raw = ns if sub_us else ns // 1000
+        unit, raw = ("ns", ns) if sub_us else ("us", ns // 1000)
         return pa.array([raw], pa.timestamp(unit, tz=tz))
     if kind == "date":
         return pa.array([dt.date.fromisoformat(value)], pa.date32())
-    if kind == "null":
-        return pa.nulls(1, pa.string())
-    raise AssertionError(f"unknown type {kind}")
+    assert kind == "null", kind
+    return pa.nulls(1, pa.string())
 
 
 def python_value(item: dict[str, Any]) -> object:
@@ -220,22 +217,16 @@ DECIMALS = st.decimals(allow_nan=False, allow_infinity=False, places=8).filter(
 )
 
 
-def _column(kind: str, values: list[Any]) -> pa.Array:
-    if kind == "str":
-        return pa.array(values, pa.string())
-    if kind == "int":
-        return pa.array(values, pa.int64())
-    if kind == "float":
-        return pa.array(values, pa.float64())
-    if kind == "decimal":
-        return pa.array(values, pa.decimal128(38, 8))
-    if kind == "naive":
-        return pa.array(values, pa.timestamp("us"))
-    if kind == "aware":
-        return pa.array(values, pa.timestamp("us", tz="UTC"))
-    if kind == "date":
-        return pa.array(values, pa.date32())
-    return pa.array(values, pa.bool_())
+COLUMN_TYPES = {
+    "str": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "decimal": pa.decimal128(38, 8),
+    "naive": pa.timestamp("us"),
+    "aware": pa.timestamp("us", tz="UTC"),
+    "date": pa.date32(),
+    "bool": pa.bool_(),
+}
 
 
 KINDS: dict[str, st.SearchStrategy[Any]] = {
@@ -262,7 +253,7 @@ def key_columns(draw: st.DrawFn) -> tuple[list[str], list[list[Any]]]:
 @given(key_columns(), ZONES)
 def test_columnwise_equals_reference(data: tuple[list[str], list[list[Any]]], tz: str) -> None:
     kinds, cols = data
-    arrays = [_column(k, vals) for k, vals in zip(kinds, cols, strict=True)]
+    arrays = [pa.array(vals, COLUMN_TYPES[k]) for k, vals in zip(kinds, cols, strict=True)]
     got = columnwise_ids(NS, arrays, tz)
     # The reference gets the source values themselves, not Arrow's copies.
     rows = list(zip(*cols, strict=True))

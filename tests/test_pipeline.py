@@ -7,7 +7,9 @@ boto3 talks HTTP to moto server (happy path) or to the project's strict Firehose
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from moesif_backfill.errors import (
     PreflightError,
     TransientDeliveryError,
 )
-from tests.datasets import MAPPING, expected_ids, ids_of, write_mapping, write_payments
+from tests.datasets import MAPPING, NAMESPACE, expected_ids, ids_of, write_mapping, write_payments
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +58,17 @@ def settings_for(tmp_path: Path, sources: list[Path], **kw: Any) -> RunSettings:
     return RunSettings.model_validate(base)
 
 
-def test_moto_happy_path_then_rerun_sends_nothing(tmp_path: Path, moto_firehose_stream: Any) -> None:
+def test_moto_happy_path_then_rerun_sends_nothing(
+    tmp_path: Path, moto_firehose_stream: Any
+) -> None:
     data = tmp_path / "data"
     write_payments(data / "a.parquet", 1, 2_500)
     write_payments(data / "sub" / "b.csv", 2_501, 1_500)
     s = settings_for(
-        tmp_path, [data], stream=moto_firehose_stream.stream, endpoint_url=moto_firehose_stream.endpoint_url
+        tmp_path,
+        [data],
+        stream=moto_firehose_stream.stream,
+        endpoint_url=moto_firehose_stream.endpoint_url,
     )
     first, err = run_plain(s)
     assert err is None, err
@@ -138,7 +145,9 @@ def test_permanent_failure_checkpoint_holds_exactly_what_was_delivered(
     assert err is None, err
     assert summary2.rows_skipped == len(committed)
     assert summary2.actions_sent == 10_000 - len(committed)
-    assert set(strict_firehose.transaction_ids(firehose_stream)) | delivered == expected_ids(1, 10_000)
+    assert set(strict_firehose.transaction_ids(firehose_stream)) | delivered == expected_ids(
+        1, 10_000
+    )
 
 
 def test_throttled_beyond_budget_is_transient_and_resumable(
@@ -163,7 +172,9 @@ def test_rows_older_than_30_days_stop_before_sending(
 ) -> None:
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=45)
     src = write_payments(tmp_path / "old.parquet", 1, 300, now=old)
-    s = settings_for(tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url)
+    s = settings_for(
+        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
+    )
     with pytest.raises(PreflightError, match=r"300 row\(s\) are more than 30 days old"):
         Run(s).prepare()
     assert strict_firehose.transaction_ids(firehose_stream) == []
@@ -174,7 +185,9 @@ def test_rows_older_than_30_days_stop_before_sending(
 
 def test_unknown_stream_is_a_preflight_error(tmp_path: Path, strict_firehose: Any) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 10)
-    s = settings_for(tmp_path, [src], stream="no-such-stream", endpoint_url=strict_firehose.endpoint_url)
+    s = settings_for(
+        tmp_path, [src], stream="no-such-stream", endpoint_url=strict_firehose.endpoint_url
+    )
     with pytest.raises(PreflightError, match="no-such-stream"):
         Run(s).prepare()
 
@@ -183,7 +196,9 @@ def test_changed_mapping_or_input_needs_reset_or_reprocess(
     tmp_path: Path, strict_firehose: Any, firehose_stream: str
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 1_500)
-    s = settings_for(tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url)
+    s = settings_for(
+        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
+    )
     assert run_plain(s)[1] is None
 
     changed = dict(MAPPING, action_name={"value": "Another Name"})
@@ -206,7 +221,9 @@ def test_second_run_of_a_job_refuses_to_start(
     tmp_path: Path, strict_firehose: Any, firehose_stream: str
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 10)
-    s = settings_for(tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url)
+    s = settings_for(
+        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
+    )
     first = Run(s)
     first.prepare()
     try:
@@ -231,12 +248,19 @@ def test_rejects_are_written_with_reason_and_row(
         encoding="utf-8",
     )
     s = settings_for(
-        tmp_path, [csv], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url,
+        tmp_path,
+        [csv],
+        stream=firehose_stream,
+        endpoint_url=strict_firehose.endpoint_url,
         rejects=tmp_path / "rejects.ndjson",
     )
     summary, err = run_plain(s)
     assert err is None
-    assert (summary.actions_sent, summary.rows_rejected, summary.status) == (2, 3, "complete_with_rejects")
+    assert (summary.actions_sent, summary.rows_rejected, summary.status) == (
+        2,
+        3,
+        "complete_with_rejects",
+    )
     lines = [json.loads(x) for x in (tmp_path / "rejects.ndjson").read_text().splitlines()]
     assert [(x["row"], x["reason"]) for x in lines] == [
         (2, "missing transaction_id key value"),
@@ -245,22 +269,11 @@ def test_rejects_are_written_with_reason_and_row(
     ]
     assert lines[2]["values"]["created_at"] == "not-a-time"
     assert lines[0]["source"] == str(csv.resolve())
-    assert sorted(ids_of(strict_firehose.records(firehose_stream))) == sorted(
-        ids_of([json.dumps({"transaction_id": t}).encode() for t in _ids_for(["il_1", "il_5"])])
-    )
-
-
-def _ids_for(keys: list[str]) -> list[str]:
-    import uuid
-
-    from tests.datasets import NAMESPACE
-
-    return [str(uuid.uuid5(NAMESPACE, f"v1|{len(k)}:{k}")) for k in keys]
+    sent = sorted(ids_of(strict_firehose.records(firehose_stream)))
+    assert sent == sorted(str(uuid.uuid5(NAMESPACE, f"v1|4:{k}")) for k in ("il_1", "il_5"))
 
 
 def test_dry_run_writes_exactly_the_records_and_sends_nothing(tmp_path: Path) -> None:
-    import gzip
-
     src = write_payments(tmp_path / "p.parquet", 1, 3_000)
     s = settings_for(tmp_path, [src], mode="dry-run", out=tmp_path / "out")
     summary, err = run_plain(s)

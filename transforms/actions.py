@@ -74,10 +74,6 @@ def _source(batch: pa.RecordBatch, src: FieldSource, tz: str) -> pa.Array | str:
     return json_constant(src.value if isinstance(src.value, str) else str(src.value))
 
 
-def _as_array(v: pa.Array | str, n: int) -> pa.Array:
-    return pa.array([v] * n, pa.string()) if isinstance(v, str) else v
-
-
 class Rejects:
     """Accumulates the first reason that applies to each row."""
 
@@ -102,6 +98,27 @@ def _np_bool(arr: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def _transaction_ids(batch: pa.RecordBatch, spec: MappingSpec, rej: Rejects) -> pa.Array:
+    """The transaction_id of every row (ID contract v1), flagging rows without a usable key."""
+    tid = spec.transaction_id
+    if tid.column is not None:
+        ids, invalid = existing_uuids(batch.column(tid.column))
+        rej.add(ids.is_null(), R_KEY_MISSING)
+        rej.add(invalid, R_BAD_UUID)
+        return ids
+    n = batch.num_rows
+    texts, all_null = [], np.ones(n, dtype=bool)
+    nonfinite = np.zeros(n, dtype=bool)
+    for col in tid.key or []:
+        text, bad = canon_array(batch.column(col), tz=spec.time.timezone)
+        nonfinite |= bad
+        all_null &= _np_bool(text.is_null()) & ~bad
+        texts.append(text)
+    rej.add(all_null, R_KEY_MISSING)
+    rej.add(nonfinite, R_KEY_NONFINITE)
+    return uuid5_array(tid.namespace_uuid(), id_names(texts))
+
+
 def build_actions(batch: pa.RecordBatch, spec: MappingSpec) -> ActionBatch:
     """Turn one batch (columns named as in the mapping) into actions and rejects."""
     n = batch.num_rows
@@ -109,23 +126,7 @@ def build_actions(batch: pa.RecordBatch, spec: MappingSpec) -> ActionBatch:
     rej = Rejects(n)
     counters = {"metadata_nonfinite_omitted": 0}
 
-    # transaction_id
-    tid = spec.transaction_id
-    if tid.column is not None:
-        ids, invalid = existing_uuids(batch.column(tid.column))
-        rej.add(ids.is_null(), R_KEY_MISSING)
-        rej.add(invalid, R_BAD_UUID)
-    else:
-        texts, all_null = [], np.ones(n, dtype=bool)
-        nonfinite = np.zeros(n, dtype=bool)
-        for col in tid.key or []:
-            text, bad = canon_array(batch.column(col), tz=tz)
-            nonfinite |= bad
-            all_null &= _np_bool(text.is_null()) & ~bad
-            texts.append(text)
-        rej.add(all_null, R_KEY_MISSING)
-        rej.add(nonfinite, R_KEY_NONFINITE)
-        ids = uuid5_array(tid.namespace_uuid(), id_names(texts))
+    ids = _transaction_ids(batch, spec, rej)
 
     # action_name
     name = _source(batch, spec.action_name, tz)
@@ -151,12 +152,7 @@ def build_actions(batch: pa.RecordBatch, spec: MappingSpec) -> ActionBatch:
         pieces.append(_metadata(batch, spec, tz, counters))
     pieces.append("}")
 
-    arrays = [p for p in pieces if not isinstance(p, str)]
-    if not arrays:  # pragma: no cover - transaction_id is always a column
-        raise AssertionError("no per-row piece")
-    records = pc.binary_join_element_wise(
-        *pieces, "", null_handling="replace", null_replacement=""
-    )
+    records = pc.binary_join_element_wise(*pieces, "", null_handling="replace", null_replacement="")
     rej.add(pc.greater(pc.binary_length(records), MAX_ACTION_BYTES), R_TOO_LARGE)
 
     ok = rej.ok

@@ -105,13 +105,15 @@ def canon_array(arr: pa.Array, *, tz: str) -> tuple[pa.Array, np.ndarray]:
         return arr.cast(pa.string()), none
     if pa.types.is_null(t):
         return pa.nulls(len(arr), pa.string()), none
-    if pa.types.is_boolean(t) or pa.types.is_integer(t):
+    if pa.types.is_date(t):  # "YYYY-MM-DD", not localized
+        arr = arr.cast(pa.date32())
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_date(t):
         return arr.cast(pa.string()), none
     if pa.types.is_floating(t):
         return _canon_float(arr.cast(pa.float64()))
     if pa.types.is_decimal(t):
         return _canon_decimal(arr), none
-    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+    if pa.types.is_timestamp(t):
         us, _bad = to_epoch_us(arr, tz=tz, unit=None)
         return format_epoch(us, unit="us"), none
     raise MappingError(f"values of type {t} have no canonical text in ID contract v1")
@@ -147,6 +149,13 @@ def _canon_decimal(arr: pa.Array) -> pa.Array:
     text = arr.cast(pa.string())
     if arr.type.scale == 0:
         return pc.replace_substring_regex(text, pattern=r"^-0$", replacement="0")
+    # Arrow also switches to exponent notation when the adjusted exponent is below -6
+    # (1E-7, 1.0E-7, 0E-8): those values take the reference path.
+    exp = pc.fill_null(pc.match_substring(text, "E"), False)
     text = pc.replace_substring_regex(text, pattern=r"0+$", replacement="")
     text = pc.replace_substring_regex(text, pattern=r"\.$", replacement="")
-    return pc.replace_substring_regex(text, pattern=r"^-0$", replacement="0")
+    text = pc.replace_substring_regex(text, pattern=r"^-0$", replacement="0")
+    if pc.any(exp).as_py():
+        fixed = [canon_decimal_text(v) for v in pc.filter(arr, exp).to_pylist()]
+        text = pc.replace_with_mask(text, exp, pa.array(fixed, pa.string()))
+    return text

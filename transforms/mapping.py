@@ -292,7 +292,9 @@ def resolve_mapping(spec: MappingSpec, schema: pa.Schema, *, origin: str) -> Res
     return ResolvedMapping(spec=spec, columns=columns, schema=schema)
 
 
-def _check_types(spec: MappingSpec, schema: pa.Schema, columns: dict[str, str], origin: str) -> None:
+def _check_types(
+    spec: MappingSpec, schema: pa.Schema, columns: dict[str, str], origin: str
+) -> None:
     def typ(logical: str) -> pa.DataType:
         t = schema.field(columns[logical]).type
         return t.value_type if pa.types.is_dictionary(t) else t

@@ -22,6 +22,8 @@ US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}  # ns: divide b
 MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
+_LATE_WALL_US = 2_143_238_400_000_000  # 2037-12-01T00:00:00 (wall clock)
 
 _OFFSET_RE = r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)$"
 _PY_OFFSET = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$")
@@ -33,7 +35,23 @@ def _localize(naive_us: pa.Array, tz: str) -> pa.Array:
     if tz == "UTC":
         return naive_us.cast(pa.int64())
     aware = pc.assume_timezone(naive_us, timezone=tz, ambiguous="earliest", nonexistent="latest")
-    return aware.cast(pa.int64())
+    out = aware.cast(pa.int64())
+    # Arrow's tz library reads only the explicit transitions of the TZif file (they end in 2037)
+    # and ignores its POSIX rule for later years (2038-07-01 New York came out as EST): late
+    # wall-clock times go through zoneinfo, with the same ambiguous/nonexistent rule.
+    late = pc.fill_null(pc.greater_equal(naive_us.cast(pa.int64()), _LATE_WALL_US), False)
+    if pc.any(late).as_py():
+        from transforms.canon import localize_value  # noqa: PLC0415 (canon imports this module)
+
+        fixed = []
+        for v in pc.filter(naive_us.cast(pa.int64()), late).to_pylist():
+            try:
+                aware_dt = localize_value(_NAIVE_EPOCH + dt.timedelta(microseconds=v), tz)
+                fixed.append((aware_dt - _EPOCH) // dt.timedelta(microseconds=1))
+            except OverflowError:
+                fixed.append(MAX_US + 1)  # flagged by _range_checked
+        out = pc.replace_with_mask(out, late, pa.array(fixed, pa.int64()))
+    return out
 
 
 def _to_us(values: pa.Array, unit: str) -> tuple[pa.Array, np.ndarray]:

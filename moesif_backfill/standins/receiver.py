@@ -98,7 +98,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def validate_action(action: Any) -> str | None:  # noqa: PLR0911 - one return per rule
+def validate_action(action: Any) -> str | None:
     """Return why ``action`` is not a valid Moesif action for this project, or None if it is."""
     if not isinstance(action, dict):
         return f"record is a JSON {type(action).__name__}, not one action object"

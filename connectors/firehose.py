@@ -1,0 +1,551 @@
+"""Sending records to an Amazon Data Firehose stream (Direct PUT) with PutRecordBatch.
+
+`FirehoseSender.submit` splits a chunk of records into calls of at most 500 records and 4 MiB
+(`connectors.firehose_batching`), sends them on a thread pool, and resolves the chunk's future
+only when EVERY record was acknowledged. The retry loop here is the only one: the boto3 client
+from `make_firehose_client` has botocore retries off, so attempts are never multiplied.
+
+Error handling, per PutRecordBatch call:
+
+* ``FailedPutCount > 0``: only the failed records (matched to ``RequestResponses`` by index)
+  are resent, after exponential backoff with full jitter.
+* ``ServiceUnavailableException`` (or a generic ``ThrottlingException``) for the whole call,
+  whatever the HTTP status: throughput exceeded; back off and resend the call.
+* HTTP 5xx / ``InternalFailure`` and transport errors (connection refused, closed or reset,
+  connect/read timeouts): back off and resend. A dropped connection may have been stored
+  already, so resends can duplicate records; Moesif deduplicates on ``transaction_id``.
+* Anything else (unknown stream, access denied, bad credentials or signature, invalid request,
+  KMS errors, and any unclassified error) raises `PermanentDeliveryError` at once: a blind
+  resend of an error we do not understand could duplicate records for nothing.
+
+When a batch runs out of attempts the chunk's future raises `TransientDeliveryError`; nothing
+is lost, since the caller checkpoints only acknowledged chunks and a rerun resumes.
+Messages and logs never include credentials, request headers or the client configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import re
+import threading
+import time
+import types
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import urllib3.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
+
+from connectors.firehose_batching import billable_units, plan_batches
+from connectors.rate_limit import TokenBucket
+from moesif_backfill.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+
+logger = logging.getLogger(__name__)
+
+THROTTLING_CODES = frozenset({"ServiceUnavailableException", "ThrottlingException", "Throttling"})
+SERVER_ERROR_CODES = frozenset(
+    {"InternalFailure", "InternalFailureException", "InternalServerError", "ServiceFailure"}
+)
+CREDENTIAL_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+    }
+)
+# Transport failures where the request may or may not have reached Firehose: retried.
+# EndpointConnectionError (refused/DNS) and ConnectTimeoutError never reached it.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError, ...
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.TimeoutError,
+    ConnectionError,  # builtin: reset/aborted/refused sockets that escaped botocore's wrapping
+)
+_SECRET_PATTERNS = (
+    re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b"),
+    re.compile(r"(Credential=)[^,\s]+"),
+    re.compile(r"(?i)(secret|token|signature)([\"']?\s*[:=]\s*)[^\s,;\"']+"),
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter.
+
+    Retry *n* (1 for the first resend) waits ``uniform(0, min(max_delay_s, base_delay_s *
+    2 ** (n - 1)))`` seconds.
+    """
+
+    max_attempts: int = 10  # attempts per batch, counting the first
+    base_delay_s: float = 0.05
+    max_delay_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError("delays must not be negative")
+
+    def delay(self, retry_number: int, rng: random.Random) -> float:
+        cap = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(retry_number - 1, 60))
+        return rng.uniform(0.0, cap)
+
+
+class SendStats:
+    """Thread-safe counters of one sender.
+
+    ``firehose_calls``: PutRecordBatch calls attempted (each retry counts). ``records_sent`` /
+    ``bytes_sent``: records and data bytes Firehose acknowledged (a record resent after a
+    dropped connection counts each time it was acknowledged). ``records_retried``: record
+    resends (a whole-call retry of 500 records adds 500). ``billable_5kb_units``: sum over
+    acknowledged records of ceil(len / 5120), at least 1 per record, because Firehose bills
+    ingestion per record rounded up to the next 5 KB (taken here as 5 * 1024 bytes).
+    """
+
+    FIELDS = (
+        "firehose_calls",
+        "records_sent",
+        "records_retried",
+        "throttled_calls",
+        "server_errors",
+        "connection_errors",
+        "bytes_sent",
+        "billable_5kb_units",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                self._values[name] += delta
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+    def __getattr__(self, name: str) -> int:
+        if name in SendStats.FIELDS:
+            with self._lock:
+                return self._values[name]
+        raise AttributeError(name)
+
+
+def make_firehose_client(
+    *,
+    region: str | None,
+    endpoint_url: str | None,
+    max_pool_connections: int = 16,
+    connect_timeout_s: float = 5,
+    read_timeout_s: float = 30,
+) -> Any:
+    """A boto3 Firehose client with botocore retries OFF and explicit timeouts.
+
+    Credentials come from boto3's standard chain (environment, profile, SSO, role...).
+    *max_pool_connections* should be at least the sender's ``max_in_flight``.
+    """
+    config = Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=max_pool_connections,
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+    )
+    try:
+        return boto3.session.Session().client(
+            "firehose", region_name=region, endpoint_url=endpoint_url, config=config
+        )
+    except NoRegionError as exc:
+        raise ConfigError(
+            "no AWS region for Firehose: pass a region or set AWS_REGION/AWS_DEFAULT_REGION"
+        ) from exc
+
+
+class _BatchFailed(Exception):
+    def __init__(self, unacked: int, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.unacked = unacked
+        self.reason = reason
+        self.permanent = permanent
+
+
+def redact(text: str, limit: int = 500) -> str:
+    """Remove anything that looks like a credential, and bound the length."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "<redacted>", text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class FirehoseSender:
+    """Sends chunks of records to one Firehose stream; see the module docstring."""
+
+    def __init__(
+        self,
+        client: Any,
+        stream_name: str,
+        *,
+        max_in_flight: int = 4,
+        max_records_per_second: float | None = None,
+        max_mib_per_second: float | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._client = client
+        self.stream_name = stream_name
+        self.retry = retry
+        self.stats = SendStats()
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+        self._records_bucket = (
+            TokenBucket(max_records_per_second) if max_records_per_second else None
+        )
+        self._bytes_bucket = (
+            TokenBucket(max_mib_per_second * 1024 * 1024) if max_mib_per_second else None
+        )
+        self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="firehose-send")
+        self._closed = False
+        self._aborted = threading.Event()
+
+    @property
+    def endpoint(self) -> str:
+        return str(getattr(getattr(self._client, "meta", None), "endpoint_url", "<unknown>"))
+
+    @property
+    def region(self) -> str:
+        return str(getattr(getattr(self._client, "meta", None), "region_name", None))
+
+    # -- preflight -------------------------------------------------------------------------------
+
+    def check_stream(self) -> None:
+        """Fail fast, before any data is read, if the stream cannot take direct PUTs."""
+        name = self.stream_name
+        try:
+            response = self._client.describe_delivery_stream(DeliveryStreamName=name)
+        except ClientError as exc:
+            code, message = _error_code(exc), redact(_error_message(exc))
+            raise PermanentDeliveryError(
+                f"cannot use Firehose stream {name!r} (region {self.region}, endpoint "
+                f"{self.endpoint}): {code}: {message}. {_advice(code, self)}"
+            ) from exc
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise PermanentDeliveryError(
+                f"no usable AWS credentials to reach Firehose stream {name!r}: configure them "
+                "(AWS_PROFILE, environment variables, SSO login or an instance role), then rerun"
+            ) from exc
+        except (*TRANSPORT_ERRORS, BotoCoreError) as exc:
+            raise PermanentDeliveryError(
+                f"cannot reach the Firehose endpoint {self.endpoint} to check stream {name!r} "
+                f"({type(exc).__name__}): check the endpoint URL, the region and the network, "
+                "then rerun"
+            ) from exc
+        description = response.get("DeliveryStreamDescription", {})
+        status = description.get("DeliveryStreamStatus")
+        stream_type = description.get("DeliveryStreamType", "DirectPut")
+        if status != "ACTIVE":
+            raise PermanentDeliveryError(
+                f"Firehose stream {name!r} is {status}, not ACTIVE: wait until it is ACTIVE "
+                "(or fix it in the console), then rerun"
+            )
+        if stream_type != "DirectPut":
+            raise PermanentDeliveryError(
+                f"Firehose stream {name!r} reads from a {stream_type} source and does not accept "
+                "PutRecordBatch: create a Direct PUT stream for Moesif and use that one"
+            )
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def submit(self, records: Sequence[bytes]) -> Future[int]:
+        """Send *records*; the future gives ``len(records)`` once every record is acknowledged.
+
+        Raises ValueError at once for a record over 1,024,000 bytes (nothing is sent).
+        The future raises `TransientDeliveryError` or `PermanentDeliveryError` otherwise.
+        """
+        if self._closed:
+            raise RuntimeError("FirehoseSender is closed")
+        for index, record in enumerate(records):
+            if not isinstance(record, bytes | bytearray):
+                raise TypeError(f"record {index} is {type(record).__name__}, expected bytes")
+        plan = plan_batches([len(r) for r in records])
+        outer: Future[int] = Future()
+        outer.set_running_or_notify_cancel()
+        if not plan:
+            outer.set_result(0)
+            return outer
+        tracker = _ChunkTracker(self, outer, total=len(records), batches=len(plan))
+        futures = [self._executor.submit(self._send_batch, records[s:e]) for s, e in plan]
+        tracker.futures = futures
+        for (start, end), future in zip(plan, futures, strict=True):
+            future.add_done_callback(functools.partial(tracker.batch_done, size=end - start))
+        return outer
+
+    def _shape(self, batch: Sequence[bytes]) -> None:
+        wait = 0.0
+        if self._records_bucket is not None:
+            wait = self._records_bucket.reserve(len(batch))
+        if self._bytes_bucket is not None:
+            wait = max(wait, self._bytes_bucket.reserve(sum(len(r) for r in batch)))
+        if wait > 0:
+            self._sleep(wait)
+
+    def _send_batch(self, batch: Sequence[bytes]) -> int:
+        pending = list(batch)
+        max_attempts = self.retry.max_attempts
+        reason = ""
+        for attempt in range(1, max_attempts + 1):
+            if self._aborted.is_set():
+                raise _BatchFailed(len(pending), "the sender was closed", permanent=False)
+            self._shape(pending)
+            pending, reason = self._attempt(pending)
+            if not pending:
+                return len(batch)
+            if attempt == max_attempts:
+                break
+            with self._rng_lock:
+                delay = self.retry.delay(attempt, self._rng)
+            self.stats.add(records_retried=len(pending))
+            logger.debug(
+                "retrying %d records to %s in %.3fs (attempt %d of %d): %s",
+                len(pending),
+                self.stream_name,
+                delay,
+                attempt + 1,
+                max_attempts,
+                reason,
+            )
+            self._sleep(delay)
+        logger.warning(
+            "giving up on %d records to %s after %d attempts: %s",
+            len(pending),
+            self.stream_name,
+            max_attempts,
+            reason,
+        )
+        raise _BatchFailed(len(pending), reason, permanent=False)
+
+    def _attempt(self, pending: list[bytes]) -> tuple[list[bytes], str]:
+        """One PutRecordBatch call: (records still to send, why); raises if not retryable."""
+        self.stats.add(firehose_calls=1)
+        try:
+            response = self._client.put_record_batch(
+                DeliveryStreamName=self.stream_name, Records=[{"Data": r} for r in pending]
+            )
+        except ClientError as exc:
+            code = _error_code(exc)
+            reason = f"{code}: {redact(_error_message(exc), 200)}"
+            if code in THROTTLING_CODES:
+                self.stats.add(throttled_calls=1)
+            elif code in SERVER_ERROR_CODES or (
+                _http_status(exc) >= 500 and code not in CREDENTIAL_CODES
+            ):
+                self.stats.add(server_errors=1)
+            else:
+                message = (
+                    f"Firehose stream {self.stream_name!r} rejected a PutRecordBatch call: "
+                    f"{reason}. {_advice(code, self)}"
+                )
+                raise _BatchFailed(len(pending), message, permanent=True) from exc
+            return pending, reason
+        except TRANSPORT_ERRORS as exc:
+            self.stats.add(connection_errors=1)
+            return pending, f"connection error ({type(exc).__name__}) talking to {self.endpoint}"
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            message = (
+                "no usable AWS credentials for Firehose: configure them (AWS_PROFILE, "
+                "environment variables, SSO login or an instance role), then rerun"
+            )
+            raise _BatchFailed(len(pending), message, permanent=True) from exc
+        except BotoCoreError as exc:
+            message = (
+                f"unclassified error sending to Firehose stream {self.stream_name!r} "
+                f"({type(exc).__name__}: {redact(str(exc), 200)}); not retried because a "
+                "blind resend could duplicate records: investigate, then rerun"
+            )
+            raise _BatchFailed(len(pending), message, permanent=True) from exc
+        acked, failed, codes = self._split_response(pending, response)
+        if acked:
+            self._count_acked(acked)
+        if not failed:
+            return [], ""
+        return failed, f"{len(failed)} records failed ({', '.join(sorted(codes))})"
+
+    def _split_response(
+        self, pending: list[bytes], response: dict[str, Any]
+    ) -> tuple[list[bytes], list[bytes], set[str]]:
+        """(acknowledged, failed, error codes), matching RequestResponses to records by index."""
+        if not response.get("FailedPutCount"):
+            return pending, [], set()
+        entries = response.get("RequestResponses") or []
+        if len(entries) != len(pending):
+            raise _BatchFailed(
+                len(pending),
+                f"Firehose answered {len(entries)} RequestResponses for {len(pending)} records; "
+                "cannot tell which failed, not resending blindly: investigate, then rerun",
+                permanent=True,
+            )
+        acked: list[bytes] = []
+        failed: list[bytes] = []
+        codes: set[str] = set()
+        for record, entry in zip(pending, entries, strict=True):
+            if entry.get("ErrorCode"):
+                failed.append(record)
+                codes.add(str(entry["ErrorCode"]))
+            else:
+                acked.append(record)
+        return acked, failed, codes
+
+    def _count_acked(self, acked: list[bytes]) -> None:
+        self.stats.add(
+            records_sent=len(acked),
+            bytes_sent=sum(len(r) for r in acked),
+            billable_5kb_units=sum(billable_units(len(r)) for r in acked),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self, *, cancel_pending: bool = False) -> None:
+        """Wait for submitted work; with *cancel_pending*, stop early (futures then fail)."""
+        self._closed = True
+        if cancel_pending:
+            self._aborted.set()
+        self._executor.shutdown(wait=True, cancel_futures=cancel_pending)
+
+    def __enter__(self) -> FirehoseSender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.close(cancel_pending=exc_type is not None)
+
+
+class _ChunkTracker:
+    """Resolves one chunk's future once all of its batches are done."""
+
+    def __init__(
+        self, sender: FirehoseSender, outer: Future[int], *, total: int, batches: int
+    ) -> None:
+        self._sender = sender
+        self._outer = outer
+        self._total = total
+        self._remaining = batches
+        self._unacked = 0
+        self._permanent: str | None = None
+        self._transient: str | None = None
+        self._lock = threading.Lock()
+        self.futures: list[Future[int]] = []
+
+    def batch_done(self, future: Future[int], *, size: int) -> None:
+        cancel_siblings = False
+        with self._lock:
+            if future.cancelled():
+                self._unacked += size
+                self._transient = self._transient or "the sender was closed before sending"
+            else:
+                exc = future.exception()
+                if isinstance(exc, _BatchFailed):
+                    self._unacked += exc.unacked
+                    if exc.permanent:
+                        cancel_siblings = self._permanent is None
+                        self._permanent = self._permanent or exc.reason
+                    else:
+                        self._transient = self._transient or exc.reason
+                elif exc is not None:
+                    self._unacked += size
+                    cancel_siblings = self._permanent is None
+                    self._permanent = self._permanent or redact(f"{type(exc).__name__}: {exc}")
+            self._remaining -= 1
+            finished = self._remaining == 0
+        if cancel_siblings:
+            for sibling in self.futures:
+                sibling.cancel()  # only batches not started yet; their callbacks count them
+        if finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        name = self._sender.stream_name
+        if self._permanent is not None:
+            self._outer.set_exception(
+                PermanentDeliveryError(
+                    f"{self._permanent} ({self._unacked} of {self._total} records of this chunk "
+                    "were not acknowledged)"
+                )
+            )
+        elif self._unacked:
+            self._outer.set_exception(
+                TransientDeliveryError(
+                    f"{self._unacked} of {self._total} records of this chunk were not "
+                    f"acknowledged by Firehose stream {name!r} within "
+                    f"{self._sender.retry.max_attempts} attempts per batch (last error: "
+                    f"{self._transient}). Rerun later to resume from the last checkpoint; "
+                    "records Firehose already took are deduplicated by transaction_id."
+                )
+            )
+        else:
+            self._outer.set_result(self._total)
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code") or "Unknown")
+
+
+def _error_message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message") or "")
+
+
+def _http_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _advice(code: str, sender: FirehoseSender) -> str:
+    if code == "ResourceNotFoundException":
+        return (
+            f"The stream does not exist in region {sender.region} (endpoint {sender.endpoint}): "
+            "create it, or fix the stream name or region, then rerun."
+        )
+    if code in CREDENTIAL_CODES:
+        return (
+            "The AWS credentials were rejected or lack permission: check which credentials are "
+            "in use (profile, environment, role) and that they allow firehose:PutRecordBatch "
+            "and firehose:DescribeDeliveryStream on this stream, then rerun."
+        )
+    if code.startswith("KMS") or "KMS" in code:
+        return "The stream's KMS key is unusable: check the key's state and policy, then rerun."
+    if code in {"InvalidArgumentException", "ValidationException", "InvalidSourceException"}:
+        return (
+            "Firehose refused the request as invalid (wrong stream type, or records over the "
+            "limits): fix the cause, then rerun."
+        )
+    return (
+        "This error is not known to be safe to retry (a blind resend could duplicate "
+        "records): investigate, then rerun."
+    )

@@ -1,0 +1,363 @@
+"""NDJSON (one JSON object per line) reader: pyarrow fast path, bounded Python slow path.
+
+Schema: inferred once from the first NDJSON_BLOCK_BYTES of decompressed text with pyarrow's JSON
+inference, then fixed for the whole file (fields seen only later are ignored unless requested as
+text columns). Columns with only nulls there become strings; text columns are strings; a column
+whose JSON values mix kinds in the first block (number and string) is read as a string.
+
+Fast path: pyarrow.json.open_json with that schema as explicit_schema. pyarrow cannot read a JSON
+number into a string column, and does not give line numbers, so on any error the file falls
+back, from the first row not yet returned, to the slow path: lines are read in bounded blocks,
+string columns are taken from ``json.loads(line, parse_int=..., parse_float=...)`` so that a
+number comes back as its text exactly as written ("1.50" stays "1.50"), and the other columns are
+parsed by pyarrow from the same lines (identical types and conversions to the fast path).
+A file whose text columns hold numbers in the first block goes straight to the slow path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Collection, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from connectors.sources import IO_BUFFER_BYTES, SourceFile, open_input
+from moesif_backfill.errors import SourceError
+
+NDJSON_BLOCK_BYTES = 4 << 20
+SLOW_BATCH_BYTES = 16 << 20
+
+_CHANGED = re.compile(r"Column\(/([^/)]*)[^)]*\) changed from (\w+) to (\w+) in row (\d+)")
+
+
+class _Int(str):
+    """A JSON integer kept as the text it was written as."""
+
+
+class _Float(str):
+    """A JSON float kept as the text it was written as."""
+
+
+# One decoder for every line: json.loads(..., parse_int=...) would build a new one per call.
+_DECODER = json.JSONDecoder(parse_int=_Int, parse_float=_Float)
+
+
+@dataclass(frozen=True)
+class Inferred:
+    schema: pa.Schema
+    slow: bool  # the fast path is known to fail (numbers in string columns in the first block)
+
+
+def infer_schema(src: SourceFile, text_columns: Collection[str] = ()) -> Inferred:
+    """Schema of `src` from its first block; `text_columns` are strings (added if unseen)."""
+    block = _first_block(src)
+    data = b"".join(line + b"\n" for _, line in block)
+    text = set(text_columns)
+    slow = False
+    try:
+        raw = _infer(data)
+    except pa.ArrowInvalid:
+        raw, slow = _infer_rewritten(src, block, text), True
+    fields = []
+    for field in raw:
+        if field.name in text:
+            t = field.type
+            slow = slow or not (pa.types.is_string(t) or pa.types.is_null(t))
+            fields.append(field.with_type(pa.string()))
+        else:
+            fields.append(field.with_type(_no_null(field.type)))
+    seen = set(raw.names)
+    fields += [pa.field(c, pa.string()) for c in sorted(text - seen)]
+    return Inferred(pa.schema(fields), slow)
+
+
+def ndjson_batches(
+    src: SourceFile, columns: Sequence[str] | None, text_columns: Collection[str], batch_rows: int
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    inferred = infer_schema(src, text_columns)
+    schema = inferred.schema
+    if columns is not None:
+        missing = [c for c in columns if schema.get_field_index(c) < 0]
+        if missing:
+            raise SourceError(
+                f"{src.path}: field(s) {', '.join(map(repr, missing))} do not appear in the first "
+                f"{size_text(NDJSON_BLOCK_BYTES)} of the file (fields seen: "
+                f"{', '.join(schema.names[:40]) or 'none'}). Check the names (case-sensitive); "
+                "a field that only appears in later lines can be read as a key/text column."
+            )
+        schema = pa.schema([schema.field(c) for c in columns])
+    if inferred.slow:
+        return schema, _slow_batches(src, schema, 0, batch_rows)
+    return schema, _fast_batches(src, schema, batch_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# inference
+
+
+def _infer(data: bytes) -> pa.Schema:
+    options = pajson.ReadOptions(block_size=max(len(data), 1) + 1)
+    schema: pa.Schema = pajson.read_json(io.BytesIO(data), read_options=options).schema
+    return schema
+
+
+def _infer_rewritten(src: SourceFile, block: list[tuple[int, bytes]], text: set[str]) -> pa.Schema:
+    """Inference when pyarrow rejects the raw block: mixed-kind columns become text."""
+    objects = [_parse(src, lineno, line) for lineno, line in block]
+    as_text = set(text)
+    for _ in range(1 + len({key for obj in objects for key in obj})):
+        lines = [
+            json.dumps({k: _to_text(v) if k in as_text else _restore(v) for k, v in obj.items()})
+            for obj in objects
+        ]
+        try:
+            return _infer("\n".join(lines).encode() + b"\n")
+        except pa.ArrowInvalid as exc:
+            m = _CHANGED.search(str(exc))
+            column = _unescape(m.group(1)) if m else None
+            if column is None or column in as_text:
+                raise SourceError(
+                    f"{src.path}: cannot infer the field types from the first lines ({exc}); "
+                    "check that every line is a JSON object with consistent field types."
+                ) from exc
+            as_text.add(column)
+    raise SourceError(f"{src.path}: cannot infer the field types from the first lines.")
+
+
+def _no_null(t: pa.DataType) -> pa.DataType:
+    """Null types (no value seen yet) become strings, also inside structs and lists."""
+    if pa.types.is_null(t):
+        return pa.string()
+    if pa.types.is_struct(t):
+        children = [t.field(i) for i in range(t.num_fields)]
+        return pa.struct([c.with_type(_no_null(c.type)) for c in children])
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_no_null(t.value_type)))
+    return t
+
+
+def _unescape(pointer: str) -> str:
+    return pointer.replace("~1", "/").replace("~0", "~")
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _iter_lines(src: SourceFile) -> Generator[tuple[int, bytes], None, None]:
+    """(line number, line without newline) for every line, reading IO_BUFFER_BYTES at a time."""
+    lineno = 0
+    pending: list[bytes] = []
+    with open_input(src) as stream:
+        while True:
+            try:
+                chunk: bytes = stream.read(IO_BUFFER_BYTES)
+            except (OSError, pa.ArrowException) as exc:
+                raise SourceError(
+                    f"{src.path}: cannot read or decompress the data after {lineno} complete "
+                    f"line(s) ({exc}); the file is probably truncated or corrupt: re-download or "
+                    "re-export it."
+                ) from exc
+            if not chunk:
+                break
+            if b"\n" not in chunk:
+                pending.append(chunk)
+                continue
+            pending.append(chunk)
+            lines = b"".join(pending).split(b"\n")
+            pending = [lines.pop()]
+            for line in lines:
+                lineno += 1
+                yield lineno, line
+    tail = b"".join(pending)
+    if tail:
+        yield lineno + 1, tail
+
+
+def _first_block(src: SourceFile) -> list[tuple[int, bytes]]:
+    block: list[tuple[int, bytes]] = []
+    size = 0
+    lines = _iter_lines(src)
+    try:
+        for lineno, line in lines:
+            if line and not line.isspace():
+                block.append((lineno, line))
+                size += len(line) + 1
+                if size >= NDJSON_BLOCK_BYTES:
+                    break
+    finally:
+        lines.close()
+    return block
+
+
+def _fast_batches(src: SourceFile, schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    rows = 0
+    read = pajson.ReadOptions(block_size=NDJSON_BLOCK_BYTES)
+    parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    with open_input(src) as stream:
+        try:
+            reader = pajson.open_json(stream, read_options=read, parse_options=parse)
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                yield batch
+                rows += batch.num_rows
+        except (OSError, pa.ArrowException):
+            pass  # the slow path re-reads from row `rows` and reports errors with line numbers
+    yield from _slow_batches(src, schema, rows, batch_rows)
+
+
+def _slow_batches(
+    src: SourceFile, schema: pa.Schema, skip_rows: int, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Bounded Python reader: at most batch_rows rows / ~SLOW_BATCH_BYTES per batch."""
+    seen = 0
+    pending: list[tuple[int, bytes]] = []
+    size = 0
+    for lineno, line in _iter_lines(src):
+        if not line or line.isspace():
+            continue
+        seen += 1
+        if seen <= skip_rows:
+            continue
+        pending.append((lineno, line))
+        size += len(line) + 1
+        if len(pending) >= batch_rows or size >= SLOW_BATCH_BYTES:
+            yield _build(src, schema, pending)
+            pending, size = [], 0
+    if pending:
+        yield _build(src, schema, pending)
+
+
+def _build(src: SourceFile, schema: pa.Schema, lines: list[tuple[int, bytes]]) -> pa.RecordBatch:
+    text_names = [f.name for f in schema if pa.types.is_string(f.type)]
+    typed = pa.schema([f for f in schema if not pa.types.is_string(f.type)])
+    texts: dict[str, list[str | None]] = {name: [] for name in text_names}
+    for lineno, line in lines:
+        obj = _parse(src, lineno, line)
+        for name in text_names:
+            texts[name].append(_to_text(obj.get(name)))
+    arrays: dict[str, pa.Array] = {n: pa.array(v, pa.string()) for n, v in texts.items()}
+    if len(typed):
+        try:
+            table = _read_typed(lines, typed)
+        except pa.ArrowException as exc:
+            raise _typed_error(src, exc, lines, typed) from exc
+        if table.num_rows != len(lines):
+            raise SourceError(
+                f"{src.path}: lines {lines[0][0]}-{lines[-1][0]} hold {table.num_rows} JSON "
+                f"objects for {len(lines)} lines; put exactly one object on each line."
+            )
+        for name in typed.names:
+            arrays[name] = table.column(name).combine_chunks()
+    return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+
+def _parse(src: SourceFile, lineno: int, line: bytes) -> dict[str, Any]:
+    try:
+        text = line.decode()
+        obj = _DECODER.decode(text[1:] if text.startswith("\ufeff") else text)
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{src.path}: line {lineno} is not valid UTF-8 (byte {exc.start + 1}); re-export the "
+            "file as UTF-8."
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise SourceError(
+            f"{src.path}: line {lineno}, column {exc.colno}: invalid JSON ({exc.msg}). NDJSON "
+            "needs one complete JSON object per line: fix or remove that line."
+        ) from exc
+    if not isinstance(obj, dict):
+        raise SourceError(
+            f"{src.path}: line {lineno} is a JSON {type(obj).__name__}, not an object; NDJSON "
+            "needs one JSON object per line: fix or remove that line."
+        )
+    return obj
+
+
+def _to_text(value: Any) -> str | None:
+    """A JSON value as text: strings as-is, numbers as written, true/false, objects as JSON."""
+    if value is None or isinstance(value, str):
+        return None if value is None else str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(_restore(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def _restore(value: Any) -> Any:
+    """Undo the _Int/_Float markers (for values handed back to a JSON parser)."""
+    if isinstance(value, _Int):
+        return int(value)
+    if isinstance(value, _Float):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def _read_typed(lines: list[tuple[int, bytes]], typed: pa.Schema) -> pa.Table:
+    data = b"".join(line + b"\n" for _, line in lines)
+    read = pajson.ReadOptions(block_size=len(data) + 1, use_threads=False)
+    parse = pajson.ParseOptions(explicit_schema=typed, unexpected_field_behavior="ignore")
+    table: pa.Table = pajson.read_json(io.BytesIO(data), read_options=read, parse_options=parse)
+    return table
+
+
+def _fails(lines: list[tuple[int, bytes]], typed: pa.Schema) -> str | None:
+    try:
+        _read_typed(lines, typed)
+    except pa.ArrowException as exc:
+        return str(exc)
+    return None
+
+
+def _typed_error(
+    src: SourceFile, exc: Exception, lines: list[tuple[int, bytes]], typed: pa.Schema
+) -> SourceError:
+    """Find the first offending line (bisection; rows are independent) and field."""
+    advice = (
+        f"its type was inferred from the first {size_text(NDJSON_BLOCK_BYTES)} of the file and "
+        "later values must fit it. If the field is an identifier or key, read it as text "
+        "(declare it a key/text column in the mapping); otherwise fix the data."
+    )
+    lo, hi = 0, len(lines)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _fails(lines[lo:mid], typed) is not None:
+            hi = mid
+        else:
+            lo = mid
+    detail = _fails(lines[lo : lo + 1], typed)
+    if detail is None:
+        return SourceError(
+            f"{src.path}: lines {lines[0][0]}-{lines[-1][0]}: a value does not fit the expected "
+            f"types ({exc}; expected {typed}); {advice}"
+        )
+    lineno, line = lines[lo]
+    obj = _parse(src, lineno, line)
+    for field in typed:
+        if _fails([(lineno, line)], pa.schema([field])) is not None:
+            value = _to_text(obj.get(field.name))
+            return SourceError(
+                f"{src.path}: line {lineno}: field {field.name!r} has the value {value} that is "
+                f"not a valid {field.type}; {advice}"
+            )
+    return SourceError(f"{src.path}: line {lineno}: {detail}; {advice}")
+
+
+def size_text(n: int) -> str:
+    """Human-readable byte count: 4 MB, 16 KB."""
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MB"
+    if n >= 1 << 10:
+        return f"{n >> 10} KB"
+    return f"{n} bytes"
