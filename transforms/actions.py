@@ -12,13 +12,14 @@ Each optional piece is a string column holding `,"field":<json>` or null; one
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.canon import canon_array
+from transforms.canon import canon_array, canon_value
 from transforms.ids import existing_uuids, id_names, uuid5_array
 from transforms.jsonfrag import (
     json_constant,
@@ -71,7 +72,10 @@ def _source(batch: pa.RecordBatch, src: FieldSource, tz: str) -> pa.Array | str:
     """A string field's JSON literal: a column (nulls = omit) or a constant."""
     if isinstance(src, ColumnSource):
         return string_field(batch.column(src.column), tz=tz)
-    return json_constant(src.value if isinstance(src.value, str) else str(src.value))
+    v = src.value  # a constant is converted with canon() too: true -> "true", 1.0 -> "1"
+    return json_constant(
+        str(v) if isinstance(v, float) and not math.isfinite(v) else canon_value(v)
+    )
 
 
 class Rejects:
