@@ -48,6 +48,10 @@ class _Progress:
         self.done = 0
         self._last = 0.0
         self._lock = threading.Lock()
+        for listener in _listeners:
+            set_total = getattr(listener, "set_total", None)
+            if set_total is not None:
+                set_total(total)
         self.artifact_id: UUID = cast(
             UUID,
             create_progress_artifact(

@@ -146,6 +146,7 @@ class FileRunner:
         rejects: RejectsWriter,
         progress: ProgressListener | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        committed_this_run: set[int] | None = None,
     ) -> None:
         self.plan, self.fp, self.index = plan, fp, index
         self.sink, self.store, self.rejects = sink, store, rejects
@@ -155,10 +156,13 @@ class FileRunner:
         self.prog: FileProgress = file_progress(plan, fp)
         self.inflight: list[_InFlight] = []
         self.error: BaseException | None = None
+        # Chunks an earlier attempt of this same run committed (a Prefect task retry): they are
+        # already counted as sent/rejected, so they are neither counted nor "skipped" again.
+        self.committed_this_run = committed_this_run if committed_this_run is not None else set()
 
     def run(self) -> Counts:
         prog = self.prog
-        if prog.complete:
+        if prog.complete and not self.committed_this_run:
             n = prog.rows_sent + prog.rows_rejected
             self.counts.rows_read += n
             self.counts.rows_skipped += n
@@ -187,10 +191,11 @@ class FileRunner:
         try:
             for chunk, table in prefetch(rechunk(batches, prog.chunk_rows)):
                 chunks_seen = chunk + 1
-                self.counts.rows_read += table.num_rows
                 if prog.is_done(chunk):
-                    self.counts.rows_skipped += table.num_rows
-                    self._progress(table.num_rows)
+                    if chunk not in self.committed_this_run:
+                        self.counts.rows_read += table.num_rows
+                        self.counts.rows_skipped += table.num_rows
+                        self._progress(table.num_rows)
                     continue
                 self._submit(chunk, table)
                 self._drain(block_until=limit - 1)
@@ -246,6 +251,8 @@ class FileRunner:
             return
         self.rejects.write(item.rejects)
         self.prog.mark_done(item.chunk, sent=item.sent, rejected=item.rejected)
+        self.committed_this_run.add(item.chunk)
+        self.counts.rows_read += item.sent + item.rejected
         self.counts.actions_sent += item.sent
         self.counts.rows_rejected += item.rejected
         self.counts.chunks_committed += 1

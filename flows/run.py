@@ -38,6 +38,7 @@ class Run:
         self.plan: Plan | None = None
         self.sink: Sink | None = None
         self.rejects: RejectsWriter | None = None
+        self._committed: dict[int, set[int]] = {}  # file index -> chunks committed this run
 
     # ------------------------------------------------------------------ prepare
     def prepare(self) -> Plan:
@@ -109,6 +110,7 @@ class Run:
             store=self.store,
             rejects=self.rejects,
             progress=self.progress,
+            committed_this_run=self._committed.setdefault(index, set()),
         )
         try:
             counts = runner.run()

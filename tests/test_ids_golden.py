@@ -133,6 +133,16 @@ def test_golden_vector_is_plain_uuid5(case: dict[str, Any]) -> None:
     assert str(uuid.uuid5(namespace_of(case), case["name"])) == case["transaction_id"]
 
 
+def test_published_table_matches_golden_file() -> None:
+    """docs/transaction-id.md shows every golden vector (names with `|` escaped for Markdown)."""
+    doc = (Path(__file__).parent.parent / "docs" / "transaction-id.md").read_text(encoding="utf-8")
+    for case in CASES:
+        name = case["name"].replace("|", "\\|")
+        row = f"`{name}` | `{case['transaction_id']}` |"
+        assert row in doc, case["id"]
+    assert doc.count("| `billing.payments` |") + doc.count("| `billing.usage` |") >= 30
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_golden_reference(case: dict[str, Any]) -> None:
     values = [python_value(item) for item in case["key"]]

@@ -25,6 +25,7 @@ from moesif_backfill.errors import (
     JobLockedError,
     PermanentDeliveryError,
     PreflightError,
+    SourceError,
     TransientDeliveryError,
 )
 from tests.datasets import MAPPING, NAMESPACE, expected_ids, ids_of, write_mapping, write_payments
@@ -284,3 +285,74 @@ def test_dry_run_writes_exactly_the_records_and_sends_nothing(tmp_path: Path) ->
     assert {json.loads(x)["transaction_id"] for x in lines} == expected_ids(1, 3_000)
     assert sum(len(x.encode()) for x in lines) == summary.bytes_sent
     assert not (tmp_path / "ckpt" / "test-job" / "state.json").exists()
+
+
+def test_task_retry_within_a_run_counts_every_row_once(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """What a Prefect task retry does: the same Run processes the same file again."""
+    src = write_payments(tmp_path / "p.parquet", 1, 10_000)
+    strict_firehose.configure(delete_stream_after_calls=9)
+    s = settings_for(
+        tmp_path,
+        [src],
+        stream=firehose_stream,
+        endpoint_url=strict_firehose.endpoint_url,
+        chunks_in_flight=1,
+        max_in_flight=1,
+    )
+    run = Run(s)
+    run.prepare()
+    with pytest.raises(PermanentDeliveryError):
+        run.process_file(0)
+    first_attempt = run.counts.actions_sent
+    assert 0 < first_attempt < 10_000
+    strict_firehose.reset_faults()
+    strict_firehose.create_stream(firehose_stream)
+    run.process_file(0)
+    summary = run.finish()
+    assert summary.accounted
+    assert (summary.rows_read, summary.actions_sent, summary.rows_skipped) == (10_000, 10_000, 0)
+
+
+def test_unreadable_row_mid_file_stops_with_delivered_chunks_committed(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """A CSV value that does not fit its column type (found past the inference block) is a
+    source error: the run fails (exit 1) and the checkpoint keeps the chunks delivered so far."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows = [f"il_{i},c{i % 7},u{i},{now},{i % 1000},USD" for i in range(1, 150_001)]
+    rows[140_000] = f"il_140001,c1,u1,{now},not-a-number,USD"
+    csv = tmp_path / "big.csv"
+    csv.write_text(
+        "invoice_line_id,customer_id,user_id,created_at,amount,currency\n" + "\n".join(rows) + "\n"
+    )
+    s = settings_for(
+        tmp_path,
+        [csv],
+        stream=firehose_stream,
+        endpoint_url=strict_firehose.endpoint_url,
+        chunk_rows=10_000,
+    )
+    summary, err = run_plain(s)
+    assert isinstance(err, SourceError) and err.exit_code == 1
+    assert "amount" in str(err)
+    state = LocalCheckpointStore(tmp_path / "ckpt").load("test-job")
+    assert state is not None
+    prog = state.files[str(csv.resolve())]
+    assert prog.total_chunks is None and prog.rows_sent == summary.actions_sent > 0
+    assert len(set(strict_firehose.transaction_ids(firehose_stream))) >= prog.rows_sent
+
+
+def test_validate_counts_rejects_old_rows_and_billable_units(tmp_path: Path) -> None:
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    a = write_payments(tmp_path / "d" / "a.parquet", 1, 200, now=old)
+    write_payments(tmp_path / "d" / "b.parquet", 201, 300)
+    s = settings_for(tmp_path, [a.parent], mode="validate")
+    summary, err = run_plain(s)
+    assert err is None
+    assert summary.rows_older_than_30_days == 200
+    assert summary.actions_sent == 500 and summary.firehose_calls == 0
+    assert summary.billable_5kb_units == 500  # every small action is one 5 KB unit
+    assert len(summary.sample_actions) == 3
+    assert not (tmp_path / "ckpt").exists()
