@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -273,6 +273,47 @@ class RssSampler(threading.Thread):
             self.stop.wait(self.every)
 
 
+class LogTimer(threading.Thread):
+    """Copies the child's output to a log file, each line stamped with its arrival time, and
+    notes when Prefect's own log lines mark the phases of the start-up."""
+
+    MARKS: ClassVar[dict[str, str]] = {
+        "server": "Starting temporary server",
+        "flow": "Beginning flow run",
+        "end": "Finished in state",
+    }
+
+    def __init__(self, proc: subprocess.Popen[bytes], path: Path, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.path, self.t0 = proc, path, t0
+        self.at: dict[str, float] = {}
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        with self.path.open("w", encoding="utf-8") as fh:
+            for raw in self.proc.stdout:
+                t = time.perf_counter() - self.t0
+                line = raw.decode("utf-8", "replace").rstrip()
+                fh.write(f"[{t:8.3f}s] {line}\n")
+                for mark, text in self.MARKS.items():
+                    if text in line and (mark == "end" or mark not in self.at):
+                        self.at[mark] = t  # "end": the last "Finished in state" (the flow's)
+
+    def breakdown(self, wall: float, pipeline: float) -> dict[str, float | None]:
+        """Where the fixed cost goes, from the log lines' arrival times (None if not seen)."""
+        server, flow, end = (self.at.get(k) for k in ("server", "flow", "end"))
+        out: dict[str, float | None] = {
+            "interpreter_and_imports": server,
+            "temporary_api_server_and_flow_run": None
+            if server is None or flow is None
+            else flow - server,
+            "teardown_after_flow": None if end is None else wall - end,
+        }
+        known = sum(v for v in out.values() if v is not None)
+        out["other_prefect_engine"] = wall - pipeline - known
+        return {k: None if v is None else round(v, 2) for k, v in out.items()}
+
+
 def child_env(bench_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PREFECT_HOME"] = str(bench_dir / "prefect-home")
@@ -310,15 +351,23 @@ def run_project(
     ]
     log = bench_dir / "out" / f"project-{tag}.log"
     load0 = os.getloadavg()[0]
-    with log.open("wb") as fh:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=bench_dir, env=child_env(bench_dir), stdout=fh, stderr=fh)
-        sampler = RssSampler(proc.pid)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        sampler.stop.set()
-        sampler.join()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=bench_dir,
+        env=child_env(bench_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    logger = LogTimer(proc, log, t0)
+    logger.start()
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
+    logger.join(timeout=10)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0 or not summary_path.exists():
         sys.stderr.write(log.read_text(errors="replace")[-4000:])
@@ -334,6 +383,7 @@ def run_project(
         "pipeline_s": pipeline,
         "wall_s": round(wall, 3),
         "startup_s": round(wall - pipeline, 3),
+        "startup_breakdown_s": logger.breakdown(wall, pipeline),
         "rows_per_s_pipeline": round(summary["rows_read"] / pipeline, 1),
         "rows_per_s_wall": round(summary["rows_read"] / wall, 1),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
@@ -540,6 +590,11 @@ def report(
         "peak_rss_lt_400mb": peak < TARGET_RSS_MB,
     }
     yes = {True: "yes", False: "NO"}
+    parts = ", ".join(
+        f"{k.replace('_', ' ')} {v:.1f}s"
+        for k, v in proj["startup_breakdown_s"].items()
+        if v is not None
+    )
     print(
         f"\nresults ({args.rows:,} rows; baseline measured on a {base['rows']:,}-row sample "
         "of the same file and reported as rows/s)"
@@ -566,6 +621,7 @@ def report(
                 ("ratio pipeline / baseline", f"{ratio:>12.1f}x"),
                 ("ratio incl. start-up / baseline", f"{ratio_wall:>12.1f}x"),
                 ("fixed start-up (wall - duration_s)", f"{proj['startup_s']:>12.2f}s"),
+                ("  of which", parts),
                 (
                     "peak RSS (largest process)",
                     f"{peak:>12.1f} MB   (CLI {proj['cli_peak_rss_mb_sampled']:.1f} MB sampled; "

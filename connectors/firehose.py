@@ -34,7 +34,6 @@ import time
 import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -51,11 +50,21 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from connectors.firehose_batching import billable_units, plan_batches
-from connectors.rate_limit import TokenBucket
-from moesif_backfill.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from connectors.firehose_batching import BatchFailed, ChunkTracker, billable_units, plan_batches
+from connectors.rate_limit import RetryPolicy, TokenBucket
+from moesif_backfill.errors import ConfigError, PermanentDeliveryError
+
+__all__ = [
+    "FirehoseSender",
+    "RetryPolicy",
+    "SendStats",
+    "make_firehose_client",
+    "redact",
+]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_RETRY = RetryPolicy()  # frozen, so one shared default is safe
 
 THROTTLING_CODES = frozenset({"ServiceUnavailableException", "ThrottlingException", "Throttling"})
 SERVER_ERROR_CODES = frozenset(
@@ -88,29 +97,6 @@ _SECRET_PATTERNS = (
     re.compile(r"(Credential=)[^,\s]+"),
     re.compile(r"(?i)(secret|token|signature)([\"']?\s*[:=]\s*)[^\s,;\"']+"),
 )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter.
-
-    Retry *n* (1 for the first resend) waits ``uniform(0, min(max_delay_s, base_delay_s *
-    2 ** (n - 1)))`` seconds.
-    """
-
-    max_attempts: int = 10  # attempts per batch, counting the first
-    base_delay_s: float = 0.05
-    max_delay_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.base_delay_s < 0 or self.max_delay_s < 0:
-            raise ValueError("delays must not be negative")
-
-    def delay(self, retry_number: int, rng: random.Random) -> float:
-        cap = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(retry_number - 1, 60))
-        return rng.uniform(0.0, cap)
 
 
 class SendStats:
@@ -184,14 +170,6 @@ def make_firehose_client(
         ) from exc
 
 
-class _BatchFailed(Exception):
-    def __init__(self, unacked: int, reason: str, *, permanent: bool) -> None:
-        super().__init__(reason)
-        self.unacked = unacked
-        self.reason = reason
-        self.permanent = permanent
-
-
 def redact(text: str, limit: int = 500) -> str:
     """Remove anything that looks like a credential, and bound the length."""
     for pattern in _SECRET_PATTERNS:
@@ -210,7 +188,7 @@ class FirehoseSender:
         max_in_flight: int = 4,
         max_records_per_second: float | None = None,
         max_mib_per_second: float | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
     ) -> None:
@@ -298,7 +276,13 @@ class FirehoseSender:
         if not plan:
             outer.set_result(0)
             return outer
-        tracker = _ChunkTracker(self, outer, total=len(records), batches=len(plan))
+        tracker = ChunkTracker(
+            outer,
+            stream_name=self.stream_name,
+            max_attempts=self.retry.max_attempts,
+            total=len(records),
+            batches=len(plan),
+        )
         futures = [self._executor.submit(self._send_batch, records[s:e]) for s, e in plan]
         tracker.futures = futures
         for (start, end), future in zip(plan, futures, strict=True):
@@ -320,7 +304,7 @@ class FirehoseSender:
         reason = ""
         for attempt in range(1, max_attempts + 1):
             if self._aborted.is_set():
-                raise _BatchFailed(len(pending), "the sender was closed", permanent=False)
+                raise BatchFailed(len(pending), "the sender was closed", permanent=False)
             self._shape(pending)
             pending, reason = self._attempt(pending)
             if not pending:
@@ -347,7 +331,7 @@ class FirehoseSender:
             max_attempts,
             reason,
         )
-        raise _BatchFailed(len(pending), reason, permanent=False)
+        raise BatchFailed(len(pending), reason, permanent=False)
 
     def _attempt(self, pending: list[bytes]) -> tuple[list[bytes], str]:
         """One PutRecordBatch call: (records still to send, why); raises if not retryable."""
@@ -370,7 +354,7 @@ class FirehoseSender:
                     f"Firehose stream {self.stream_name!r} rejected a PutRecordBatch call: "
                     f"{reason}. {_advice(code, self)}"
                 )
-                raise _BatchFailed(len(pending), message, permanent=True) from exc
+                raise BatchFailed(len(pending), message, permanent=True) from exc
             return pending, reason
         except TRANSPORT_ERRORS as exc:
             self.stats.add(connection_errors=1)
@@ -380,14 +364,14 @@ class FirehoseSender:
                 "no usable AWS credentials for Firehose: configure them (AWS_PROFILE, "
                 "environment variables, SSO login or an instance role), then rerun"
             )
-            raise _BatchFailed(len(pending), message, permanent=True) from exc
+            raise BatchFailed(len(pending), message, permanent=True) from exc
         except BotoCoreError as exc:
             message = (
                 f"unclassified error sending to Firehose stream {self.stream_name!r} "
                 f"({type(exc).__name__}: {redact(str(exc), 200)}); not retried because a "
                 "blind resend could duplicate records: investigate, then rerun"
             )
-            raise _BatchFailed(len(pending), message, permanent=True) from exc
+            raise BatchFailed(len(pending), message, permanent=True) from exc
         acked, failed, codes = self._split_response(pending, response)
         if acked:
             self._count_acked(acked)
@@ -403,7 +387,7 @@ class FirehoseSender:
             return pending, [], set()
         entries = response.get("RequestResponses") or []
         if len(entries) != len(pending):
-            raise _BatchFailed(
+            raise BatchFailed(
                 len(pending),
                 f"Firehose answered {len(entries)} RequestResponses for {len(pending)} records; "
                 "cannot tell which failed, not resending blindly: investigate, then rerun",
@@ -446,72 +430,6 @@ class FirehoseSender:
         tb: types.TracebackType | None,
     ) -> None:
         self.close(cancel_pending=exc_type is not None)
-
-
-class _ChunkTracker:
-    """Resolves one chunk's future once all of its batches are done."""
-
-    def __init__(
-        self, sender: FirehoseSender, outer: Future[int], *, total: int, batches: int
-    ) -> None:
-        self._sender = sender
-        self._outer = outer
-        self._total = total
-        self._remaining = batches
-        self._unacked = 0
-        self._permanent: str | None = None
-        self._transient: str | None = None
-        self._lock = threading.Lock()
-        self.futures: list[Future[int]] = []
-
-    def batch_done(self, future: Future[int], *, size: int) -> None:
-        cancel_siblings = False
-        with self._lock:
-            if future.cancelled():
-                self._unacked += size
-                self._transient = self._transient or "the sender was closed before sending"
-            else:
-                exc = future.exception()
-                if isinstance(exc, _BatchFailed):
-                    self._unacked += exc.unacked
-                    if exc.permanent:
-                        cancel_siblings = self._permanent is None
-                        self._permanent = self._permanent or exc.reason
-                    else:
-                        self._transient = self._transient or exc.reason
-                elif exc is not None:
-                    self._unacked += size
-                    cancel_siblings = self._permanent is None
-                    self._permanent = self._permanent or redact(f"{type(exc).__name__}: {exc}")
-            self._remaining -= 1
-            finished = self._remaining == 0
-        if cancel_siblings:
-            for sibling in self.futures:
-                sibling.cancel()  # only batches not started yet; their callbacks count them
-        if finished:
-            self._finish()
-
-    def _finish(self) -> None:
-        name = self._sender.stream_name
-        if self._permanent is not None:
-            self._outer.set_exception(
-                PermanentDeliveryError(
-                    f"{self._permanent} ({self._unacked} of {self._total} records of this chunk "
-                    "were not acknowledged)"
-                )
-            )
-        elif self._unacked:
-            self._outer.set_exception(
-                TransientDeliveryError(
-                    f"{self._unacked} of {self._total} records of this chunk were not "
-                    f"acknowledged by Firehose stream {name!r} within "
-                    f"{self._sender.retry.max_attempts} attempts per batch (last error: "
-                    f"{self._transient}). Rerun later to resume from the last checkpoint; "
-                    "records Firehose already took are deduplicated by transaction_id."
-                )
-            )
-        else:
-            self._outer.set_result(self._total)
 
 
 def _error_code(exc: ClientError) -> str:

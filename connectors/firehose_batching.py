@@ -1,4 +1,7 @@
-"""Splitting records into PutRecordBatch calls that respect Firehose's fixed limits.
+"""Splitting a chunk into PutRecordBatch calls, and joining the calls' outcomes back.
+
+`plan_batches` / `split_batches` cut records into calls that respect Firehose's fixed limits;
+`ChunkTracker` resolves the chunk's future once every call of the chunk is done.
 
 Limits (Amazon Data Firehose API reference, PutRecordBatch; they cannot be raised):
 at most 500 records per call, at most 4 MiB of record data per call, each record at most
@@ -7,7 +10,14 @@ at most 500 records per call, at most 4 MiB of record data per call, each record
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
+
+from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
+
+logger = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_BATCH = 500
 MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -72,3 +82,89 @@ def billable_units(size: int) -> int:
     A record of 0 bytes is counted as one unit, like any record smaller than 5 KB.
     """
     return max(1, -(-size // BILLING_INCREMENT_BYTES))
+
+
+class BatchFailed(Exception):
+    """One batch ended without every record acknowledged (internal to the sender)."""
+
+    def __init__(self, unacked: int, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.unacked = unacked
+        self.reason = reason
+        self.permanent = permanent
+
+
+class ChunkTracker:
+    """Resolves one chunk's future once all of its batches are done."""
+
+    def __init__(
+        self,
+        outer: Future[int],
+        *,
+        stream_name: str,
+        max_attempts: int,
+        total: int,
+        batches: int,
+    ) -> None:
+        self._stream_name = stream_name
+        self._max_attempts = max_attempts
+        self._outer = outer
+        self._total = total
+        self._remaining = batches
+        self._unacked = 0
+        self._permanent: str | None = None
+        self._transient: str | None = None
+        self._lock = threading.Lock()
+        self.futures: list[Future[int]] = []
+
+    def batch_done(self, future: Future[int], *, size: int) -> None:
+        cancel_siblings = False
+        with self._lock:
+            if future.cancelled():
+                self._unacked += size
+                self._transient = self._transient or "the sender was closed before sending"
+            else:
+                exc = future.exception()
+                if isinstance(exc, BatchFailed):
+                    self._unacked += exc.unacked
+                    if exc.permanent:
+                        cancel_siblings = self._permanent is None
+                        self._permanent = self._permanent or exc.reason
+                    else:
+                        self._transient = self._transient or exc.reason
+                elif exc is not None:
+                    logger.error("unexpected error while sending a batch", exc_info=exc)
+                    self._unacked += size
+                    cancel_siblings = self._permanent is None
+                    self._permanent = (
+                        self._permanent or f"unexpected {type(exc).__name__} while sending (a bug)"
+                    )
+            self._remaining -= 1
+            finished = self._remaining == 0
+        if cancel_siblings:
+            for sibling in self.futures:
+                sibling.cancel()  # only batches not started yet; their callbacks count them
+        if finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        name = self._stream_name
+        if self._permanent is not None:
+            self._outer.set_exception(
+                PermanentDeliveryError(
+                    f"{self._permanent} ({self._unacked} of {self._total} records of this chunk "
+                    "were not acknowledged)"
+                )
+            )
+        elif self._unacked:
+            self._outer.set_exception(
+                TransientDeliveryError(
+                    f"{self._unacked} of {self._total} records of this chunk were not "
+                    f"acknowledged by Firehose stream {name!r} within "
+                    f"{self._max_attempts} attempts per batch (last error: "
+                    f"{self._transient}). Rerun later to resume from the last checkpoint; "
+                    "records Firehose already took are deduplicated by transaction_id."
+                )
+            )
+        else:
+            self._outer.set_result(self._total)

@@ -1,10 +1,12 @@
-"""A thread-safe token bucket that shapes traffic instead of provoking throttling."""
+"""How long to wait: a thread-safe token bucket (traffic shaping) and the retry backoff policy."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class TokenBucket:
@@ -49,3 +51,26 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return wait
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter.
+
+    Retry *n* (1 for the first resend) waits ``uniform(0, min(max_delay_s, base_delay_s *
+    2 ** (n - 1)))`` seconds.
+    """
+
+    max_attempts: int = 10  # attempts per batch, counting the first
+    base_delay_s: float = 0.05
+    max_delay_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError("delays must not be negative")
+
+    def delay(self, retry_number: int, rng: random.Random) -> float:
+        cap = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(retry_number - 1, 60))
+        return rng.uniform(0.0, cap)

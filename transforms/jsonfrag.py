@@ -72,15 +72,26 @@ def metadata_value(arr: pa.Array, *, tz: str) -> tuple[pa.Array, int]:
     if pa.types.is_floating(t):
         return _float_values(arr.cast(pa.float64()))
     if pa.types.is_decimal(t):
-        if t.scale < 0:
-            return _per_value(arr, tz), 0
-        return arr.cast(pa.string()), 0
+        return _decimal_values(arr, tz), 0
     if pa.types.is_timestamp(t):
         us, _bad = to_epoch_us(arr, tz=tz, unit=None)
         return json_string(time_text(us)), 0
     if pa.types.is_date(t):
         return json_string(arr.cast(pa.date32()).cast(pa.string())), 0
     return _per_value(arr, tz), 0
+
+
+def _decimal_values(arr: pa.Array, tz: str) -> pa.Array:
+    """Decimals as JSON numbers with their exact digits, in plain notation (Arrow prints
+    negative scales and very small values with an exponent: those take the per-value path)."""
+    if arr.type.scale < 0:
+        return _per_value(arr, tz)
+    text = arr.cast(pa.string())
+    exp = pc.fill_null(pc.match_substring(text, "E"), False)
+    if not pc.any(exp).as_py():
+        return text
+    fixed = [format(v, "f") for v in pc.filter(arr, exp).to_pylist()]
+    return pc.replace_with_mask(text, exp, pa.array(fixed, pa.string()))
 
 
 def _float_values(arr: pa.Array) -> tuple[pa.Array, int]:

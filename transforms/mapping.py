@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 import zoneinfo
 from collections.abc import Mapping as MappingABC
@@ -20,7 +21,16 @@ from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from moesif_backfill.errors import MappingError
 
@@ -43,12 +53,37 @@ class ValueSource(_Strict):
 
     value: Scalar
 
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: Scalar) -> Scalar:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("a constant must be a finite number (JSON has no NaN or Infinity)")
+        return v
+
 
 def _shorthand(v: Any) -> Any:
     return {"column": v} if isinstance(v, str) else v
 
 
-FieldSource = Annotated[ColumnSource | ValueSource, Field(union_mode="left_to_right")]
+def _source_kind(v: Any) -> str | None:
+    if isinstance(v, ColumnSource | ValueSource):
+        return "column" if isinstance(v, ColumnSource) else "value"
+    if isinstance(v, MappingABC):
+        if "column" in v:
+            return "column"
+        if "value" in v:
+            return "value"
+    return None
+
+
+FieldSource = Annotated[
+    Annotated[ColumnSource, Tag("column")] | Annotated[ValueSource, Tag("value")],
+    Discriminator(
+        _source_kind,
+        custom_error_type="field_source",
+        custom_error_message="expected a column name, {column: NAME} or {value: CONSTANT}",
+    ),
+]
 
 
 class TimeSource(_Strict):
@@ -193,7 +228,10 @@ class MappingSpec(_Strict):
 def _format_validation_error(path: str, exc: ValidationError) -> str:
     lines = [f"mapping file {path} is invalid:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        # a tagged union repeats its tag ("value.value"): show it once
+        parts = [p for i, p in enumerate(parts) if i + 1 == len(parts) or parts[i + 1] != p]
+        loc = ".".join(parts)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see README 'Mapping file')"

@@ -51,6 +51,14 @@ client threads the interleaving, hence the outcome per call, varies.
 * ``auth_error``: every API call (control plane too) answers HTTP 400 with this code, e.g.
   ``"UnrecognizedClientException"`` or ``"AccessDeniedException"``, to test credential errors.
 
+Python API: ``StrictFirehose(seed=0).start()`` (or ``with StrictFirehose() as fh``),
+``.endpoint_url``, ``.create_stream(name)``, ``.configure(**faults)``, ``.reset_faults()``,
+``.reseed(seed)``, ``.faults``, ``.records(stream)``, ``.transaction_ids(stream)``,
+``.counters`` (whole server), ``.stream_counters(stream)`` (put calls naming that stream:
+``put_calls``, ``records_received``, ``records_stored``, ``failed_records``, ``throttled``,
+``server_errors``, ``dropped*``, ``invalid_requests``, ``max_batch_records``,
+``max_batch_bytes``), ``.stats()`` (both), ``.stop()``.
+
 Control API for another process
 -------------------------------
 ``GET /_strict/records?stream=NAME`` (NDJSON: one record per line, a trailing newline of the
@@ -778,6 +786,14 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts, dropped connections) are normal here: log quietly."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            logger.debug("strict Firehose: client %s went away: %r", client_address, exc)
+            return
+        logger.exception("strict Firehose: error handling a request from %s", client_address)
 
     def close_all_connections(self) -> None:
         """Close kept-alive client connections so no handler thread answers after stop()."""
