@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from connectors.checkpoint import CheckpointStore
+from moesif_backfill import failpoints
 from moesif_backfill.errors import JobLockedError
 
 __all__ = ["LocalCheckpointStore"]
@@ -81,6 +82,7 @@ class LocalCheckpointStore(CheckpointStore):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            failpoints.hit("checkpoint.before_replace")
             os.replace(tmp, directory / name)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -264,6 +264,8 @@ class FirehoseSender:
 
         Raises ValueError at once for a record over 1,024,000 bytes (nothing is sent).
         The future raises `TransientDeliveryError` or `PermanentDeliveryError` otherwise.
+        submit never blocks and the internal queue is unbounded: the caller bounds memory by
+        waiting on its oldest futures when too many are outstanding.
         """
         if self._closed:
             raise RuntimeError("FirehoseSender is closed")

@@ -26,6 +26,7 @@ from connectors.readers import iter_batches
 from flows.plan import FilePlan, Plan, file_progress
 from flows.rejects import RejectsWriter
 from flows.sinks import Sink
+from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError, SourceError
 from transforms.actions import ActionBatch, build_actions
 
@@ -74,6 +75,7 @@ def rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[tuple[int,
     held = 0
     index = 0
     for batch in batches:
+        failpoints.hit("reader.batch")
         if batch.num_rows == 0:
             continue
         pending.append(batch)
@@ -225,6 +227,7 @@ class FileRunner:
             del self.counts.sample[3:]
         rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
         future = self.sink.submit(result.records)
+        failpoints.hit("chunk.submitted")
         self.inflight.append(
             _InFlight(chunk, future, len(result.records), len(result.rejected), rejects)
         )

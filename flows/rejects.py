@@ -12,12 +12,15 @@ import base64
 import datetime as dt
 import decimal
 import json
+import os
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
 
 from transforms.actions import ActionBatch
+
+PRIVATE_FILE_MODE = 0o600
 
 
 def _default(v: object) -> object:
@@ -52,7 +55,9 @@ class RejectsWriter:
             return
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
+            # Rejects hold customer data: readable by the owner only.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8")
         for e in entries:
             self._fh.write(json.dumps(e, default=_default, ensure_ascii=False) + "\n")
         self._fh.flush()

@@ -6,6 +6,7 @@ delivered; the engine commits the chunk only after that future succeeded.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 from isal import igzip_threaded
 
 from connectors.firehose import FirehoseSender
+from flows.rejects import PRIVATE_FILE_MODE
 
 BILLING_UNIT_BYTES = 5 * 1024  # Firehose ingestion is billed per record in 5 KB steps
 
@@ -120,6 +122,8 @@ class DryRunSink(CountingSink):
         self.close_file()
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(name).name)
         path = self.out_dir / f"{index:05d}-{safe}.ndjson.gz"
+        # The would-be records hold customer data: readable by the owner only.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE))
         self._fh = igzip_threaded.open(  # type: ignore[no-untyped-call]  # isal has no stubs
             path, "wb", compresslevel=1, threads=1
         )
