@@ -405,7 +405,8 @@ def warm_prefect_home(bench_dir: Path, mapping: Path, seed: int) -> float | None
     tiny = bench_dir / "data" / "billing-1000.parquet"
     generate(tiny, 1000, row_group_rows=1000, seed=seed)
     t0 = time.perf_counter()
-    run_project(tiny, mapping, bench_dir, "warmup", 1000)
+    warm = run_project(tiny, mapping, bench_dir, "warmup", 1000)
+    shutil.rmtree(warm["out_dir"], ignore_errors=True)
     return round(time.perf_counter() - t0, 1)
 
 
