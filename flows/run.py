@@ -19,6 +19,7 @@ from flows.rejects import RejectsWriter
 from flows.report import RunSummary, write_json_atomic
 from flows.settings import RunSettings
 from flows.sinks import CountingSink, DryRunSink, FirehoseSink, Sink
+from moesif_backfill import PROCESS_T0
 from moesif_backfill.errors import BackfillError, PermanentDeliveryError, PreflightError
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Run:
                 setattr(summary, k, v)
         summary.sample_actions = list(c.sample)
         summary.duration_s = round(time.monotonic() - self.started, 3)
+        summary.startup_s = round(self.started - PROCESS_T0, 3)
         summary.rows_per_second = round(c.rows_read / summary.duration_s, 1) if c.rows_read else 0
         if self.plan is not None:
             summary.files_total = len(self.plan.files)

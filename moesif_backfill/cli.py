@@ -209,6 +209,9 @@ def _print_validate(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Arrow's default allocator (mimalloc) keeps freed memory; the system allocator keeps peak
+    # memory ~60 MB lower at the same speed (bench/README.md). Must be set before pyarrow loads.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "flows,connectors,transforms")
@@ -222,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     except BackfillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    t0 = time.monotonic()
     from flows import backfill as flow_module
 
     bar = _Bar(sys.stderr.isatty() and not getattr(args, "quiet", False))
@@ -244,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     bar.stop()
     summary = dict(flow_module.LAST_SUMMARY)
-    if summary:
-        summary["startup_s"] = round(time.monotonic() - t0 - summary["duration_s"], 3)
     if settings.mode == "validate" and code == EXIT_OK:
         _print_validate(summary)
     elif summary.get("rows_read") or code == EXIT_OK:
