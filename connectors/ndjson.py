@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from connectors.sources import IO_BUFFER_BYTES, SourceFile, open_input
+from connectors.sources import IO_BUFFER_BYTES, SourceFile, one_line, open_input
 from moesif_backfill.errors import SourceError
 
 NDJSON_BLOCK_BYTES = 4 << 20
@@ -122,8 +122,9 @@ def _infer_rewritten(src: SourceFile, block: list[tuple[int, bytes]], text: set[
             column = _unescape(m.group(1)) if m else None
             if column is None or column in as_text:
                 raise SourceError(
-                    f"{src.path}: cannot infer the field types from the first lines ({exc}); "
-                    "check that every line is a JSON object with consistent field types."
+                    f"{src.path}: cannot infer the field types from the first lines "
+                    f"({one_line(exc)}); check that every line is a JSON object with consistent "
+                    "field types."
                 ) from exc
             as_text.add(column)
     raise SourceError(f"{src.path}: cannot infer the field types from the first lines.")
@@ -160,8 +161,8 @@ def _iter_lines(src: SourceFile) -> Generator[tuple[int, bytes], None, None]:
             except (OSError, pa.ArrowException) as exc:
                 raise SourceError(
                     f"{src.path}: cannot read or decompress the data after {lineno} complete "
-                    f"line(s) ({exc}); the file is probably truncated or corrupt: re-download or "
-                    "re-export it."
+                    f"line(s) ({one_line(exc)}); the file is probably truncated or corrupt: "
+                    "re-download or re-export it."
                 ) from exc
             if not chunk:
                 break
@@ -207,6 +208,9 @@ def _fast_batches(src: SourceFile, schema: pa.Schema, batch_rows: int) -> Iterat
                     batch = reader.read_next_batch()
                 except StopIteration:
                     return
+                # pyarrow's JSON reader does not check UTF-8: bytes that are not UTF-8 would
+                # become part of a key's ID or break the action. The slow path names the line.
+                batch.validate(full=True)
                 yield batch
                 rows += batch.num_rows
         except (OSError, pa.ArrowException):
@@ -274,6 +278,11 @@ def _parse(src: SourceFile, lineno: int, line: bytes) -> dict[str, Any]:
             f"{src.path}: line {lineno}, column {exc.colno}: invalid JSON ({exc.msg}). NDJSON "
             "needs one complete JSON object per line: fix or remove that line."
         ) from exc
+    except RecursionError as exc:
+        raise SourceError(
+            f"{src.path}: line {lineno} nests JSON arrays/objects too deeply to be read; "
+            "flatten that value or leave it out."
+        ) from exc
     if not isinstance(obj, dict):
         raise SourceError(
             f"{src.path}: line {lineno} is a JSON {type(obj).__name__}, not an object; NDJSON "
@@ -340,7 +349,7 @@ def _typed_error(
     if detail is None:
         return SourceError(
             f"{src.path}: lines {lines[0][0]}-{lines[-1][0]}: a value does not fit the expected "
-            f"types ({exc}; expected {typed}); {advice}"
+            f"types ({one_line(exc)}; expected {one_line(typed)}); {advice}"
         )
     lineno, line = lines[lo]
     obj = _parse(src, lineno, line)
@@ -351,7 +360,7 @@ def _typed_error(
                 f"{src.path}: line {lineno}: field {field.name!r} has the value {value} that is "
                 f"not a valid {field.type}; {advice}"
             )
-    return SourceError(f"{src.path}: line {lineno}: {detail}; {advice}")
+    return SourceError(f"{src.path}: line {lineno}: {one_line(detail)}; {advice}")
 
 
 def size_text(n: int) -> str:

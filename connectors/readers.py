@@ -1,7 +1,8 @@
 """Bounded-memory Arrow readers for local `SourceFile`s (Parquet, CSV, NDJSON).
 
-    read_schema(src, *, text_columns=()) -> pa.Schema
-    iter_batches(src, *, columns=None, text_columns=(), batch_rows=65_536) -> Iterator[RecordBatch]
+    read_schema(src, *, text_columns=(), number_columns=()) -> pa.Schema
+    iter_batches(src, *, columns=None, text_columns=(), number_columns=(), batch_rows=65_536)
+        -> Iterator[RecordBatch]
 
 Memory stays bounded: Parquet is read with ParquetFile.iter_batches (buffered column chunks, no
 pre-buffering of whole row groups); CSV with pyarrow.csv.open_csv in CSV_BLOCK_BYTES blocks;
@@ -16,23 +17,36 @@ value that does not fit raises SourceError naming the file, column and row, and 
 reading the column as text. `text_columns` are never inferred: they come back as strings exactly
 as written (CSV and NDJSON); Parquet columns keep their stored type.
 
+`number_columns` (CSV only; the plan passes metadata columns inferred as floating point) come
+back as the text of each number exactly as written, so that no digit is lost to a double
+("0.123456789012345678", "99999999999999999999.5"); every value is checked to be a number (what
+the CSV reader would accept as a double) and a SourceError names the row of one that is not.
+
 CSV null convention (warehouse unloads): an empty unquoted field is null; a quoted empty field
 ("") is the empty string. A quoted "" in an otherwise numeric column therefore makes that column
 a string column.
+
+Hostile input: a malformed row (too few or too many fields, an unbalanced quote), bytes that are
+not UTF-8 (CSV, and string data in Parquet and NDJSON, which their readers do not check) and
+values that do not fit the inferred type raise SourceError naming the file, the column and the
+data row (1-based, header excluded; a quoted line break does not start a new row). Messages are
+one line.
 """
 
 from __future__ import annotations
 
+import csv
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from connectors import ndjson
 from connectors.ndjson import size_text
-from connectors.sources import Format, SourceFile, discover_sources, open_input
+from connectors.sources import Format, SourceFile, discover_sources, one_line, open_input
 from moesif_backfill.errors import SourceError
 
 __all__ = [
@@ -50,19 +64,25 @@ PARQUET_BUFFER_BYTES = 1 << 20
 _CSV_CONVERSION = re.compile(
     r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to ([^:]+): (.*)", re.S
 )
+# What pyarrow's CSV reader accepts as a double (it trims blanks first).
+_NUMBER_TEXT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^[+-]?(inf|infinity|nan)$"
+_SHOWN_CHARS = 200
 
 
-def read_schema(src: SourceFile, *, text_columns: Collection[str] = ()) -> pa.Schema:
+def read_schema(
+    src: SourceFile, *, text_columns: Collection[str] = (), number_columns: Collection[str] = ()
+) -> pa.Schema:
     """The file's Arrow schema, cheaply: the Parquet footer, or inference over the first block.
 
-    With `text_columns` it is exactly the schema `iter_batches` gives for the same columns.
+    With `text_columns`/`number_columns` it is exactly the schema `iter_batches` gives for the
+    same columns.
     """
     if src.format == "parquet":
         with _open_parquet(src) as pf:
             schema: pa.Schema = pf.schema_arrow
         return schema
     if src.format == "csv":
-        return _csv_schema(src, text_columns)
+        return _csv_schema(src, [*text_columns, *number_columns])
     return ndjson.infer_schema(src, text_columns).schema
 
 
@@ -71,6 +91,7 @@ def iter_batches(
     *,
     columns: Sequence[str] | None = None,
     text_columns: Collection[str] = (),
+    number_columns: Collection[str] = (),
     batch_rows: int = 65_536,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `src` as RecordBatches of at most `batch_rows` rows, all with the same schema.
@@ -85,7 +106,7 @@ def iter_batches(
     if src.format == "parquet":
         schema, batches = _parquet_batches(src, columns, batch_rows)
     elif src.format == "csv":
-        schema, batches = _csv_batches(src, columns, text_columns)
+        schema, batches = _csv_batches(src, columns, text_columns, number_columns)
     else:
         schema, batches = ndjson.ndjson_batches(src, columns, text_columns, batch_rows)
     return _bounded(src, schema, batches, batch_rows)
@@ -95,6 +116,12 @@ def select_columns(src: SourceFile, schema: pa.Schema, columns: Sequence[str] | 
     """`schema` restricted to `columns`, in that order; SourceError for unknown names."""
     if columns is None:
         return schema
+    repeated = [c for c in columns if schema.get_all_field_indices(c)[1:]]
+    if repeated:
+        raise SourceError(
+            f"{src.path}: the file has several columns named {', '.join(map(repr, repeated))}; "
+            "re-export it with unique column names."
+        )
     missing = [c for c in columns if schema.get_field_index(c) < 0]
     if missing:
         raise SourceError(
@@ -124,7 +151,8 @@ def _conform(src: SourceFile, batch: pa.RecordBatch, schema: pa.Schema) -> pa.Re
     except (pa.ArrowException, KeyError) as exc:
         raise SourceError(
             f"{src.path}: a block of the file does not match the schema of its first block "
-            f"({exc}); expected {schema}. Re-export the file with consistent types."
+            f"({one_line(exc)}); expected {one_line(str(schema))}. Re-export the file with "
+            "consistent types."
         ) from exc
 
 
@@ -132,6 +160,37 @@ def _names(schema: pa.Schema, limit: int = 40) -> str:
     names = schema.names
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "") or "(none)"
+
+
+def check_values(src: SourceFile, batch: pa.RecordBatch, first_row: int) -> None:
+    """SourceError for string data that is not UTF-8 (or otherwise invalid) in `batch`, naming
+    the column and the data row. Parquet's reader does not check it; letting it through would
+    give a transaction_id computed over raw bytes, or a crash later. Fixed-width columns have
+    nothing to check; a full check of the rest costs ~25 ns per string value."""
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        if pa.types.is_primitive(field.type):
+            continue
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            row = next((i for i in range(len(column)) if not _valid(column.slice(i, 1))), None)
+            where = f"at data row {first_row + row + 1}" if row is not None else "in a batch"
+            if "UTF8" in str(exc):
+                what = "bytes that are not valid UTF-8"
+            else:
+                what = f"invalid data ({one_line(exc)})"
+            raise SourceError(
+                f"{src.path}: column {field.name!r} has {what} {where}; re-export the file "
+                "(strings as UTF-8)."
+            ) from exc
+
+
+def _valid(arr: pa.Array) -> bool:
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,8 +202,9 @@ def _open_parquet(src: SourceFile) -> pq.ParquetFile:
         return pq.ParquetFile(src.path, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(
-            f"{src.path}: not a readable Parquet file ({exc}). It may be truncated, still being "
-            "written, or not Parquet at all: re-export it or leave it out of the inputs."
+            f"{src.path}: not a readable Parquet file ({one_line(exc)}). It may be truncated, "
+            "still being written, or not Parquet at all: re-export it or leave it out of the "
+            "inputs."
         ) from exc
 
 
@@ -163,12 +223,13 @@ def _parquet_batches(
         with pf:
             try:
                 for batch in pf.iter_batches(batch_size=batch_rows, columns=schema.names):
+                    check_values(src, batch, rows)
                     yield batch
                     rows += batch.num_rows
             except (OSError, pa.ArrowException) as exc:
                 raise SourceError(
-                    f"{src.path}: cannot read the Parquet data after row {rows} ({exc}); the file "
-                    "is probably corrupt or truncated: re-export it."
+                    f"{src.path}: cannot read the Parquet data after row {rows} "
+                    f"({one_line(exc)}); the file is probably corrupt or truncated: re-export it."
                 ) from exc
 
     return schema, gen()
@@ -200,8 +261,17 @@ def _csv_schema(src: SourceFile, text_columns: Collection[str]) -> pa.Schema:
         try:
             schema: pa.Schema = pacsv.open_csv(stream, read, parse, convert).schema
         except (OSError, pa.ArrowException) as exc:
-            raise _csv_error(src, exc, 0, None) from exc
-    names = schema.names
+            header = _header_only_names(src)
+            if header is None:
+                raise _csv_error(src, exc, 0, None) from exc
+            schema = pa.schema([pa.field(name, pa.null()) for name in header])
+    try:
+        names = schema.names
+    except UnicodeDecodeError as exc:  # pyarrow keeps the header's bytes as they are
+        raise SourceError(
+            f"{src.path}: the CSV header (line 1) has a column name that is not valid UTF-8 "
+            f"({_shown(exc.object)}); re-export the file as UTF-8."
+        ) from exc
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SourceError(
@@ -210,9 +280,12 @@ def _csv_schema(src: SourceFile, text_columns: Collection[str]) -> pa.Schema:
         )
     binary = [f.name for f in schema if pa.types.is_binary(f.type)]
     if binary:
+        found = _locate_csv_value(src, binary[0], _not_utf8)
+        where = f"at data row {found[0]}" if found else f"in the first {size_text(CSV_BLOCK_BYTES)}"
         raise SourceError(
-            f"{src.path}: column(s) {binary} hold bytes that are not valid UTF-8 in the first "
-            f"{size_text(CSV_BLOCK_BYTES)}; re-export the file as UTF-8."
+            f"{src.path}: column {binary[0]!r} has bytes that are not valid UTF-8 {where}"
+            + (f" (also column(s) {binary[1:]})" if binary[1:] else "")
+            + "; re-export the file as UTF-8."
         )
     missing = [c for c in text_columns if c not in names]
     if missing:
@@ -223,12 +296,34 @@ def _csv_schema(src: SourceFile, text_columns: Collection[str]) -> pa.Schema:
     return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
 
 
+def _header_only_names(src: SourceFile) -> list[str] | None:
+    """The column names of a CSV that is just a header line without a final line break (which
+    pyarrow takes for an empty file); None for anything else."""
+    try:
+        with open_input(src) as stream:
+            head: bytes = stream.read(CSV_BLOCK_BYTES + 1)
+    except (OSError, pa.ArrowException, SourceError):
+        return None
+    text = head.removeprefix(b"\xef\xbb\xbf")
+    if len(head) > CSV_BLOCK_BYTES or not text.strip() or b"\n" in text or b"\r" in text:
+        return None
+    try:
+        rows = list(csv.reader([text.decode("utf-8")], strict=True))
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    return rows[0] if len(rows) == 1 and rows[0] else None
+
+
 def _csv_batches(
-    src: SourceFile, columns: Sequence[str] | None, text_columns: Collection[str]
+    src: SourceFile,
+    columns: Sequence[str] | None,
+    text_columns: Collection[str],
+    number_columns: Collection[str],
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    full = _csv_schema(src, text_columns)
+    full = _csv_schema(src, [*text_columns, *number_columns])
     schema = select_columns(src, full, columns)
     read, parse, convert = _csv_options({f.name: f.type for f in schema}, schema.names)
+    numbers = [schema.get_field_index(c) for c in number_columns if c in schema.names]
 
     def gen() -> Iterator[pa.RecordBatch]:
         rows = 0
@@ -236,27 +331,54 @@ def _csv_batches(
             try:
                 reader = pacsv.open_csv(stream, read, parse, convert)
                 for batch in reader:
+                    for index in numbers:
+                        _check_numbers(src, batch, index, rows)
                     yield batch
                     rows += batch.num_rows
             except (OSError, pa.ArrowException) as exc:
+                if rows == 0 and _header_only_names(src) is not None:
+                    return  # a header without a line break: no rows
                 raise _csv_error(src, exc, rows, full) from exc
 
     return schema, gen()
 
 
+def _check_numbers(src: SourceFile, batch: pa.RecordBatch, index: int, first_row: int) -> None:
+    """A number column read as text: every value must be what the CSV reader takes for a
+    double (the type it was inferred as), else SourceError naming the row."""
+    text = pc.utf8_trim_whitespace(batch.column(index))
+    ok = pc.match_substring_regex(text, pattern=_NUMBER_TEXT, ignore_case=True)
+    if pc.all(ok).as_py() is not False:
+        return
+    row = int(pc.index(ok, False).as_py())
+    name = batch.schema.field(index).name
+    value = batch.column(index)[row].as_py()
+    raise SourceError(
+        f"{src.path}: column {name!r} has the value {_shown(value)} at data row "
+        f"{first_row + row + 1} that is not a number. The column was inferred as a number from "
+        f"the first {size_text(CSV_BLOCK_BYTES)} of the file and later values must fit it; "
+        "fix the value in the file."
+    )
+
+
 def _csv_error(src: SourceFile, exc: Exception, rows: int, header: pa.Schema | None) -> SourceError:
-    msg = str(exc).strip()
+    msg = one_line(exc)
     where = f"at or after data row {rows + 1}"
     m = _CSV_CONVERSION.match(msg)
     if m and header is not None:
         index, typ, detail = int(m.group(1)), m.group(2), m.group(3)
-        column = repr(header.names[index]) if index < len(header.names) else f"#{index}"
+        name = header.names[index] if index < len(header.names) else None
+        column = repr(name) if name is not None else f"#{index}"
         if "UTF8" in detail:
+            found = _locate_csv_value(src, name, _not_utf8) if name is not None else None
             return SourceError(
-                f"{src.path}: column {column} has bytes that are not valid UTF-8 ({where}); "
-                "re-export the file as UTF-8."
+                f"{src.path}: column {column} has bytes that are not valid UTF-8 "
+                f"({f'at data row {found[0]}' if found else where}); re-export the file as UTF-8."
             )
         value = detail.removeprefix("invalid value ")
+        if name is not None and value.startswith("'") and value.endswith("'"):
+            found = _locate_csv_value(src, name, _equals(value[1:-1].encode()))
+            where = f"at data row {found[0]}" if found else where
         return SourceError(
             f"{src.path}: column {column} has the value {value} ({where}) that is not a valid "
             f"{typ}. The column type was inferred as {typ} from the first "
@@ -270,9 +392,11 @@ def _csv_error(src: SourceFile, exc: Exception, rows: int, header: pa.Schema | N
             "names. Remove the file from the inputs or re-export it with a header."
         )
     if msg.startswith("CSV parse error"):
+        bad = _malformed_row(src)
+        detail = bad or f"{where}: {msg}"
         return SourceError(
-            f"{src.path}: malformed CSV {where}: {msg}. Every row needs as many fields as the "
-            "header and quotes must be balanced: fix the row or re-export the file."
+            f"{src.path}: malformed CSV {detail}. Every row needs as many fields as the header "
+            "and quotes must be balanced: fix the row or re-export the file."
         )
     if src.compression is not None and isinstance(exc, OSError | pa.ArrowInvalid):
         return SourceError(
@@ -283,3 +407,89 @@ def _csv_error(src: SourceFile, exc: Exception, rows: int, header: pa.Schema | N
         f"{src.path}: cannot read the CSV {where} ({msg}); check that it is a valid UTF-8 CSV "
         "with a header row."
     )
+
+
+# Locating a bad row (error paths only): re-read the file, column-wise until the batch that holds
+# it, then value by value within that batch.
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+
+
+def _malformed_row(src: SourceFile) -> str | None:
+    """Where and how the first row with the wrong number of fields is wrong (pyarrow numbers
+    rows only when it reads on one thread, hence this second, single-threaded pass)."""
+    found: list[str] = []
+
+    def handler(row: pacsv.InvalidRow) -> str:
+        if not found:
+            at = f"data row {row.number - 1}" if row.number else "a row"
+            found.append(
+                f"at {at} (Expected {row.expected_columns} columns, got {row.actual_columns}): "
+                f"{_shown(row.text)}"
+            )
+        return "error"
+
+    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)
+    parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=handler)
+    try:
+        with open_input(src) as stream:
+            reader = pacsv.open_csv(stream, read, parse)
+            first = reader.schema.names[:1]
+        with open_input(src) as stream:
+            convert = pacsv.ConvertOptions(
+                column_types={first[0]: pa.binary()} if first else None, include_columns=first
+            )
+            for _ in pacsv.open_csv(stream, read, parse, convert):
+                pass
+    except (OSError, pa.ArrowException, UnicodeDecodeError, SourceError):
+        pass
+    return found[0] if found else None
+
+
+def _not_utf8(column: pa.Array) -> pa.Array | None:
+    """Mask of values that are not UTF-8, or None when the whole column is valid."""
+    try:
+        column.cast(pa.string())
+    except pa.ArrowInvalid:
+        return pa.array([_undecodable(v) for v in column.to_pylist()], pa.bool_())
+    return None
+
+
+def _undecodable(v: bytes | None) -> bool:
+    try:
+        if v is not None:
+            v.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _equals(value: bytes) -> Callable[[pa.Array], pa.Array | None]:
+    def check(column: pa.Array) -> pa.Array | None:
+        hit = pc.equal(column, pa.scalar(value, pa.binary()))
+        return hit if pc.any(hit).as_py() else None
+
+    return check
+
+
+def _locate_csv_value(
+    src: SourceFile, column: str, check: Callable[[pa.Array], pa.Array | None]
+) -> tuple[int, object] | None:
+    """(1-based data row, value) of the first value of `column` (read as bytes) that `check`
+    flags; None if none is found or the file cannot be re-read that far."""
+    read, parse, convert = _csv_options({column: pa.binary()}, [column])
+    rows = 0
+    try:
+        with open_input(src) as stream:
+            for batch in pacsv.open_csv(stream, read, parse, convert):
+                mask = check(batch.column(0))
+                if mask is not None:
+                    row = int(pc.index(pc.fill_null(mask, False), True).as_py())
+                    return rows + row + 1, batch.column(0)[row].as_py()
+                rows += batch.num_rows
+    except (OSError, pa.ArrowException, SourceError):
+        return None
+    return None

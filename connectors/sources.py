@@ -86,6 +86,11 @@ def open_input(src: SourceFile) -> pa.NativeFile:
         ) from exc
 
 
+def one_line(text: object) -> str:
+    """An error's text on one line (Arrow's messages span lines; ours are one line)."""
+    return " ".join(str(text).split())
+
+
 def is_ignored_name(name: str) -> bool:
     """Hidden/bookkeeping names skipped inside directories: .x, _SUCCESS, _committed_x, *.crc."""
     return name.startswith((".", "_")) or name.lower().endswith(".crc")

@@ -8,6 +8,7 @@ re-sends at most the chunks that were in flight. Permanent errors fail the flow 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, cast
@@ -24,9 +25,25 @@ from prefect.cache_policies import NO_CACHE
 from flows.engine import ProgressListener
 from flows.run import Run
 from flows.settings import RunSettings
-from moesif_backfill.errors import TransientDeliveryError
+from moesif_backfill.errors import BackfillError, TransientDeliveryError
 
 ARTIFACT_EVERY_S = 2.0
+
+
+class _NoTracebackForExpectedErrors(logging.Filter):
+    """Prefect logs every failed flow/task run with its traceback. For our own errors the
+    message already says what went wrong and what to do; a traceback only buries it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BackfillError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_NoTracebackForExpectedErrors())
 _listeners: list[ProgressListener] = []
 LAST_SUMMARY: dict[str, Any] = {}  # the summary of the last run in this process (for the CLI)
 

@@ -186,6 +186,7 @@ class FileRunner:
             fp.src,
             columns=fp.resolved.physical_columns(),
             text_columns=fp.text_columns,
+            number_columns=fp.number_columns,
             batch_rows=min(65_536, max(prog.chunk_rows, 1024)),
         )
         chunks_seen = 0
@@ -215,7 +216,9 @@ class FileRunner:
     def _submit(self, chunk: int, table: pa.Table) -> None:
         batch = self.fp.resolved.to_logical(table.combine_chunks().to_batches()[0])
         start_row = chunk * self.prog.chunk_rows
-        result: ActionBatch = build_actions(batch, self.plan.spec)
+        result: ActionBatch = build_actions(
+            batch, self.plan.spec, number_text=self.fp.number_text_fields()
+        )
         self.counts.metadata_nonfinite_omitted += result.counters["metadata_nonfinite_omitted"]
         low = result.min_time_us
         if low is not None:

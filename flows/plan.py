@@ -31,7 +31,13 @@ from moesif_backfill.errors import (
     SourceError,
 )
 from transforms.actions import time_bounds
-from transforms.mapping import MappingSpec, ResolvedMapping, load_mapping, resolve_mapping
+from transforms.mapping import (
+    ColumnSource,
+    MappingSpec,
+    ResolvedMapping,
+    load_mapping,
+    resolve_mapping,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,13 @@ class FilePlan:
     resolved: ResolvedMapping
     text_columns: list[str]
     rows_estimate: int | None
+    # CSV metadata-only columns inferred as floating point, read as the text of each number so
+    # that the action keeps every digit written (a double would round 0.123456789012345678).
+    number_columns: list[str] = field(default_factory=list)
+
+    def number_text_fields(self) -> list[str]:
+        """`number_columns` under the mapping's (logical) column names."""
+        return [c for c, phys in self.resolved.columns.items() if phys in self.number_columns]
 
 
 @dataclass
@@ -88,7 +101,32 @@ def _bind(spec: MappingSpec, src: SourceFile) -> FilePlan:
     if src.format in ("csv", "ndjson"):
         # Key columns are read as text exactly as written (ID contract v1: no type guessing).
         text_cols = [resolved.columns[c] for c in spec.key_columns()]
-    return FilePlan(src=src, resolved=resolved, text_columns=text_cols, rows_estimate=None)
+    number_cols = _csv_number_columns(spec, resolved, text_cols) if src.format == "csv" else []
+    return FilePlan(
+        src=src,
+        resolved=resolved,
+        text_columns=text_cols,
+        rows_estimate=None,
+        number_columns=number_cols,
+    )
+
+
+def _csv_number_columns(
+    spec: MappingSpec, resolved: ResolvedMapping, text_cols: list[str]
+) -> list[str]:
+    """CSV columns used only as metadata and inferred as floating point: read as text, sent
+    as JSON numbers with the digits written. Columns that other fields also read keep their
+    type (canon() of a double for string fields, epochs for the time)."""
+    fields = [spec.action_name, *spec.string_fields().values(), *spec.request_fields().values()]
+    other = [src.column for src in fields if isinstance(src, ColumnSource)]
+    other_phys = {resolved.columns[c] for c in [*other, spec.time.column, *spec.key_columns()]}
+    meta = [src.column for src in spec.metadata.values() if isinstance(src, ColumnSource)]
+    numbers = []
+    for phys in dict.fromkeys(resolved.columns[c] for c in meta):
+        typ = resolved.schema.field(phys).type
+        if pa.types.is_floating(typ) and phys not in other_phys and phys not in text_cols:
+            numbers.append(phys)
+    return numbers
 
 
 def make_plan(settings: RunSettings, store: CheckpointStore | None) -> Plan:

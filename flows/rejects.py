@@ -33,6 +33,18 @@ def _default(v: object) -> object:
     return str(v)
 
 
+def _python_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
+    """The rows as dicts; a column Python cannot hold (a timestamp or date beyond year 9999,
+    which is often why the row was rejected) is given as Arrow's text of each value instead."""
+    columns: dict[str, list[Any]] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            columns[name] = column.to_pylist()
+        except (ValueError, OverflowError):
+            columns[name] = column.cast(pa.string()).to_pylist()
+    return [{name: values[i] for name, values in columns.items()} for i in range(batch.num_rows)]
+
+
 class RejectsWriter:
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -44,7 +56,7 @@ class RejectsWriter:
     ) -> list[dict[str, Any]]:
         if not len(result.rejected):
             return []
-        rows = batch.take(pa.array(result.rejected)).to_pylist()
+        rows = _python_rows(batch.take(pa.array(result.rejected)))
         return [
             {"source": source, "row": start_row + int(pos) + 1, "reason": reason, "values": vals}
             for pos, reason, vals in zip(result.rejected, result.reasons, rows, strict=True)

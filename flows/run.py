@@ -132,7 +132,8 @@ class Run:
     # ------------------------------------------------------------------ finish
     def finish(self, error: BaseException | None = None) -> RunSummary:
         s = self.settings
-        summary = RunSummary(job=self.plan.job if self.plan else (s.job or "?"), mode=s.mode)
+        job = self.plan.job if self.plan else (s.job or default_job_name(s))
+        summary = RunSummary(job=job, mode=s.mode)
         try:
             if self.sink is not None:
                 self.sink.close()

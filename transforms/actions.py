@@ -13,6 +13,7 @@ Each optional piece is a string column holding `,"field":<json>` or null; one
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,7 @@ MAX_ACTION_BYTES = 1_000_000
 # Reject reasons, in the order they are checked (the first that applies is reported).
 R_KEY_MISSING = "missing transaction_id key value"
 R_KEY_NONFINITE = "non-finite transaction_id key value (NaN or infinity)"
+R_KEY_OUT_OF_RANGE = "transaction_id key timestamp outside years 0001-9999 in UTC"
 R_BAD_UUID = "invalid UUID in transaction_id column"
 R_NAME_MISSING = "missing action_name"
 R_TIME_MISSING = "missing time"
@@ -113,18 +115,31 @@ def _transaction_ids(batch: pa.RecordBatch, spec: MappingSpec, rej: Rejects) -> 
     n = batch.num_rows
     texts, all_null = [], np.ones(n, dtype=bool)
     nonfinite = np.zeros(n, dtype=bool)
+    out_of_range = np.zeros(n, dtype=bool)  # a timestamp the ID contract cannot write
     for col in tid.key or []:
-        text, bad = canon_array(batch.column(col), tz=spec.time.timezone)
-        nonfinite |= bad
+        column = batch.column(col)
+        text, bad = canon_array(column, tz=spec.time.timezone)
+        t = column.type
+        if pa.types.is_timestamp(t.value_type if pa.types.is_dictionary(t) else t):
+            out_of_range |= bad
+        else:
+            nonfinite |= bad
         all_null &= _np_bool(text.is_null()) & ~bad
         texts.append(text)
     rej.add(all_null, R_KEY_MISSING)
     rej.add(nonfinite, R_KEY_NONFINITE)
+    rej.add(out_of_range, R_KEY_OUT_OF_RANGE)
     return uuid5_array(tid.namespace_uuid(), id_names(texts))
 
 
-def build_actions(batch: pa.RecordBatch, spec: MappingSpec) -> ActionBatch:
-    """Turn one batch (columns named as in the mapping) into actions and rejects."""
+def build_actions(
+    batch: pa.RecordBatch, spec: MappingSpec, *, number_text: Collection[str] = ()
+) -> ActionBatch:
+    """Turn one batch (columns named as in the mapping) into actions and rejects.
+
+    `number_text`: columns that hold numbers as the text they were written as (CSV metadata
+    columns, see `flows.plan`); their metadata values are JSON numbers with those digits.
+    """
     n = batch.num_rows
     tz = spec.time.timezone
     rej = Rejects(n)
@@ -152,14 +167,16 @@ def build_actions(batch: pa.RecordBatch, spec: MappingSpec) -> ActionBatch:
     for key, src in spec.string_fields().items():
         pieces.append(_piece(f',"{key}":', _source(batch, src, tz)))
     pieces.extend([',"transaction_id":"', ids, '"'])
+    omitted = np.zeros(n, dtype=np.int64)  # metadata values without a JSON form, per row
     if spec.metadata:
-        pieces.append(_metadata(batch, spec, tz, counters))
+        pieces.append(_metadata(batch, spec, tz, omitted, set(number_text)))
     pieces.append("}")
 
     records = pc.binary_join_element_wise(*pieces, "", null_handling="replace", null_replacement="")
     rej.add(pc.greater(pc.binary_length(records), MAX_ACTION_BYTES), R_TOO_LARGE)
 
     ok = rej.ok
+    counters["metadata_nonfinite_omitted"] = int(omitted[ok].sum())  # in actions sent only
     accepted = np.flatnonzero(ok)
     rejected = np.flatnonzero(~ok)
     if len(rejected):
@@ -180,15 +197,22 @@ def build_actions(batch: pa.RecordBatch, spec: MappingSpec) -> ActionBatch:
 
 
 def _metadata(
-    batch: pa.RecordBatch, spec: MappingSpec, tz: str, counters: dict[str, int]
+    batch: pa.RecordBatch,
+    spec: MappingSpec,
+    tz: str,
+    omitted: np.ndarray,
+    number_text: set[str],
 ) -> pa.Array | str:
-    """The `,"metadata":{...}` piece; null (omitted) for rows whose values are all null."""
+    """The `,"metadata":{...}` piece; null (omitted) for rows whose values are all null.
+    Adds to `omitted` (per row) the values left out for having no JSON form."""
     parts: list[pa.Array | str] = []
     for key, src in spec.metadata.items():
         label = json_constant(key)
         if isinstance(src, ColumnSource):
-            value, omitted = metadata_value(batch.column(src.column), tz=tz)
-            counters["metadata_nonfinite_omitted"] += omitted
+            value, left_out = metadata_value(
+                batch.column(src.column), tz=tz, number_text=src.column in number_text
+            )
+            omitted += left_out
             parts.append(pc.binary_join_element_wise(f",{label}:", value, ""))
         else:
             parts.append(f",{label}:{json_constant(src.value)}")

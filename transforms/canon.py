@@ -32,8 +32,33 @@ from transforms.times import format_epoch, to_epoch_us
 _TWO_53 = 2.0**53
 
 
-class NonFinite(ValueError):
+class NoCanonicalText(ValueError):
+    """A value that has no canonical text (the row is rejected when it is a key)."""
+
+
+class NonFinite(NoCanonicalText):
     """A float key value (NaN or infinity) has no canonical text."""
+
+
+class OutOfRange(NoCanonicalText):
+    """A timestamp whose UTC instant lies outside years 1..9999 has no canonical text."""
+
+
+def utc_text(aware: dt.datetime, *, digits: int = 6) -> str:
+    """An aware datetime as UTC text `YYYY-MM-DDTHH:MM:SS.ffffffZ` with `digits` (6 or 3)
+    fractional digits, truncated; OutOfRange when the UTC instant is outside years 1..9999.
+
+    The year always has four digits (`strftime("%Y")` gives "1" for year 1 on Linux).
+    """
+    try:
+        u = aware.astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise OutOfRange(f"{aware.isoformat()} is outside years 1..9999 in UTC") from exc
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+        f".{u.microsecond:06d}"[: 20 + digits]
+        + "Z"
+    )
 
 
 def canon_decimal_text(d: decimal.Decimal) -> str:
@@ -83,17 +108,21 @@ def canon_value(v: object, *, tz: str = "UTC") -> str:
     if isinstance(v, decimal.Decimal):
         return canon_decimal_text(v)
     if isinstance(v, dt.datetime):
-        aware = v if v.tzinfo is not None else localize_value(v, tz)
-        return aware.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        try:
+            aware = v if v.tzinfo is not None else localize_value(v, tz)
+        except OverflowError as exc:
+            raise OutOfRange(f"{v.isoformat()} in {tz} is outside years 1..9999 in UTC") from exc
+        return utc_text(aware)
     if isinstance(v, dt.date):
         return v.isoformat()
     raise TypeError(f"no canonical text for {type(v).__name__}")
 
 
 def canon_array(arr: pa.Array, *, tz: str) -> tuple[pa.Array, np.ndarray]:
-    """canon() over a column: a string array (nulls stay null) and a NaN/Inf mask.
+    """canon() over a column: a string array (nulls stay null) and a no-canonical-text mask.
 
-    Values without canonical text (NaN/Inf floats) become null and are flagged in the mask.
+    Values without canonical text (NaN/Inf floats; timestamps whose UTC instant is outside
+    years 1..9999) become null and are flagged in the mask.
     """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -114,8 +143,8 @@ def canon_array(arr: pa.Array, *, tz: str) -> tuple[pa.Array, np.ndarray]:
     if pa.types.is_decimal(t):
         return _canon_decimal(arr), none
     if pa.types.is_timestamp(t):
-        us, _bad = to_epoch_us(arr, tz=tz, unit=None)
-        return format_epoch(us, unit="us"), none
+        us, out_of_range = to_epoch_us(arr, tz=tz, unit=None)
+        return format_epoch(us, unit="us"), out_of_range
     raise MappingError(f"values of type {t} have no canonical text in ID contract v1")
 
 

@@ -2,8 +2,13 @@
 
 Strings are quoted with Arrow kernels; only the rare values that need escaping (quotes,
 backslashes, control characters) go through `json.dumps`. Numbers keep their digits: decimals
-are printed from their exact value, never through a float. Nested values (lists, structs, maps)
-and binary take a per-value path, since they are rare in billing data.
+are printed from their exact value, never through a float, and CSV numbers read as text
+(`number_text`) are sent with the digits they were written with. Nested values (lists,
+structs, maps) and binary take a per-value path, since they are rare in billing data.
+
+Values that have no JSON form are omitted and counted (`metadata_value`'s second result):
+NaN/Inf floats, and timestamps whose UTC instant is outside years 1..9999 (e.g. the sentinel
+9999-12-31T23:59:59 read in a zone west of UTC). Inside a nested value they become `null`.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ import datetime as dt
 import decimal
 import json
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.canon import canon_array, localize_value
+from transforms.canon import OutOfRange, canon_array, localize_value, utc_text
 from transforms.times import format_epoch, to_epoch_us
 
 _NEEDS_ESCAPE = '[\\x00-\\x1f"\\\\]'
+# A JSON number (RFC 8259); other spellings a CSV reader accepts ("+1", ".5", "1.", "01.5", "inf")
+# are normalized per value.
+_JSON_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
 NULL_STRING = pa.scalar(None, pa.string())
 
 
@@ -56,36 +63,69 @@ def string_field(arr: pa.Array, *, tz: str) -> pa.Array:
     return json_string(text)
 
 
-def metadata_value(arr: pa.Array, *, tz: str) -> tuple[pa.Array, int]:
-    """A metadata column -> JSON value literals, and how many NaN/Inf values were omitted."""
+def metadata_value(
+    arr: pa.Array, *, tz: str, number_text: bool = False
+) -> tuple[pa.Array, np.ndarray]:
+    """A metadata column -> JSON value literals, and per row how many values without a JSON
+    form (NaN/Inf, times outside years 1..9999 UTC) were omitted or, inside nested values, nulled.
+
+    `number_text`: `arr` holds numbers as the text they were written as (a CSV column inferred
+    as floating point, see `connectors.readers`); they become JSON numbers with those digits.
+    """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     t = arr.type
+    none = np.zeros(len(arr), dtype=np.int64)
+    if number_text:
+        return _number_text_values(arr.cast(pa.string()))
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return json_string(arr.cast(pa.string())), 0
+        return json_string(arr.cast(pa.string())), none
     if pa.types.is_boolean(t) or pa.types.is_integer(t):
-        return arr.cast(pa.string()), 0
+        return arr.cast(pa.string()), none
     if pa.types.is_null(t):
-        return pa.nulls(len(arr), pa.string()), 0
+        return pa.nulls(len(arr), pa.string()), none
     if pa.types.is_floating(t):
         return _float_values(arr.cast(pa.float64()))
     if pa.types.is_decimal(t):
-        return _decimal_values(arr, tz), 0
+        return _decimal_values(arr, tz), none
     if pa.types.is_timestamp(t):
-        us, _bad = to_epoch_us(arr, tz=tz, unit=None)
-        return json_string(time_text(us)), 0
+        us, out_of_range = to_epoch_us(arr, tz=tz, unit=None)
+        return json_string(time_text(us)), out_of_range.astype(np.int64)
     if pa.types.is_date(t):
-        return json_string(arr.cast(pa.date32()).cast(pa.string())), 0
-    return _per_value(arr, tz), 0
+        return json_string(arr.cast(pa.date32()).cast(pa.string())), none
+    return _per_value(arr, tz)
+
+
+def _number_text_values(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Numbers written as text -> JSON numbers with exactly the digits written ("1.50" stays
+    1.50, "0.123456789012345678" is not rounded through a double); NaN/Inf are omitted."""
+    text = pc.utf8_trim_whitespace(text)
+    omitted = np.zeros(len(text), dtype=np.int64)
+    odd = pc.fill_null(pc.invert(pc.match_substring_regex(text, pattern=_JSON_NUMBER)), False)
+    if not pc.any(odd).as_py():
+        return text, omitted
+    fixed: list[str | None] = []
+    for value in pc.filter(text, odd).to_pylist():
+        try:
+            number = decimal.Decimal(value)
+        except decimal.InvalidOperation:
+            number = decimal.Decimal("NaN")  # the reader lets only numbers through
+        fixed.append(str(number) if number.is_finite() else None)  # "+1" -> 1, ".5" -> 0.5
+    omitted[np.flatnonzero(_np(odd))] = [v is None for v in fixed]
+    return pc.replace_with_mask(text, odd, pa.array(fixed, pa.string())), omitted
+
+
+def _np(mask: pa.Array) -> np.ndarray:
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _decimal_values(arr: pa.Array, tz: str) -> pa.Array:
     """Decimals as JSON numbers with their exact digits, in plain notation (Arrow prints
     negative scales and very small values with an exponent: those take the per-value path)."""
     if arr.type.scale < 0:
-        return _per_value(arr, tz)
+        return _per_value(arr, tz)[0]
     text = arr.cast(pa.string())
     exp = pc.fill_null(pc.match_substring(text, "E"), False)
     if not pc.any(exp).as_py():
@@ -94,27 +134,58 @@ def _decimal_values(arr: pa.Array, tz: str) -> pa.Array:
     return pc.replace_with_mask(text, exp, pa.array(fixed, pa.string()))
 
 
-def _float_values(arr: pa.Array) -> tuple[pa.Array, int]:
+def _float_values(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     vals = np.asarray(arr.fill_null(0.0).to_numpy(zero_copy_only=False), dtype=np.float64)
-    nonfinite = ~np.isfinite(vals) & np.asarray(
-        arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool
-    )
+    nonfinite = ~np.isfinite(vals) & _np(arr.is_valid())
     text = arr.cast(pa.string())
-    count = int(nonfinite.sum())
-    if count:
+    if nonfinite.any():
         text = pc.if_else(pa.array(nonfinite), NULL_STRING, text)
-    return text, count
+    return text, nonfinite.astype(np.int64)
 
 
-def _per_value(arr: pa.Array, tz: str) -> pa.Array:
-    encode = _python_encoder(tz)
-    return pa.array([None if v is None else encode(v) for v in arr.to_pylist()], pa.string())
+def _per_value(arr: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
+    """Nested and unusual values through Python; returns the JSON texts and per row how many
+    values without a JSON form were nulled (a row Arrow cannot even convert, e.g. a year-10000
+    timestamp inside a struct, is omitted as a whole)."""
+    omitted = np.zeros(len(arr), dtype=np.int64)
+    try:
+        values = arr.to_pylist()
+    except (ValueError, OverflowError):  # a value outside Python's datetime range
+        values = []
+        for i in range(len(arr)):
+            try:
+                values.append(arr[i].as_py())
+            except (ValueError, OverflowError):
+                values.append(None)
+                omitted[i] = 1
+    texts: list[str | None] = []
+    for i, v in enumerate(values):
+        encoder = _PythonEncoder(tz)
+        texts.append(None if v is None else encoder(v))
+        omitted[i] += encoder.omitted
+    return pa.array(texts, pa.string()), omitted
 
 
-def _python_encoder(tz: str) -> Callable[[object], str]:
-    """JSON for nested Python values: exact decimals, UTC times, base64 bytes, no NaN."""
+class _PythonEncoder:
+    """JSON for nested Python values: exact decimals, UTC times, base64 bytes; values without
+    a JSON form (NaN/Inf, times outside years 1..9999 UTC) become null and are counted."""
 
-    def enc(v: object) -> str:
+    def __init__(self, tz: str) -> None:
+        self.tz = tz
+        self.omitted = 0
+
+    def _none(self) -> str:
+        self.omitted += 1
+        return "null"
+
+    def _time(self, v: dt.datetime) -> str:
+        try:
+            aware = v if v.tzinfo is not None else localize_value(v, self.tz)
+            return f'"{utc_text(aware, digits=3)}"'
+        except (OverflowError, OutOfRange):
+            return self._none()
+
+    def __call__(self, v: object) -> str:
         if v is None:
             return "null"
         if isinstance(v, bool):
@@ -122,25 +193,21 @@ def _python_encoder(tz: str) -> Callable[[object], str]:
         if isinstance(v, int):
             return str(v)
         if isinstance(v, float):
-            return repr(v) if math.isfinite(v) else "null"
+            return repr(v) if math.isfinite(v) else self._none()
         if isinstance(v, decimal.Decimal):
-            return format(v, "f") if v.is_finite() else "null"
+            return format(v, "f") if v.is_finite() else self._none()
         if isinstance(v, str):
             return json.dumps(v, ensure_ascii=False)
         if isinstance(v, dt.datetime):
-            aware = v if v.tzinfo is not None else localize_value(v, tz)
-            utc = aware.astimezone(dt.UTC)
-            return f'"{utc.strftime("%Y-%m-%dT%H:%M:%S")}.{utc.microsecond // 1000:03d}Z"'
+            return self._time(v)
         if isinstance(v, dt.date):
             return f'"{v.isoformat()}"'
         if isinstance(v, bytes):
             return json.dumps(base64.b64encode(v).decode("ascii"))
         if isinstance(v, dict):
-            return "{" + ",".join(f"{json.dumps(str(k))}:{enc(x)}" for k, x in v.items()) + "}"
+            return "{" + ",".join(f"{json.dumps(str(k))}:{self(x)}" for k, x in v.items()) + "}"
         if isinstance(v, list | tuple):
             if all(isinstance(x, tuple) and len(x) == 2 for x in v) and v:  # map type
-                return "{" + ",".join(f"{json.dumps(str(k))}:{enc(x)}" for k, x in v) + "}"
-            return "[" + ",".join(enc(x) for x in v) + "]"
+                return "{" + ",".join(f"{json.dumps(str(k))}:{self(x)}" for k, x in v) + "}"
+            return "[" + ",".join(self(x) for x in v) + "]"
         return json.dumps(str(v), ensure_ascii=False)
-
-    return enc

@@ -285,6 +285,12 @@ class ResolvedMapping:
 
 def resolve_column(name: str, available: list[str], *, origin: str, field: str) -> str:
     if name in available:
+        if available.count(name) > 1:
+            raise MappingError(
+                f"{origin}: the mapping's {field} column {name!r} is ambiguous: the file has "
+                f"{available.count(name)} columns with that name. Re-export the file with "
+                "unique column names."
+            )
         return name
     matches = [c for c in available if c.lower() == name.lower()]
     if len(matches) == 1:

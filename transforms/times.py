@@ -25,8 +25,11 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NAIVE_EPOCH = dt.datetime(1970, 1, 1)
 _LATE_WALL_US = 2_143_238_400_000_000  # 2037-12-01T00:00:00 (wall clock)
 
-_OFFSET_RE = r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)$"
-_PY_OFFSET = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$")
+# A valid UTC offset: hours 00-23, minutes 00-59. Arrow's parser takes "+05:60" as +06:00 and
+# Python's takes "+05:99" as +06:39, so strings with any other offset go to the slow path, which
+# rejects them (see `_valid_offset`).
+_OFFSET_RE = r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)$"
+_PY_OFFSET = re.compile(r"[+-]\d{2}(?::?(\d{2})(?::?(\d{2})(?:\.\d+)?)?)?$")
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
@@ -169,8 +172,17 @@ def parse_iso_value(text: str) -> tuple[int, bool] | None:
     except ValueError:
         return None
     naive = value.tzinfo is None
+    if not naive and not _valid_offset(t):
+        return None
     anchored = value.replace(tzinfo=dt.UTC) if naive else value
     return (anchored - _EPOCH) // dt.timedelta(microseconds=1), naive
+
+
+def _valid_offset(text: str) -> bool:
+    """False for an offset whose minutes or seconds are 60 or more ("+05:60", "+05:99"), which
+    `datetime.fromisoformat` silently carries over into the hours."""
+    m = _PY_OFFSET.search(text)
+    return m is None or all(int(part) < 60 for part in m.groups() if part is not None)
 
 
 def _parse_strings_slow(s: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
