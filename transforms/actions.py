@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 from transforms.canon import canon_array, canon_value
 from transforms.ids import existing_uuids, id_names, uuid5_array
 from transforms.jsonfrag import (
+    Quoted,
+    join_field,
     json_constant,
     json_string,
     metadata_value,
@@ -64,13 +66,13 @@ class ActionBatch:
         return None if v is None else int(v)
 
 
-def _piece(prefix: str, values: pa.Array | str) -> pa.Array | str:
+def _piece(prefix: str, values: Quoted | str) -> pa.Array | str:
     if isinstance(values, str):
         return prefix + values
-    return pc.binary_join_element_wise(prefix, values, "")
+    return join_field(prefix, values)
 
 
-def _source(batch: pa.RecordBatch, src: FieldSource, tz: str) -> pa.Array | str:
+def _source(batch: pa.RecordBatch, src: FieldSource, tz: str) -> Quoted | str:
     """A string field's JSON literal: a column (nulls = omit) or a constant."""
     if isinstance(src, ColumnSource):
         return string_field(batch.column(src.column), tz=tz)
@@ -149,8 +151,8 @@ def build_actions(
 
     # action_name
     name = _source(batch, spec.action_name, tz)
-    if not isinstance(name, str):
-        rej.add(name.is_null(), R_NAME_MISSING)
+    if isinstance(name, Quoted):
+        rej.add(name.inner.is_null(), R_NAME_MISSING)
 
     # time
     time_col = batch.column(spec.time.column)
@@ -158,7 +160,11 @@ def build_actions(
     rej.add(time_col.is_null(), R_TIME_MISSING)
     rej.add(unparseable, R_TIME_BAD)
 
-    pieces: list[pa.Array | str] = ['{"action_name":', name, ',"request":{"time":"']
+    pieces: list[pa.Array | str] = (
+        ['{"action_name":"', name.inner, '","request":{"time":"']
+        if isinstance(name, Quoted)
+        else ['{"action_name":' + name + ',"request":{"time":"']
+    )
     pieces.append(time_text(epoch_us))
     pieces.append('"')
     for key, src in spec.request_fields().items():
@@ -213,7 +219,7 @@ def _metadata(
                 batch.column(src.column), tz=tz, number_text=src.column in number_text
             )
             omitted += left_out
-            parts.append(pc.binary_join_element_wise(f",{label}:", value, ""))
+            parts.append(join_field(f",{label}:", value))
         else:
             parts.append(f",{label}:{json_constant(src.value)}")
     if all(isinstance(p, str) for p in parts):

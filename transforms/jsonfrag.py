@@ -18,6 +18,7 @@ import datetime as dt
 import decimal
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,22 +27,69 @@ import pyarrow.compute as pc
 from transforms.canon import OutOfRange, canon_array, localize_value, utc_text
 from transforms.times import format_epoch, to_epoch_us
 
-_NEEDS_ESCAPE = '[\\x00-\\x1f"\\\\]'
 # A JSON number (RFC 8259); other spellings a CSV reader accepts ("+1", ".5", "1.", "01.5", "inf")
 # are normalized per value.
 _JSON_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
 NULL_STRING = pa.scalar(None, pa.string())
 
 
+_ESCAPE_BYTES = np.zeros(256, dtype=bool)
+_ESCAPE_BYTES[:0x20] = True
+_ESCAPE_BYTES[[ord('"'), ord("\\")]] = True
+
+
+@dataclass(frozen=True)
+class Quoted:
+    """A string column already escaped for JSON, still without its quotes: whoever joins it
+    into a record adds them in the same kernel call as the field name (one pass, not two)."""
+
+    inner: pa.Array
+
+
+def _rows_needing_escape(text: pa.Array) -> np.ndarray | None:
+    """Rows holding a quote, a backslash or a control character, found by one scan over the
+    column's data buffer (no per-value regex); None when there are none."""
+    data = text.buffers()[2]
+    if data is None or len(text) == 0:
+        return None
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[
+        text.offset : text.offset + len(text) + 1
+    ]
+    raw = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]]
+    hits = np.flatnonzero(_ESCAPE_BYTES[raw])
+    if not len(hits):
+        return None
+    rows = np.searchsorted(offsets, hits + offsets[0], side="right") - 1
+    mask = np.zeros(len(text), dtype=bool)
+    mask[rows] = True
+    if text.null_count:
+        mask &= _np(text.is_valid())
+    return mask if mask.any() else None
+
+
+def json_inner(text: pa.Array) -> pa.Array:
+    """A string column -> its JSON-escaped content, without the surrounding quotes."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    if not pa.types.is_string(text.type):
+        text = text.cast(pa.string())
+    mask = _rows_needing_escape(text)
+    if mask is None:
+        return text
+    escaped = [json.dumps(v, ensure_ascii=False)[1:-1] for v in text.filter(mask).to_pylist()]
+    return pc.replace_with_mask(text, pa.array(mask), pa.array(escaped, pa.string()))
+
+
 def json_string(text: pa.Array) -> pa.Array:
     """A string column -> its JSON string literals (nulls stay null)."""
-    needs = pc.match_substring_regex(text, pattern=_NEEDS_ESCAPE)
-    quoted = pc.binary_join_element_wise('"', text, '"', "")
-    if not pc.any(needs).as_py():
-        return quoted
-    mask = pc.fill_null(needs, False)
-    escaped = [json.dumps(v, ensure_ascii=False) for v in pc.filter(text, mask).to_pylist()]
-    return pc.replace_with_mask(quoted, mask, pa.array(escaped, pa.string()))
+    return pc.binary_join_element_wise('"', json_inner(text), '"', "")
+
+
+def join_field(prefix: str, value: pa.Array | Quoted) -> pa.Array:
+    """`prefix` + the value's JSON, per row; null where the value is null."""
+    if isinstance(value, Quoted):
+        return pc.binary_join_element_wise(prefix + '"', value.inner, '"', "")
+    return pc.binary_join_element_wise(prefix, value, "")
 
 
 def json_constant(value: object) -> str:
@@ -54,18 +102,18 @@ def time_text(epoch_us: pa.Array) -> pa.Array:
     return format_epoch(ms, unit="ms")
 
 
-def string_field(arr: pa.Array, *, tz: str) -> pa.Array:
-    """A source column for a string field (company_id, ...) -> JSON string literals.
+def string_field(arr: pa.Array, *, tz: str) -> Quoted:
+    """A source column for a string field (company_id, ...) -> JSON string content.
 
     Non-string values are converted with canon(); NaN/Inf floats count as null.
     """
     text, _nonfinite = canon_array(arr, tz=tz)
-    return json_string(text)
+    return Quoted(json_inner(text))
 
 
 def metadata_value(
     arr: pa.Array, *, tz: str, number_text: bool = False
-) -> tuple[pa.Array, np.ndarray]:
+) -> tuple[pa.Array | Quoted, np.ndarray]:
     """A metadata column -> JSON value literals, and per row how many values without a JSON
     form (NaN/Inf, times outside years 1..9999 UTC) were omitted or, inside nested values, nulled.
 
@@ -81,7 +129,7 @@ def metadata_value(
     if number_text:
         return _number_text_values(arr.cast(pa.string()))
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return json_string(arr.cast(pa.string())), none
+        return Quoted(json_inner(arr.cast(pa.string()))), none
     if pa.types.is_boolean(t) or pa.types.is_integer(t):
         return arr.cast(pa.string()), none
     if pa.types.is_null(t):
@@ -92,9 +140,9 @@ def metadata_value(
         return _decimal_values(arr, tz), none
     if pa.types.is_timestamp(t):
         us, out_of_range = to_epoch_us(arr, tz=tz, unit=None)
-        return json_string(time_text(us)), out_of_range.astype(np.int64)
+        return Quoted(time_text(us)), out_of_range.astype(np.int64)
     if pa.types.is_date(t):
-        return json_string(arr.cast(pa.date32()).cast(pa.string())), none
+        return Quoted(arr.cast(pa.date32()).cast(pa.string())), none
     return _per_value(arr, tz)
 
 
