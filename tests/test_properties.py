@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from flows.settings import RunSettings
+from tests.test_pipeline import run_plain
 from transforms.actions import (
     MAX_ACTION_BYTES,
     R_KEY_MISSING,
@@ -488,8 +489,6 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
 def test_every_row_is_accounted_for(
     files: list[tuple[str, list[str]]], chunk_rows: int, mode: str
 ) -> None:
-    from tests.test_pipeline import run_plain
-
     now = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -505,14 +504,16 @@ def test_every_row_is_accounted_for(
             _write(root / "data" / f"f{index}{suffix}", rows)
         mapping = root / "mapping.json"
         mapping.write_text(json.dumps(ACCOUNTING_MAPPING))  # JSON is YAML
-        settings_ = RunSettings(
-            sources=[str(root / "data")],
-            mapping=mapping,
-            mode=mode,  # type: ignore[arg-type]
-            out=root / "out" if mode == "dry-run" else None,
-            checkpoint=root / "ckpt",
-            job="prop",
-            chunk_rows=chunk_rows,
+        settings_ = RunSettings.model_validate(
+            {
+                "sources": [str(root / "data")],
+                "mapping": mapping,
+                "mode": mode,
+                "out": root / "out" if mode == "dry-run" else None,
+                "checkpoint": root / "ckpt",
+                "job": "prop",
+                "chunk_rows": chunk_rows,
+            }
         )
         summary, err = run_plain(settings_)
         assert err is None, err
