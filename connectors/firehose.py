@@ -301,33 +301,47 @@ class FirehoseSender:
             self._sleep(wait)
 
     def _send_batch(self, batch: Sequence[bytes]) -> int:
+        """Send one batch until every record is acknowledged.
+
+        The retry budget counts consecutive attempts that delivered nothing: an attempt that
+        got some records acknowledged (a partial failure) starts the count again, so a batch
+        under steady per-record failures still converges, while a stream that takes nothing
+        gives up after `max_attempts` calls.
+        """
         pending = list(batch)
         max_attempts = self.retry.max_attempts
         reason = ""
-        for attempt in range(1, max_attempts + 1):
+        attempt = 0  # consecutive attempts without progress
+        retries = 0
+        while True:
             if self._aborted.is_set():
                 raise BatchFailed(len(pending), "the sender was closed", permanent=False)
             self._shape(pending)
+            before = len(pending)
             pending, reason = self._attempt(pending)
             if not pending:
                 return len(batch)
-            if attempt == max_attempts:
+            attempt = 0 if len(pending) < before else attempt + 1
+            if attempt >= max_attempts:
                 break
+            retries += 1
+            attempt_for_delay = max(attempt, 1)
             with self._rng_lock:
-                delay = self.retry.delay(attempt, self._rng)
+                delay = self.retry.delay(attempt_for_delay, self._rng)
             self.stats.add(records_retried=len(pending))
             logger.debug(
-                "retrying %d records to %s in %.3fs (attempt %d of %d): %s",
+                "retrying %d records to %s in %.3fs (retry %d, %d of %d without progress): %s",
                 len(pending),
                 self.stream_name,
                 delay,
-                attempt + 1,
+                retries,
+                attempt,
                 max_attempts,
                 reason,
             )
             self._sleep(delay)
         logger.warning(
-            "giving up on %d records to %s after %d attempts: %s",
+            "giving up on %d records to %s after %d attempts without progress: %s",
             len(pending),
             self.stream_name,
             max_attempts,

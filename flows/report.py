@@ -22,6 +22,8 @@ class RunSummary:
     firehose_calls: int = 0
     records_retried: int = 0
     throttled_calls: int = 0
+    server_errors: int = 0
+    connection_errors: int = 0
     bytes_sent: int = 0
     billable_5kb_units: int = 0
     metadata_nonfinite_omitted: int = 0
@@ -62,6 +64,8 @@ class RunSummary:
             "firehose_calls",
             "records_retried",
             "throttled_calls",
+            "server_errors",
+            "connection_errors",
             "bytes_sent",
             "billable_5kb_units",
             "metadata_nonfinite_omitted",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from connectors.checkpoint import CheckpointStore
 from connectors.checkpoint_local import LocalCheckpointStore
-from connectors.firehose import FirehoseSender, make_firehose_client
+from connectors.firehose import FirehoseSender, RetryPolicy, make_firehose_client
 from flows.engine import Counts, FileRunner, ProgressListener
 from flows.plan import Plan, default_job_name, make_plan
 from flows.rejects import RejectsWriter
@@ -91,6 +91,7 @@ class Run:
             max_in_flight=s.max_in_flight,
             max_records_per_second=s.max_records_per_second,
             max_mib_per_second=s.max_mib_per_second,
+            retry=RetryPolicy(max_attempts=s.retry_attempts),
         )
         try:
             sender.check_stream()

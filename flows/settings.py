@@ -34,6 +34,9 @@ class RunSettings(BaseModel):
     chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
     max_in_flight: int = Field(default=8, ge=1, le=64, description="PutRecordBatch calls at once")
     chunks_in_flight: int = Field(default=4, ge=1, le=64)
+    retry_attempts: int = Field(
+        default=10, ge=1, le=1000, description="PutRecordBatch attempts in a row without progress"
+    )
     reset: bool = False
     reprocess: list[str] = []
     connect_timeout_s: float = Field(default=5.0, gt=0)

@@ -63,6 +63,8 @@ class FirehoseSink:
             "firehose_calls": s.get("firehose_calls", 0),
             "records_retried": s.get("records_retried", 0),
             "throttled_calls": s.get("throttled_calls", 0),
+            "server_errors": s.get("server_errors", 0),
+            "connection_errors": s.get("connection_errors", 0),
             "bytes_sent": s.get("bytes_sent", 0),
             "billable_5kb_units": s.get("billable_5kb_units", 0),
         }
@@ -95,6 +97,8 @@ class CountingSink:
             "firehose_calls": 0,
             "records_retried": 0,
             "throttled_calls": 0,
+            "server_errors": 0,
+            "connection_errors": 0,
             "bytes_sent": self._bytes,
             "billable_5kb_units": self._units,
         }

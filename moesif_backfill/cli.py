@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-records-per-second", type=float)
     run.add_argument("--max-mib-per-second", type=float)
     run.add_argument("--max-in-flight", type=int, default=8, help="PutRecordBatch calls at once")
+    run.add_argument(
+        "--retry-attempts",
+        type=int,
+        default=10,
+        help="give up on a batch after N attempts in a row that delivered nothing",
+    )
     run.add_argument("--reset", action="store_true", help="forget this job's checkpoint first")
     run.add_argument(
         "--reprocess",
@@ -107,6 +113,7 @@ def _settings(args: argparse.Namespace) -> Any:
             max_records_per_second=args.max_records_per_second,
             max_mib_per_second=args.max_mib_per_second,
             max_in_flight=args.max_in_flight,
+            retry_attempts=args.retry_attempts,
             reset=args.reset,
             reprocess=args.reprocess,
         )
@@ -180,7 +187,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"  rejected       {summary['rows_rejected']:>12,}",
         f"  skipped        {summary['rows_skipped']:>12,}  (delivered by an earlier run)",
         f"  firehose calls {summary['firehose_calls']:>12,}  retried records "
-        f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}",
+        f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}, "
+        f"5xx {summary['server_errors']:,}, connection errors {summary['connection_errors']:,}",
         f"  bytes          {summary['bytes_sent']:>12,}  billable 5 KB units "
         f"{summary['billable_5kb_units']:,}",
         f"  duration       {summary['duration_s']:>11.1f}s  "
