@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 from connectors.checkpoint import CheckpointStore
-from connectors.checkpoint_local import LocalCheckpointStore
+from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.firehose import FirehoseSender, RetryPolicy, make_firehose_client
 from flows.engine import Counts, FileRunner, ProgressListener
 from flows.plan import Plan, default_job_name, make_plan
 from flows.rejects import RejectsWriter
 from flows.report import RunSummary, write_json_atomic
-from flows.settings import RunSettings
+from flows.settings import DEFAULT_REJECTS_DIR, RunSettings
 from flows.sinks import CountingSink, DryRunSink, FirehoseSink, Sink
 from moesif_backfill import PROCESS_T0
 from moesif_backfill.errors import BackfillError, PermanentDeliveryError, PreflightError
@@ -44,7 +44,7 @@ class Run:
     # ------------------------------------------------------------------ prepare
     def prepare(self) -> Plan:
         s = self.settings
-        store = LocalCheckpointStore(s.checkpoint)
+        store = make_checkpoint_store(s.checkpoint, endpoint_url=s.s3_endpoint_url, region=s.region)
         self.store = store if s.mode == "send" else None
         if s.mode == "send":
             job = s.job or default_job_name(s)
@@ -64,8 +64,10 @@ class Run:
         s = self.settings
         if s.rejects is not None:
             return s.rejects
+        if s.mode == "send" and s.checkpoint_is_s3:
+            return DEFAULT_REJECTS_DIR / f"{plan.job}.ndjson"
         if s.mode == "send":
-            return s.checkpoint / plan.job / "rejects.ndjson"
+            return Path(s.checkpoint) / plan.job / "rejects.ndjson"
         if s.mode == "dry-run" and s.out is not None:
             return s.out / "rejects.ndjson"
         return None
@@ -169,7 +171,7 @@ class Run:
                 "files_complete": sum(1 for f in state.files.values() if f.complete),
             }
         summary.files_complete = self.files_complete
-        summary.checkpoint = str(s.checkpoint) if s.mode == "send" else None
+        summary.checkpoint = s.checkpoint if s.mode == "send" else None
         summary.rejects_path = (
             str(self.rejects.path) if self.rejects and self.rejects.path else None
         )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Mode = Literal["send", "dry-run", "validate"]
 
-DEFAULT_CHECKPOINT_DIR = Path(".moesif-backfill/checkpoints")
+DEFAULT_CHECKPOINT_DIR = ".moesif-backfill/checkpoints"
+DEFAULT_REJECTS_DIR = Path(".moesif-backfill/rejects")
 
 
 class RunSettings(BaseModel):
@@ -24,7 +25,12 @@ class RunSettings(BaseModel):
     out: Path | None = Field(default=None, description="--dry-run output directory")
     region: str | None = None
     endpoint_url: str | None = None
-    checkpoint: Path = DEFAULT_CHECKPOINT_DIR
+    checkpoint: str = Field(
+        default=DEFAULT_CHECKPOINT_DIR, description="a local directory or s3://bucket/prefix/"
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint override (sources and checkpoints)"
+    )
     job: str | None = None
     rejects: Path | None = None
     summary_json: Path | None = None
@@ -41,6 +47,15 @@ class RunSettings(BaseModel):
     reprocess: list[str] = []
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _as_text(cls, v: object) -> object:
+        return str(v) if isinstance(v, Path) else v
+
+    @property
+    def checkpoint_is_s3(self) -> bool:
+        return self.checkpoint.lower().startswith("s3://")
 
     @model_validator(mode="after")
     def _mode_needs(self) -> RunSettings:

@@ -29,6 +29,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chunk-rows", type=int, default=10_000, help="rows per checkpointed chunk (default 10000)"
     )
+    p.add_argument("--region", help="AWS region (default: boto3's configuration)")
+    p.add_argument(
+        "--s3-endpoint-url", help="S3 endpoint URL for s3:// sources and checkpoints (e.g. moto)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,15 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the records that would be sent to --out DIR; no AWS calls",
     )
     run.add_argument("--out", type=Path, help="output directory for --dry-run")
-    run.add_argument("--region", help="AWS region (default: boto3's configuration)")
     run.add_argument(
         "--endpoint-url", help="Firehose endpoint URL (local stand-ins, VPC endpoints)"
     )
     run.add_argument(
         "--checkpoint",
-        type=Path,
-        default=Path(".moesif-backfill/checkpoints"),
-        help="checkpoint directory (default .moesif-backfill/checkpoints)",
+        default=".moesif-backfill/checkpoints",
+        help="checkpoint location: a directory or s3://bucket/prefix/ "
+        "(default .moesif-backfill/checkpoints)",
     )
     run.add_argument("--job", help="job name (default: derived from the sources and mapping path)")
     run.add_argument(
@@ -96,6 +99,8 @@ def _settings(args: argparse.Namespace) -> Any:
         "mapping": args.mapping,
         "allow_older_than_30_days": args.allow_older_than_30_days,
         "chunk_rows": args.chunk_rows,
+        "region": args.region,
+        "s3_endpoint_url": args.s3_endpoint_url,
     }
     if args.command == "validate":
         data["mode"] = "validate"
@@ -104,7 +109,6 @@ def _settings(args: argparse.Namespace) -> Any:
             mode="dry-run" if args.dry_run else "send",
             stream=args.stream,
             out=args.out,
-            region=args.region,
             endpoint_url=args.endpoint_url,
             checkpoint=args.checkpoint,
             job=args.job,

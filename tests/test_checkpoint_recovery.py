@@ -56,7 +56,7 @@ class PartialRun:
             chunks_in_flight=1,  # one call at a time: which chunks get committed is fixed
             max_in_flight=1,
         )
-        self.dir = self.settings.checkpoint / JOB
+        self.dir = Path(self.settings.checkpoint) / JOB
         server.configure(delete_stream_after_calls=7)  # 3 chunks of 2 calls, then half a chunk
         summary, err = run_plain(self.settings)
         assert isinstance(err, PermanentDeliveryError), err
