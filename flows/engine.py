@@ -50,16 +50,22 @@ class Counts:
     min_time_us: int | None = None
     sample: list[str] = field(default_factory=list)
 
+    TOTALS = (
+        "rows_read",
+        "actions_sent",
+        "rows_rejected",
+        "rows_skipped",
+        "metadata_nonfinite_omitted",
+        "chunks_committed",
+    )
+
+    def totals(self) -> dict[str, int]:
+        """The additive counters, by name (the summary has a field for each)."""
+        return {name: getattr(self, name) for name in self.TOTALS}
+
     def add(self, other: Counts) -> None:
-        for name in (
-            "rows_read",
-            "actions_sent",
-            "rows_rejected",
-            "rows_skipped",
-            "metadata_nonfinite_omitted",
-            "chunks_committed",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, value in other.totals().items():
+            setattr(self, name, getattr(self, name) + value)
         if other.min_time_us is not None:
             self.min_time_us = (
                 other.min_time_us

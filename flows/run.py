@@ -145,15 +145,8 @@ class Run:
                 self.rejects.close()
             self._stack.close()
         c = self.counts
-        for name in (
-            "rows_read",
-            "actions_sent",
-            "rows_rejected",
-            "rows_skipped",
-            "metadata_nonfinite_omitted",
-            "chunks_committed",
-        ):
-            setattr(summary, name, getattr(c, name))
+        for name, value in c.totals().items():
+            setattr(summary, name, value)
         if self.sink is not None:
             for k, v in self.sink.stats().items():
                 setattr(summary, k, v)

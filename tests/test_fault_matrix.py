@@ -53,7 +53,7 @@ from flows.settings import RunSettings
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
 from moesif_backfill.standins.strict_firehose import StrictFirehose
 from tests.datasets import expected_ids, write_payments
-from tests.test_pipeline import run_plain, settings_for
+from tests.runner import run_plain, settings_for
 
 pytestmark = pytest.mark.integration
 

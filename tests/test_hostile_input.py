@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from flows.report import RunSummary
-from flows.run import Run
 from flows.settings import RunSettings
 from moesif_backfill.errors import BackfillError, ConfigError, MappingError, SourceError
 from tests.hostile.make_corpus import (
@@ -36,6 +35,7 @@ from tests.hostile.make_corpus import (
     tid,
     write_corpus,
 )
+from tests.runner import run_plain
 
 TIME_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 UUID_TEXT = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -158,15 +158,7 @@ def run_case(
             "chunk_rows": 1_000,
         }
     )
-    run = Run(settings)
-    error: BaseException | None = None
-    try:
-        plan = run.prepare()
-        for i in range(len(plan.files)):
-            run.process_file(i)
-    except Exception as exc:
-        error = exc
-    summary = run.finish(error)
+    summary, error = run_plain(settings)
     records = [
         line
         for f in sorted((out / "out").glob("*.ndjson.gz"))

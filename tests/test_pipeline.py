@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 
 from connectors.checkpoint_local import LocalCheckpointStore
-from flows.report import RunSummary
 from flows.run import Run
-from flows.settings import RunSettings
 from moesif_backfill.errors import (
     CheckpointMismatchError,
     JobLockedError,
@@ -29,34 +27,9 @@ from moesif_backfill.errors import (
     TransientDeliveryError,
 )
 from tests.datasets import MAPPING, NAMESPACE, expected_ids, ids_of, write_mapping, write_payments
+from tests.runner import run_plain, settings_for
 
 pytestmark = pytest.mark.integration
-
-
-def run_plain(settings: RunSettings) -> tuple[RunSummary, BaseException | None]:
-    """What the Prefect flow does, without Prefect: prepare, every file, finish."""
-    run = Run(settings)
-    error: BaseException | None = None
-    try:
-        plan = run.prepare()
-        for i in range(len(plan.files)):
-            run.process_file(i)
-    except Exception as exc:
-        error = exc
-    return run.finish(error), error
-
-
-def settings_for(tmp_path: Path, sources: list[Path], **kw: Any) -> RunSettings:
-    base: dict[str, Any] = {
-        "sources": [str(s) for s in sources],
-        "mapping": write_mapping(tmp_path / "mapping.yaml"),
-        "checkpoint": tmp_path / "ckpt",
-        "job": "test-job",
-        "chunk_rows": 1_000,
-        "region": "us-east-1",
-    }
-    base.update(kw)
-    return RunSettings.model_validate(base)
 
 
 def test_moto_happy_path_then_rerun_sends_nothing(

@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from flows.settings import RunSettings
-from tests.test_pipeline import run_plain
+from tests.runner import run_plain
 from transforms.actions import (
     MAX_ACTION_BYTES,
     R_KEY_MISSING,
