@@ -25,6 +25,7 @@ from typing import Literal
 
 import pyarrow as pa
 
+from connectors import storage
 from moesif_backfill.errors import SourceError
 
 Format = Literal["parquet", "csv", "ndjson"]
@@ -58,16 +59,19 @@ _SNIFF_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One input file. `path` is absolute (later work adds s3:// URLs, hence a str)."""
+    """One input file. `path` is absolute, or an s3:// URL (then `etag` is set, mtime_ns 0)."""
 
     path: str
     format: Format
     compression: Compression | None
     size: int
     mtime_ns: int
+    etag: str | None = None
 
     def identity(self) -> dict[str, int | str]:
         """What a checkpoint stores and compares to notice that the file changed."""
+        if self.etag is not None:
+            return {"size": self.size, "etag": self.etag}
         return {"size": self.size, "mtime_ns": self.mtime_ns}
 
     @property
@@ -79,7 +83,9 @@ class SourceFile:
 def open_input(src: SourceFile) -> pa.NativeFile:
     """Open `src` as a sequential, decompressed byte stream (caller closes it)."""
     try:
-        return pa.input_stream(src.path, compression=src.compression, buffer_size=IO_BUFFER_BYTES)
+        return storage.open_stream(
+            src.path, compression=src.compression, buffer_size=IO_BUFFER_BYTES
+        )
     except OSError as exc:
         raise SourceError(
             f"{src.path}: cannot open the file ({exc}); check it exists and is readable."
