@@ -24,12 +24,19 @@ _URL_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def make_checkpoint_store(
-    location: str | Path, *, endpoint_url: str | None = None, region: str | None = None
+    location: str | Path,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    lease_seconds: float = 60.0,
 ) -> CheckpointStore:
-    """Return the checkpoint store for ``location`` (``endpoint_url``/``region``: S3 only)."""
+    """Return the checkpoint store for ``location`` (``endpoint_url``/``region``/
+    ``lease_seconds``: S3 only)."""
     if isinstance(location, str):
         if location[:5].lower() == "s3://":
-            return S3CheckpointStore(location, endpoint_url=endpoint_url, region=region)
+            return S3CheckpointStore(
+                location, endpoint_url=endpoint_url, region=region, lease_seconds=lease_seconds
+            )
         if _URL_SCHEME.match(location):
             scheme = location.split("://", 1)[0]
             raise ConfigError(

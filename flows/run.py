@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+from connectors import storage
 from connectors.checkpoint import CheckpointStore
 from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.firehose import FirehoseSender, RetryPolicy, make_firehose_client
@@ -44,7 +45,13 @@ class Run:
     # ------------------------------------------------------------------ prepare
     def prepare(self) -> Plan:
         s = self.settings
-        store = make_checkpoint_store(s.checkpoint, endpoint_url=s.s3_endpoint_url, region=s.region)
+        storage.configure_s3(endpoint_url=s.s3_endpoint_url, region=s.region)
+        store = make_checkpoint_store(
+            s.checkpoint,
+            endpoint_url=s.s3_endpoint_url,
+            region=s.region,
+            lease_seconds=s.lease_seconds,
+        )
         self.store = store if s.mode == "send" else None
         if s.mode == "send":
             job = s.job or default_job_name(s)

@@ -28,6 +28,9 @@ class RunSettings(BaseModel):
     checkpoint: str = Field(
         default=DEFAULT_CHECKPOINT_DIR, description="a local directory or s3://bucket/prefix/"
     )
+    lease_seconds: float = Field(
+        default=60.0, ge=2, le=3600, description="S3 checkpoint lease; a crashed run's expires"
+    )
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint override (sources and checkpoints)"
     )

@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint location: a directory or s3://bucket/prefix/ "
         "(default .moesif-backfill/checkpoints)",
     )
+    run.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=60.0,
+        help="S3 checkpoint lease: how long a crashed run blocks the job (default 60)",
+    )
     run.add_argument("--job", help="job name (default: derived from the sources and mapping path)")
     run.add_argument(
         "--rejects", type=Path, help="rejects NDJSON file (default: in the checkpoint)"
@@ -111,6 +117,7 @@ def _settings(args: argparse.Namespace) -> Any:
             out=args.out,
             endpoint_url=args.endpoint_url,
             checkpoint=args.checkpoint,
+            lease_seconds=args.lease_seconds,
             job=args.job,
             rejects=args.rejects,
             summary_json=args.summary_json,
