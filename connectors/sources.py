@@ -9,8 +9,15 @@ Format detection, in order:
      .ndjson; text formats optionally followed by .gz/.gzip or .zst/.zstd;
   2. when the extension says nothing: by content: Parquet magic ``PAR1``; gzip magic ``1f8b``
      (then the original name stored in the gzip header, or the name without .gz); zstd magic
-     ``28b52ffd`` (then the name without .zst); a JSON object on the first line means NDJSON.
-CSV is never guessed from content: a CSV needs a .csv name (optionally .gz/.zst after it).
+     ``28b52ffd`` (then the name without .zst); a JSON object on the first line means NDJSON;
+     text whose first line has a ``|`` and no ``,`` is pipe-delimited CSV (a Redshift UNLOAD
+     part such as ``0000_part_00``). Other comma-separated text needs a .csv name or
+     ``source: {format: csv}``.
+The mapping's `source:` section (`connectors.options.SourceOptions`, passed to
+`discover_sources`) can give the format, compression and delimiter instead. Manifests
+(`connectors.manifest`) are replaced by the files they list, and Hive-style ``key=value``
+directories below an input's root become the file's partition values
+(`connectors.partitions`, in `SourceFile.layout`).
 """
 
 from __future__ import annotations
@@ -18,14 +25,24 @@ from __future__ import annotations
 import glob
 import json
 import os
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import pyarrow as pa
 
 from connectors import storage
+from connectors.manifest import (
+    MAX_MANIFEST_BYTES,
+    is_manifest_name,
+    manifest_root,
+    parse_manifest,
+    resolve_entry,
+)
+from connectors.options import DEFAULT_OPTIONS, NO_LAYOUT, FileLayout, SourceOptions
+from connectors.partitions import partition_root, partitions_of
 from moesif_backfill.errors import SourceError
 
 Format = Literal["parquet", "csv", "ndjson"]
@@ -67,6 +84,9 @@ class SourceFile:
     size: int
     mtime_ns: int
     etag: str | None = None
+    # Where the file was found: partition values, sniffed delimiter, manifest record count.
+    # Not part of identity(): it follows from the inputs given, not from the file's bytes.
+    layout: FileLayout = NO_LAYOUT
 
     def identity(self) -> dict[str, int | str]:
         """What a checkpoint stores and compares to notice that the file changed."""
@@ -102,8 +122,14 @@ def is_ignored_name(name: str) -> bool:
     return name.startswith((".", "_")) or name.lower().endswith(".crc")
 
 
-def discover_sources(specs: Sequence[str]) -> list[SourceFile]:
+def discover_sources(
+    specs: Sequence[str], options: SourceOptions | None = None
+) -> list[SourceFile]:
     """Expand files, directories (recursive) and globs (``**`` allowed) into sorted SourceFiles.
+
+    `options` (the mapping's `source:` section) may fix the format, compression and delimiter.
+    A manifest is replaced by the files it lists (with its record counts in `layout`), and
+    ``key=value`` directories below each spec's root become `layout.partitions`.
 
     Raises SourceError when a spec matches nothing or a file's format cannot be determined.
     """
@@ -111,28 +137,170 @@ def discover_sources(specs: Sequence[str]) -> list[SourceFile]:
         specs = [specs]
     if not specs:
         raise SourceError("No input given: pass at least one file, directory or glob pattern.")
+    opts = options or DEFAULT_OPTIONS
+    # detect_format reads the options from here: storage.discover_s3 calls it on its threads.
+    with _ACTIVE.lock:
+        _ACTIVE.options = opts
+        try:
+            return _discover(specs, opts)
+        finally:
+            _ACTIVE.options = DEFAULT_OPTIONS
+
+
+class _ActiveOptions:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.options = DEFAULT_OPTIONS
+
+
+_ACTIVE = _ActiveOptions()
+
+
+def _discover(specs: Sequence[str], opts: SourceOptions) -> list[SourceFile]:
     found: dict[str, SourceFile] = {}
+    listed: dict[str, SourceFile] = {}  # files a manifest names: their entry (record count) wins
     for spec in specs:
-        paths = list(_expand_spec(spec))
-        if not paths:
-            raise SourceError(_no_match_message(spec))
-        for path in paths:
-            if path not in found:
-                found[path] = _make_source(path)
+        if opts.manifest:  # every input given is a manifest
+            for src in _manifest_sources(_given_path(spec), opts, strict=True) or []:
+                listed.setdefault(src.path, src)
+            continue
+        if storage.is_s3(spec):  # listing, detection and ETags: connectors.storage
+            sources = storage.discover_s3(spec)
+        else:
+            paths = list(_expand_spec(spec))
+            if not paths:
+                raise SourceError(_no_match_message(spec))
+            sources = [_make_source(p) for p in paths if p not in found and p not in listed]
+        root = partition_root(spec)
+        for src in sources:
+            if src.path in found or src.path in listed:
+                continue
+            entries = _manifest_sources(src.path, opts, strict=False)
+            if entries is not None:
+                for entry in entries:
+                    listed.setdefault(entry.path, entry)
+                continue
+            found[src.path] = _with_layout(src, opts, partitions_of(src.path, root))
+    found.update(listed)
     return [found[p] for p in sorted(found)]
 
 
-def detect_format(path: str) -> tuple[Format, Compression | None]:
-    """Format and compression of a local file, by name first, then by content."""
+def _given_path(spec: str) -> str:
+    if storage.is_s3(spec):
+        return spec
+    path = os.path.abspath(os.path.expanduser(spec))
+    if not os.path.isfile(path):
+        raise SourceError(
+            f"Input {spec!r}: source.manifest is true, so every input must be a manifest file; "
+            f"{'this is a directory' if os.path.isdir(path) else 'it does not exist'}."
+        )
+    return path
+
+
+def _manifest_sources(path: str, opts: SourceOptions, *, strict: bool) -> list[SourceFile] | None:
+    """The files the manifest at `path` lists, or None when it is not a manifest."""
+    if not strict and (opts.manifest is False or not _is_manifest_candidate(path)):
+        return None
+    data = _read_head(path, MAX_MANIFEST_BYTES + 1)
+    entries = parse_manifest(data, origin=path, strict=strict)
+    if entries is None:
+        return None
+    root = manifest_root(path)
+    out = []
+    for entry in entries:
+        target = resolve_entry(entry.url, path)
+        src = _listed_source(path, entry.url, target)
+        if entry.content_length is not None and entry.content_length != src.size:
+            raise SourceError(
+                f"{path}: manifest entry {entry.url}: the file has {src.size} bytes, the "
+                f"manifest says {entry.content_length}; the file changed or is incomplete. "
+                "Re-run the export (or re-download it)."
+            )
+        layout = FileLayout(manifest=path, expected_rows=entry.record_count)
+        out.append(_with_layout(replace(src, layout=layout), opts, partitions_of(target, root)))
+    return out
+
+
+def _listed_source(manifest: str, url: str, target: str) -> SourceFile:
+    shown = url if url == target else f"{url} (read from {target})"
+    if storage.is_s3(target):
+        found = [s for s in storage.discover_s3(target) if s.path == target]
+        if len(found) != 1:
+            raise SourceError(f"{manifest}: manifest entry {shown} does not exist.")
+        return found[0]
+    if not os.path.isfile(target):
+        raise SourceError(
+            f"{manifest}: manifest entry {shown} does not exist (relative entries are resolved "
+            "from the manifest's directory)."
+        )
+    return _make_source(target)
+
+
+def _is_manifest_candidate(path: str) -> bool:
+    return is_manifest_name(path.rstrip("/").rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1])
+
+
+def _is_manifest(path: str, head: bytes, opts: SourceOptions) -> bool:
+    """A manifest among listed files: a manifest name and the manifest's JSON shape."""
+    if opts.manifest is False or not _is_manifest_candidate(path) or not head:
+        return False
+    if head[:1] not in b"{ \t\r\n\xef":
+        return False
+    data = _read_head(path, MAX_MANIFEST_BYTES + 1)
+    return parse_manifest(data, origin=path, strict=False) is not None
+
+
+def _with_layout(
+    src: SourceFile, opts: SourceOptions, partitions: tuple[tuple[str, str | None], ...]
+) -> SourceFile:
+    """`src` with its partition values and, for a CSV whose name does not say .csv and with no
+    `source.delimiter`, the delimiter sniffed from its first line ("|" or the default)."""
+    delimiter = src.layout.delimiter
+    named_csv = _format_from_name(os.path.basename(src.path))[0] == "csv"
+    if src.format == "csv" and opts.delimiter is None and delimiter is None and not named_csv:
+        head = (
+            _sniff_decompressed(src.path, src.compression)
+            if src.compression
+            else _read_head(src.path, _SNIFF_BYTES)
+        )
+        delimiter = "|" if _looks_pipe_delimited(head) else None
+    if partitions == src.layout.partitions and delimiter == src.layout.delimiter:
+        return src
+    return replace(src, layout=replace(src.layout, partitions=partitions, delimiter=delimiter))
+
+
+def detect_format(
+    path: str, options: SourceOptions | None = None
+) -> tuple[Format, Compression | None]:
+    """Format and compression of a file, by name first, then by content.
+
+    `options` (default: those given to the `discover_sources` call running) may fix the
+    format and compression. A manifest found among the inputs is reported as ``ndjson``:
+    `discover_sources` replaces it by the files it lists.
+    """
+    opts = options if options is not None else _ACTIVE.options
     head = _read_head(path, 4)
     magic: Compression | None = None
     if head.startswith(_GZIP_MAGIC):
         magic = "gzip"
     elif head.startswith(_ZSTD_MAGIC):
         magic = "zstd"
+    if opts.compression != "auto" and magic != (
+        None if opts.compression == "none" else opts.compression
+    ):
+        raise SourceError(
+            f"{path}: the mapping's source.compression is {opts.compression}, but the content "
+            f"is {f'{magic}-compressed' if magic else 'not compressed'} (first bytes "
+            f"{head.hex() or 'empty'}); fix `compression` in the source: section or leave it "
+            "out (detected from the content)."
+        )
+    if _is_manifest(path, head, opts):
+        return "ndjson", None
+    if opts.format is not None:
+        return _forced_format(path, head, magic, opts.format)
     fmt, named_comp = _format_from_name(os.path.basename(path))
     if fmt is None:
-        return _format_from_content(path, head, magic)
+        return _format_from_content(path, head, magic, opts)
     if named_comp is not None and magic != named_comp:
         raise SourceError(
             f"{path}: the name says {named_comp}-compressed but the content is not "
@@ -146,7 +314,7 @@ def detect_format(path: str) -> tuple[Format, Compression | None]:
 
 
 def _format_from_content(
-    path: str, head: bytes, magic: Compression | None
+    path: str, head: bytes, magic: Compression | None, opts: SourceOptions = DEFAULT_OPTIONS
 ) -> tuple[Format, Compression | None]:
     if head == _PARQUET_MAGIC:
         return "parquet", None
@@ -164,12 +332,59 @@ def _format_from_content(
             raise SourceError(_compressed_parquet_message(path, magic))
         if _looks_like_ndjson(first):
             return "ndjson", magic
-    elif _looks_like_ndjson(_read_head(path, _SNIFF_BYTES)):
-        return "ndjson", None
+        if _looks_delimited(first, opts):
+            return "csv", magic
+    else:
+        text = _read_head(path, _SNIFF_BYTES)
+        if _looks_like_ndjson(text):
+            return "ndjson", None
+        if _looks_delimited(text, opts):
+            return "csv", None
     raise SourceError(
         f"{path}: cannot tell the file format from its name or content. Supported extensions: "
-        f"{SUPPORTED_EXTENSIONS}. Rename the file, or leave it out of the inputs."
+        f"{SUPPORTED_EXTENSIONS}. Rename the file, leave it out of the inputs, or give the "
+        "format in the mapping file, e.g. source: {format: csv, delimiter: ','} "
+        "(see docs/warehouse-exports.md)."
     )
+
+
+def _forced_format(
+    path: str, head: bytes, magic: Compression | None, fmt: Format
+) -> tuple[Format, Compression | None]:
+    """The mapping's source.format, checked against what the content plainly is."""
+    if fmt == "parquet":
+        if magic is not None:
+            raise SourceError(_compressed_parquet_message(path, magic))
+        if head != _PARQUET_MAGIC:
+            raise SourceError(
+                f"{path}: the mapping's source.format is parquet, but the file does not start "
+                f"like a Parquet file (first bytes {head.hex() or 'empty'}); fix `format` in "
+                "the source: section or leave it out (detected from the name and content)."
+            )
+    elif head == _PARQUET_MAGIC:
+        raise SourceError(
+            f"{path}: the file is Parquet, but the mapping's source.format is {fmt}; fix "
+            "`format` in the source: section or leave it out (detected from the name and content)."
+        )
+    return fmt, magic
+
+
+def _first_line(head: bytes) -> bytes:
+    return head.removeprefix(b"\xef\xbb\xbf").split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def _looks_pipe_delimited(head: bytes) -> bool:
+    """Redshift's UNLOAD default: text whose first line has a "|" and no ","."""
+    line = _first_line(head)
+    return b"|" in line and b"," not in line and b"\0" not in line
+
+
+def _looks_delimited(head: bytes, opts: SourceOptions) -> bool:
+    if b"\0" in _first_line(head):
+        return False
+    if opts.delimiter is not None:
+        return bool(head.strip())
+    return _looks_pipe_delimited(head)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,6 +482,8 @@ def _format_from_name(name: str) -> tuple[Format | None, Compression | None]:
 
 
 def _read_head(path: str, n: int) -> bytes:
+    if storage.is_s3(path):
+        return storage.read_head(path, n)
     try:
         with open(path, "rb") as f:
             return f.read(n)
@@ -292,10 +509,10 @@ def _gzip_inner_name(path: str) -> str | None:
 
 def _sniff_decompressed(path: str, compression: Compression) -> bytes:
     try:
-        with pa.input_stream(path, compression=compression) as stream:
+        with storage.open_stream(path, compression=compression) as stream:
             data: bytes = stream.read(_SNIFF_BYTES)
             return data
-    except (OSError, pa.ArrowException, zlib.error):
+    except (OSError, pa.ArrowException, zlib.error, SourceError):
         return b""
 
 

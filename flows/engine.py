@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from connectors import storage
 from connectors.checkpoint import CheckpointStore, FileProgress
-from connectors.readers import iter_batches
 from flows.plan import FilePlan, Plan, file_progress
 from flows.rejects import RejectsWriter
 from flows.sinks import Sink
@@ -177,6 +177,8 @@ class FileRunner:
             self._progress(n)
             log.info("%s: already delivered by an earlier run (%d rows)", self.fp.src.key, n)
             return self.counts
+        # Start fetching the next object while this one is read and sent (S3: no idle network).
+        storage.prefetch_hint([f.src.path for f in self.plan.files], self.index)
         self.sink.open_file(self.index, self.fp.src.path)
         try:
             self._stream()
@@ -188,13 +190,9 @@ class FileRunner:
 
     def _stream(self) -> None:
         prog, fp = self.prog, self.fp
-        batches = iter_batches(
-            fp.src,
-            columns=fp.resolved.physical_columns(),
-            text_columns=fp.text_columns,
-            number_columns=fp.number_columns,
-            batch_rows=min(65_536, max(prog.chunk_rows, 1024)),
-        )
+        # connectors.readers.iter_batches with the mapping's source: options, partition values,
+        # and each column cast to the type it has across all files (schema drift).
+        batches = fp.batches(batch_rows=min(65_536, max(prog.chunk_rows, 1024)))
         chunks_seen = 0
         limit = self.plan.settings.chunks_in_flight
         try:
