@@ -132,7 +132,58 @@ def _layouts(bucket: str) -> dict[str, dict[str, Any]]:
         "spec": f"s3://{bucket}/bigquery/",
         "ids": (1, 2500),
     }
+    out["bigquery_csv"] = {  # EXPORT DATA OPTIONS(format='CSV', header=true)
+        "objects": {
+            f"bq-csv/file-00000000000{k}.csv": _text(
+                _rows(1 + k * 900, 900), sep=",", time_fmt=iso, header=True
+            )
+            for k in range(2)
+        },
+        "source": {},
+        "spec": f"s3://{bucket}/bq-csv/*.csv",
+        "ids": (1, 1800),
+    }
+    out["redshift_parquet"] = {  # UNLOAD ... FORMAT PARQUET
+        "objects": {
+            "rs-parquet/0000_part_00.parquet": _parquet(_rows(1, 700)),
+            "rs-parquet/0001_part_00.parquet": _parquet(_rows(701, 700)),
+        },
+        "source": {},
+        "spec": f"s3://{bucket}/rs-parquet/",
+        "ids": (1, 1400),
+    }
+    # The same export over time: amount int32 -> int64, timestamp ms -> us, user_id added.
+    drifted = [
+        _drift_table(1, amount=pa.int32(), unit="ms", with_user=False),
+        _drift_table(501, amount=pa.int64(), unit="us", with_user=True),
+    ]
+    out["drift"] = {
+        "objects": {f"drift/part-{i}.parquet": _table_bytes(t) for i, t in enumerate(drifted)},
+        "source": {},
+        "spec": f"s3://{bucket}/drift/",
+        "ids": (1, 1000),
+    }
     return out
+
+
+def _drift_table(start: int, *, amount: pa.DataType, unit: str, with_user: bool) -> pa.Table:
+    n = 500
+    cols: dict[str, Any] = {
+        "invoice_line_id": [line_id(i) for i in range(start, start + n)],
+        "customer_id": ["c"] * n,
+        "created_at": pa.array([NOW] * n, pa.timestamp(unit, "UTC")),
+        "amount": pa.array(range(n), amount),
+        "currency": ["USD"] * n,
+    }
+    if with_user:
+        cols["user_id"] = ["u"] * n
+    return pa.table(cols)
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
 
 
 def test_warehouse_layouts_from_s3_through_the_cli(
@@ -169,9 +220,23 @@ def test_warehouse_layouts_from_s3_through_the_cli(
         )
         return name, done, stream
 
+    # A manifest whose record count is wrong stops the run before that entry is sent.
+    wrong = layouts["redshift"]["objects"]["redshift/manifest"].replace(
+        b'"record_count": 800', b'"record_count": 801'
+    )
+    s3.put_object(Bucket=bucket, Key="redshift-wrong/manifest", Body=wrong)
+    layouts["redshift_wrong_count"] = dict(
+        layouts["redshift"], spec=f"s3://{bucket}/redshift-wrong/manifest", objects={}
+    )
+
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(backfill, layouts))
     for name, done, stream in results:
+        if name == "redshift_wrong_count":
+            assert done.returncode == 2, done.stderr[-3000:]
+            assert "0001_part_00" in done.stderr and "801" in done.stderr
+            assert strict_firehose.transaction_ids(stream) == []
+            continue
         assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
         start, n = layouts[name]["ids"]
         delivered = strict_firehose.transaction_ids(stream)
