@@ -38,14 +38,16 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from connectors import ndjson
+from connectors import ndjson, storage
 from connectors.ndjson import size_text
+from connectors.options import DEFAULT_OPTIONS, SourceOptions
 from connectors.sources import Format, SourceFile, discover_sources, one_line, open_input
 from moesif_backfill.errors import SourceError
 
@@ -70,19 +72,24 @@ _SHOWN_CHARS = 200
 
 
 def read_schema(
-    src: SourceFile, *, text_columns: Collection[str] = (), number_columns: Collection[str] = ()
+    src: SourceFile,
+    *,
+    text_columns: Collection[str] = (),
+    number_columns: Collection[str] = (),
+    options: SourceOptions | None = None,
 ) -> pa.Schema:
     """The file's Arrow schema, cheaply: the Parquet footer, or inference over the first block.
 
     With `text_columns`/`number_columns` it is exactly the schema `iter_batches` gives for the
-    same columns.
+    same columns and `options` (the mapping's `source:` section: CSV delimiter, header,
+    column names, null values, encoding; None: the defaults).
     """
     if src.format == "parquet":
         with _open_parquet(src) as pf:
             schema: pa.Schema = pf.schema_arrow
         return schema
     if src.format == "csv":
-        return _csv_schema(src, [*text_columns, *number_columns])
+        return _csv_schema(src, [*text_columns, *number_columns], csv_dialect(src, options))
     return ndjson.infer_schema(src, text_columns).schema
 
 
@@ -93,6 +100,7 @@ def iter_batches(
     text_columns: Collection[str] = (),
     number_columns: Collection[str] = (),
     batch_rows: int = 65_536,
+    options: SourceOptions | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `src` as RecordBatches of at most `batch_rows` rows, all with the same schema.
 
@@ -106,7 +114,8 @@ def iter_batches(
     if src.format == "parquet":
         schema, batches = _parquet_batches(src, columns, batch_rows)
     elif src.format == "csv":
-        schema, batches = _csv_batches(src, columns, text_columns, number_columns)
+        dialect = csv_dialect(src, options)
+        schema, batches = _csv_batches(src, columns, text_columns, number_columns, dialect)
     else:
         schema, batches = ndjson.ndjson_batches(src, columns, text_columns, batch_rows)
     return _bounded(src, schema, batches, batch_rows)
@@ -199,13 +208,19 @@ def _valid(arr: pa.Array) -> bool:
 
 def _open_parquet(src: SourceFile) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(src.path, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
+        return storage.open_parquet(src.path, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(
             f"{src.path}: not a readable Parquet file ({one_line(exc)}). It may be truncated, "
             "still being written, or not Parquet at all: re-export it or leave it out of the "
             "inputs."
         ) from exc
+
+
+def parquet_num_rows(src: SourceFile) -> int:
+    """The row count a Parquet file's footer states (no data read)."""
+    with _open_parquet(src) as pf:
+        return int(pf.metadata.num_rows)
 
 
 def _parquet_batches(
@@ -239,31 +254,73 @@ def _parquet_batches(
 # CSV
 
 
+@dataclass(frozen=True)
+class CsvDialect:
+    """How one CSV file is written (from the `source:` section and the file's layout)."""
+
+    delimiter: str = ","
+    column_names: tuple[str, ...] | None = None  # a file without a header row
+    null_values: tuple[str, ...] = ("",)
+    encoding: str = "utf-8"
+
+    @property
+    def header(self) -> bool:
+        return self.column_names is None
+
+
+_DEFAULT_DIALECT = CsvDialect()
+
+
+def csv_dialect(src: SourceFile, options: SourceOptions | None) -> CsvDialect:
+    opts = options or DEFAULT_OPTIONS
+    if opts.is_default() and src.layout.delimiter is None:
+        return _DEFAULT_DIALECT
+    return CsvDialect(
+        delimiter=opts.delimiter or src.layout.delimiter or ",",
+        column_names=None if opts.has_header else opts.columns,
+        null_values=tuple(opts.csv_null_values()),
+        encoding=opts.encoding,
+    )
+
+
+def _open_csv(src: SourceFile, dialect: CsvDialect) -> pa.NativeFile:
+    """`open_input`, transcoded to UTF-8 when the file is in another encoding."""
+    stream = open_input(src)
+    if dialect.encoding == "utf-8":
+        return stream
+    return pa.transcoding_input_stream(stream, dialect.encoding, "utf-8")
+
+
 def _csv_options(
-    column_types: dict[str, pa.DataType], include_columns: Sequence[str] | None = None
+    column_types: dict[str, pa.DataType],
+    include_columns: Sequence[str] | None = None,
+    dialect: CsvDialect = _DEFAULT_DIALECT,
 ) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
-    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
-    parse = pacsv.ParseOptions(newlines_in_values=True)
+    names = list(dialect.column_names) if dialect.column_names is not None else None
+    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, column_names=names)
+    parse = pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True)
     convert = pacsv.ConvertOptions(
         column_types=column_types,
         include_columns=list(include_columns) if include_columns is not None else None,
-        null_values=[""],
+        null_values=list(dialect.null_values),
         strings_can_be_null=True,
         quoted_strings_can_be_null=False,
     )
     return read, parse, convert
 
 
-def _csv_schema(src: SourceFile, text_columns: Collection[str]) -> pa.Schema:
+def _csv_schema(
+    src: SourceFile, text_columns: Collection[str], dialect: CsvDialect = _DEFAULT_DIALECT
+) -> pa.Schema:
     """Header + types inferred from the first block; all-null columns become strings."""
-    read, parse, convert = _csv_options({c: pa.string() for c in text_columns})
-    with open_input(src) as stream:
+    read, parse, convert = _csv_options({c: pa.string() for c in text_columns}, None, dialect)
+    with _open_csv(src, dialect) as stream:
         try:
             schema: pa.Schema = pacsv.open_csv(stream, read, parse, convert).schema
         except (OSError, pa.ArrowException) as exc:
-            header = _header_only_names(src)
+            header = _header_only_names(src, dialect)
             if header is None:
-                raise _csv_error(src, exc, 0, None) from exc
+                raise _csv_error(src, exc, 0, None, dialect) from exc
             schema = pa.schema([pa.field(name, pa.null()) for name in header])
     try:
         names = schema.names
@@ -280,12 +337,13 @@ def _csv_schema(src: SourceFile, text_columns: Collection[str]) -> pa.Schema:
         )
     binary = [f.name for f in schema if pa.types.is_binary(f.type)]
     if binary:
-        found = _locate_csv_value(src, binary[0], _not_utf8)
+        found = _locate_csv_value(src, binary[0], _not_utf8, dialect)
         where = f"at data row {found[0]}" if found else f"in the first {size_text(CSV_BLOCK_BYTES)}"
         raise SourceError(
             f"{src.path}: column {binary[0]!r} has bytes that are not valid UTF-8 {where}"
             + (f" (also column(s) {binary[1:]})" if binary[1:] else "")
-            + "; re-export the file as UTF-8."
+            + "; re-export the file as UTF-8, or give its encoding in the mapping "
+            "(source: {encoding: latin-1})."
         )
     missing = [c for c in text_columns if c not in names]
     if missing:
@@ -296,19 +354,22 @@ def _csv_schema(src: SourceFile, text_columns: Collection[str]) -> pa.Schema:
     return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
 
 
-def _header_only_names(src: SourceFile) -> list[str] | None:
+def _header_only_names(src: SourceFile, dialect: CsvDialect = _DEFAULT_DIALECT) -> list[str] | None:
     """The column names of a CSV that is just a header line without a final line break (which
-    pyarrow takes for an empty file); None for anything else."""
+    pyarrow takes for an empty file), or of an empty file without a header row (`columns`
+    given); None for anything else."""
     try:
-        with open_input(src) as stream:
+        with _open_csv(src, dialect) as stream:
             head: bytes = stream.read(CSV_BLOCK_BYTES + 1)
     except (OSError, pa.ArrowException, SourceError):
         return None
     text = head.removeprefix(b"\xef\xbb\xbf")
+    if dialect.column_names is not None:
+        return list(dialect.column_names) if not text.strip() else None
     if len(head) > CSV_BLOCK_BYTES or not text.strip() or b"\n" in text or b"\r" in text:
         return None
     try:
-        rows = list(csv.reader([text.decode("utf-8")], strict=True))
+        rows = list(csv.reader([text.decode("utf-8")], delimiter=dialect.delimiter, strict=True))
     except (UnicodeDecodeError, csv.Error):
         return None
     return rows[0] if len(rows) == 1 and rows[0] else None
@@ -319,15 +380,16 @@ def _csv_batches(
     columns: Sequence[str] | None,
     text_columns: Collection[str],
     number_columns: Collection[str],
+    dialect: CsvDialect = _DEFAULT_DIALECT,
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    full = _csv_schema(src, [*text_columns, *number_columns])
+    full = _csv_schema(src, [*text_columns, *number_columns], dialect)
     schema = select_columns(src, full, columns)
-    read, parse, convert = _csv_options({f.name: f.type for f in schema}, schema.names)
+    read, parse, convert = _csv_options({f.name: f.type for f in schema}, schema.names, dialect)
     numbers = [schema.get_field_index(c) for c in number_columns if c in schema.names]
 
     def gen() -> Iterator[pa.RecordBatch]:
         rows = 0
-        with open_input(src) as stream:
+        with _open_csv(src, dialect) as stream:
             try:
                 reader = pacsv.open_csv(stream, read, parse, convert)
                 for batch in reader:
@@ -336,9 +398,9 @@ def _csv_batches(
                     yield batch
                     rows += batch.num_rows
             except (OSError, pa.ArrowException) as exc:
-                if rows == 0 and _header_only_names(src) is not None:
-                    return  # a header without a line break: no rows
-                raise _csv_error(src, exc, rows, full) from exc
+                if rows == 0 and _header_only_names(src, dialect) is not None:
+                    return  # a header without a line break (or an empty headerless file)
+                raise _csv_error(src, exc, rows, full, dialect) from exc
 
     return schema, gen()
 
@@ -361,7 +423,13 @@ def _check_numbers(src: SourceFile, batch: pa.RecordBatch, index: int, first_row
     )
 
 
-def _csv_error(src: SourceFile, exc: Exception, rows: int, header: pa.Schema | None) -> SourceError:
+def _csv_error(
+    src: SourceFile,
+    exc: Exception,
+    rows: int,
+    header: pa.Schema | None,
+    dialect: CsvDialect = _DEFAULT_DIALECT,
+) -> SourceError:
     msg = one_line(exc)
     where = f"at or after data row {rows + 1}"
     m = _CSV_CONVERSION.match(msg)
@@ -370,14 +438,15 @@ def _csv_error(src: SourceFile, exc: Exception, rows: int, header: pa.Schema | N
         name = header.names[index] if index < len(header.names) else None
         column = repr(name) if name is not None else f"#{index}"
         if "UTF8" in detail:
-            found = _locate_csv_value(src, name, _not_utf8) if name is not None else None
+            found = _locate_csv_value(src, name, _not_utf8, dialect) if name is not None else None
             return SourceError(
                 f"{src.path}: column {column} has bytes that are not valid UTF-8 "
-                f"({f'at data row {found[0]}' if found else where}); re-export the file as UTF-8."
+                f"({f'at data row {found[0]}' if found else where}); re-export the file as "
+                "UTF-8, or give its encoding in the mapping (source: {encoding: latin-1})."
             )
         value = detail.removeprefix("invalid value ")
         if name is not None and value.startswith("'") and value.endswith("'"):
-            found = _locate_csv_value(src, name, _equals(value[1:-1].encode()))
+            found = _locate_csv_value(src, name, _equals(value[1:-1].encode()), dialect)
             where = f"at data row {found[0]}" if found else where
         return SourceError(
             f"{src.path}: column {column} has the value {value} ({where}) that is not a valid "
@@ -392,11 +461,13 @@ def _csv_error(src: SourceFile, exc: Exception, rows: int, header: pa.Schema | N
             "names. Remove the file from the inputs or re-export it with a header."
         )
     if msg.startswith("CSV parse error"):
-        bad = _malformed_row(src)
+        bad = _malformed_row(src, dialect)
         detail = bad or f"{where}: {msg}"
+        fields = "the header" if dialect.header else "the source: section's `columns`"
         return SourceError(
-            f"{src.path}: malformed CSV {detail}. Every row needs as many fields as the header "
-            "and quotes must be balanced: fix the row or re-export the file."
+            f"{src.path}: malformed CSV {detail}. Every row needs as many fields as {fields} "
+            f"(delimiter {dialect.delimiter!r}) and quotes must be balanced: fix the row or "
+            "re-export the file."
         )
     if src.compression is not None and isinstance(exc, OSError | pa.ArrowInvalid):
         return SourceError(
@@ -418,27 +489,31 @@ def _shown(value: object) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
-def _malformed_row(src: SourceFile) -> str | None:
+def _malformed_row(src: SourceFile, dialect: CsvDialect = _DEFAULT_DIALECT) -> str | None:
     """Where and how the first row with the wrong number of fields is wrong (pyarrow numbers
     rows only when it reads on one thread, hence this second, single-threaded pass)."""
     found: list[str] = []
+    header_rows = 1 if dialect.header else 0
 
     def handler(row: pacsv.InvalidRow) -> str:
         if not found:
-            at = f"data row {row.number - 1}" if row.number else "a row"
+            at = f"data row {row.number - header_rows}" if row.number else "a row"
             found.append(
                 f"at {at} (Expected {row.expected_columns} columns, got {row.actual_columns}): "
                 f"{_shown(row.text)}"
             )
         return "error"
 
-    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)
-    parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=handler)
+    names = list(dialect.column_names) if dialect.column_names is not None else None
+    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False, column_names=names)
+    parse = pacsv.ParseOptions(
+        delimiter=dialect.delimiter, newlines_in_values=True, invalid_row_handler=handler
+    )
     try:
-        with open_input(src) as stream:
+        with _open_csv(src, dialect) as stream:
             reader = pacsv.open_csv(stream, read, parse)
             first = reader.schema.names[:1]
-        with open_input(src) as stream:
+        with _open_csv(src, dialect) as stream:
             convert = pacsv.ConvertOptions(
                 column_types={first[0]: pa.binary()} if first else None, include_columns=first
             )
@@ -476,14 +551,17 @@ def _equals(value: bytes) -> Callable[[pa.Array], pa.Array | None]:
 
 
 def _locate_csv_value(
-    src: SourceFile, column: str, check: Callable[[pa.Array], pa.Array | None]
+    src: SourceFile,
+    column: str,
+    check: Callable[[pa.Array], pa.Array | None],
+    dialect: CsvDialect = _DEFAULT_DIALECT,
 ) -> tuple[int, object] | None:
     """(1-based data row, value) of the first value of `column` (read as bytes) that `check`
     flags; None if none is found or the file cannot be re-read that far."""
-    read, parse, convert = _csv_options({column: pa.binary()}, [column])
+    read, parse, convert = _csv_options({column: pa.binary()}, [column], dialect)
     rows = 0
     try:
-        with open_input(src) as stream:
+        with _open_csv(src, dialect) as stream:
             for batch in pacsv.open_csv(stream, read, parse, convert):
                 mask = check(batch.column(0))
                 if mask is not None:

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from connectors.checkpoint import CheckpointStore, FileProgress, JobState
-from connectors.readers import iter_batches, read_schema
+from connectors.layouts import (
+    NO_CHANGES,
+    FileRead,
+    count_rows,
+    file_schema,
+    holds_only_nulls,
+    iter_file_batches,
+)
+from connectors.options import SourceOptions
+from connectors.schema_drift import FileColumns, unify_types
 from connectors.sources import SourceFile, discover_sources
 from flows.settings import RunSettings
 from moesif_backfill.errors import (
@@ -35,7 +45,9 @@ from transforms.mapping import (
     ColumnSource,
     MappingSpec,
     ResolvedMapping,
+    find_columns,
     load_mapping,
+    required_columns,
     resolve_mapping,
 )
 
@@ -53,10 +65,30 @@ class FilePlan:
     # CSV metadata-only columns inferred as floating point, read as the text of each number so
     # that the action keeps every digit written (a double would round 0.123456789012345678).
     number_columns: list[str] = field(default_factory=list)
+    # The mapping's `source:` section, and what connectors.layouts adds to the file's own
+    # columns: partition values, nulls for columns only other files have, unified types.
+    options: SourceOptions | None = None
+    read: FileRead = NO_CHANGES
 
     def number_text_fields(self) -> list[str]:
         """`number_columns` under the mapping's (logical) column names."""
         return [c for c, phys in self.resolved.columns.items() if phys in self.number_columns]
+
+    def batches(
+        self, columns: Sequence[str] | None = None, *, batch_rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        """The file's rows as the mapping reads them: `columns` (the file's names, as in
+        `resolved.columns`; default: every column the mapping uses), same schema in every
+        batch, at most `batch_rows` rows each."""
+        return iter_file_batches(
+            self.src,
+            columns=list(columns) if columns is not None else self.resolved.physical_columns(),
+            read=self.read,
+            text_columns=self.text_columns,
+            number_columns=self.number_columns,
+            batch_rows=batch_rows,
+            options=self.options,
+        )
 
 
 @dataclass
@@ -94,21 +126,175 @@ def _rows_estimate(src: SourceFile) -> int | None:
         return None
 
 
-def _bind(spec: MappingSpec, src: SourceFile) -> FilePlan:
-    schema = read_schema(src)
+@dataclass
+class _Seen:
+    """One file as found: its columns (own + partitions) and the mapping's columns in it."""
+
+    src: SourceFile
+    schema: pa.Schema
+    columns: dict[str, str]  # mapping column -> the file's column
+    missing: dict[str, MappingError]  # mapping columns the file does not have
+    partitions: dict[str, str | None]  # partition columns (not those the file also has)
+    number_text: frozenset[str] = frozenset()  # CSV metadata read as number text: not cast
+    as_text: frozenset[str] = frozenset()  # inferred columns read as text (schema drift)
+
+    @property
+    def is_text(self) -> bool:
+        return self.src.format in ("csv", "ndjson")
+
+
+def _inspect(spec: MappingSpec, src: SourceFile) -> _Seen:
+    schema, clashes = file_schema(src, spec.source)
+    columns, missing = find_columns(spec, schema, origin=src.path)
+    clash = sorted(c for c in clashes if c in columns.values())
+    if clash:
+        value = src.layout.partition_values()[clash[0]]
+        raise MappingError(
+            f"{src.path}: {clash[0]!r} is both a column of the file and a partition directory "
+            f"({clash[0]}={value}/) above it, and the mapping uses it; a partition value never "
+            "overrides a column. Rename the column or the directory level, give the input "
+            "below that directory, or (Redshift) unload with PARTITION BY but without INCLUDE."
+        )
+    partitions = {n: v for n, v in src.layout.partitions if n not in clashes}
+    return _Seen(src, schema, columns, missing, partitions)
+
+
+def _bind_all(spec: MappingSpec, seen: list[_Seen], notes: list[str]) -> list[FilePlan]:
+    """Bind the mapping to every file with one type per column across files (schema drift,
+    connectors.schema_drift); MappingError when a column is absent where it is needed or its
+    types cannot be unified."""
+    required = set(required_columns(spec))
+    for name in spec.referenced_columns():
+        absent = [s for s in seen if name in s.missing]
+        if absent and (len(absent) == len(seen) or name in required):
+            raise _with_header_hint(spec, absent[0], absent[0].missing[name])
+        if absent:
+            notes.append(
+                f"column {name!r} is missing from {len(absent)} of {len(seen)} file(s) (e.g. "
+                f"{absent[0].src.path}): read as null there"
+            )
+    keys = set(spec.key_columns())
+    tables = [_file_columns(spec, s, keys) for s in seen]
+    for s, table in zip(seen, tables, strict=True):
+        s.number_text = table.number_text
+    unified = unify_types(
+        tables,
+        keys=keys,
+        time_column=spec.time.column,
+        holds_only_nulls=lambda i, name: holds_only_nulls(
+            seen[i].src, seen[i].columns[name], spec.source
+        ),
+    )
+    for i, names in unified.as_text.items():
+        seen[i].as_text = names
+    return [_bind(spec, s, unified.types) for s in seen]
+
+
+def _file_columns(spec: MappingSpec, s: _Seen, keys: set[str]) -> FileColumns:
+    types: dict[str, pa.DataType | None] = {}
+    inferred = set()
+    numbers = set()
+    metadata_only = _metadata_only(spec)
+    for name in spec.referenced_columns():
+        phys = s.columns.get(name)
+        if phys is None:
+            types[name] = None
+            continue
+        # Key columns of text formats are read as text exactly as written (ID contract v1).
+        t = pa.string() if s.is_text and name in keys else s.schema.field(phys).type
+        types[name] = t
+        if s.is_text and phys not in s.partitions:
+            inferred.add(name)
+        if s.src.format == "csv" and name in metadata_only and pa.types.is_floating(t):
+            numbers.add(name)  # read as number text (see _csv_number_columns): never cast
+    return FileColumns(s.src.path, types, frozenset(inferred), frozenset(numbers))
+
+
+def _metadata_only(spec: MappingSpec) -> set[str]:
+    """Columns only metadata fields read."""
+    fields = [spec.action_name, *spec.string_fields().values(), *spec.request_fields().values()]
+    other = {src.column for src in fields if isinstance(src, ColumnSource)}
+    other |= {spec.time.column, *spec.key_columns()}
+    meta = {src.column for src in spec.metadata.values() if isinstance(src, ColumnSource)}
+    return meta - other
+
+
+def _bind(spec: MappingSpec, s: _Seen, unified: dict[str, pa.DataType]) -> FilePlan:
+    src = s.src
+    types: dict[str, pa.DataType] = {}
+    fields = {f.name: f for f in s.schema}
+    as_text = [s.columns[name] for name in s.as_text]
+    for name in spec.referenced_columns():
+        target = None if name in s.number_text else unified.get(name)
+        phys = s.columns.get(name)
+        if phys is None:  # only other files have it: nulls of the unified type
+            fields[name] = pa.field(name, target or pa.string())
+            types[name] = target or pa.string()
+        elif phys in as_text:  # text elsewhere: read as written (a text_column)
+            fields[phys] = fields[phys].with_type(pa.string())
+        elif target is not None and not fields[phys].type.equals(target):
+            fields[phys] = fields[phys].with_type(target)
+            types[phys] = target
+    schema = pa.schema(list(fields.values()))
     resolved = resolve_mapping(spec, schema, origin=src.path)
     text_cols: list[str] = []
-    if src.format in ("csv", "ndjson"):
+    if s.is_text:
         # Key columns are read as text exactly as written (ID contract v1: no type guessing).
         text_cols = [resolved.columns[c] for c in spec.key_columns()]
-    number_cols = _csv_number_columns(spec, resolved, text_cols) if src.format == "csv" else []
+        text_cols += [c for c in as_text if c not in text_cols]
+    number_cols: list[str] = []
+    if src.format == "csv":
+        own = set(s.schema.names) - set(s.partitions)
+        number_cols = [c for c in _csv_number_columns(spec, resolved, text_cols) if c in own]
+        for c in number_cols:
+            types.pop(c, None)  # read as the text of each number (see FilePlan)
     return FilePlan(
         src=src,
         resolved=resolved,
         text_columns=text_cols,
         rows_estimate=None,
         number_columns=number_cols,
+        options=spec.source,
+        read=FileRead(
+            partitions=s.partitions,
+            missing=frozenset(s.missing),
+            types=types,
+        ),
     )
+
+
+def _with_header_hint(spec: MappingSpec, s: _Seen, exc: MappingError) -> MappingError:
+    if s.src.format != "csv" or spec.source.header is not None or spec.source.columns:
+        return exc
+    return MappingError(
+        f"{exc} If the file has no header row (Snowflake and Redshift unloads have none by "
+        "default), give the column names in the mapping file: source: {header: false, "
+        "columns: [...]} (see docs/warehouse-exports.md)."
+    )
+
+
+def _check_manifest_counts(plan: Plan) -> None:
+    """Every file a manifest lists must have the record count it states (read before anything
+    is sent: the Parquet footer, or a pass over one column of a text file)."""
+    for fp in plan.files:
+        expected = fp.src.layout.expected_rows
+        prog = plan.state.files.get(fp.src.key)
+        if expected is None or (prog is not None and prog.complete):
+            continue
+        try:
+            actual = count_rows(fp.src, fp.options)
+        except SourceError as exc:
+            raise ConfigError(str(exc)) from None
+        # Redshift counts the header line of an UNLOAD ... HEADER in record_count.
+        header = fp.src.format == "csv" and (fp.options or SourceOptions()).has_header
+        if actual + int(header) != expected:
+            counted = " (+1 header line)" if header else ""
+            raise ConfigError(
+                f"{fp.src.layout.manifest}: manifest entry {fp.src.path} should hold {expected:,} "
+                f"record(s) (meta.record_count) but holds {actual:,}{counted}; nothing was sent. "
+                "The file is incomplete or was replaced after the export: export again, or fix "
+                "the manifest."
+            )
 
 
 def _csv_number_columns(
@@ -131,22 +317,21 @@ def _csv_number_columns(
 
 def make_plan(settings: RunSettings, store: CheckpointStore | None) -> Plan:
     spec = load_mapping(settings.mapping)
+    notes: list[str] = []
     try:
-        sources = discover_sources(settings.sources)
+        sources = discover_sources(settings.sources, spec.source)
+        files = _bind_all(spec, [_inspect(spec, src) for src in sources], notes)
     except SourceError as exc:
         raise ConfigError(str(exc)) from None
-    files = []
-    for src in sources:
-        try:
-            fp = _bind(spec, src)
-        except SourceError as exc:
-            raise ConfigError(str(exc)) from None
-        fp.rows_estimate = _rows_estimate(src)
-        files.append(fp)
+    for fp in files:
+        fp.rows_estimate = _rows_estimate(fp.src)
     job = settings.job or default_job_name(settings)
     fingerprint = spec.fingerprint()
     state = _load_state(settings, store, job, fingerprint, files)
-    plan = Plan(settings=settings, spec=spec, job=job, files=files, state=state)
+    plan = Plan(settings=settings, spec=spec, job=job, files=files, state=state, notes=notes)
+    for note in notes:
+        log.info("%s", note)
+    _check_manifest_counts(plan)
     check_late_window(plan)
     return plan
 
@@ -217,7 +402,7 @@ def check_late_window(plan: Plan, *, now: dt.datetime | None = None) -> None:
             continue
         time_col = fp.resolved.columns[plan.spec.time.column]
         try:
-            for batch in iter_batches(fp.src, columns=[time_col]):
+            for batch in fp.batches([time_col]):
                 us, _bad = time_bounds(batch.column(0), plan.spec)
                 is_old = np.asarray(
                     pc.fill_null(pc.less(us, cutoff_us), False).to_numpy(zero_copy_only=False)

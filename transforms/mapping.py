@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.options import SourceOptions
 from moesif_backfill.errors import MappingError
 
 ID_CONTRACT_VERSION = "v1"
@@ -161,6 +162,8 @@ class MappingSpec(_Strict):
     session_token: FieldSource | None = None
     request: RequestFields = RequestFields()
     metadata: dict[str, FieldSource] = {}
+    # How the input files are read (format, delimiter, header, ...): connectors.options.
+    source: SourceOptions = SourceOptions()
 
     @model_validator(mode="before")
     @classmethod
@@ -178,9 +181,21 @@ class MappingSpec(_Strict):
         return out
 
     def fingerprint(self) -> str:
-        """A hash of everything that decides IDs and payloads (not comments or key order)."""
+        """A hash of everything that decides IDs and payloads (not comments or key order).
+
+        The `source:` section is part of it (it decides which rows are read and how: a changed
+        delimiter or `columns` list changes the rows behind every checkpointed position), in
+        the settings that differ from the defaults only, so that a mapping without one, or with
+        one that spells out the defaults, keeps the fingerprint it always had.
+        """
+        mapping = self.model_dump(mode="json", exclude={"source"})
+        source = self.source.model_dump(mode="json", exclude_defaults=True)
+        if source.get("header") == (self.source.columns is None):
+            del source["header"]  # what it is without `header:`
+        if source:
+            mapping["source"] = source
         body = json.dumps(
-            {"contract": ID_CONTRACT_VERSION, "mapping": self.model_dump(mode="json")},
+            {"contract": ID_CONTRACT_VERSION, "mapping": mapping},
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -326,14 +341,43 @@ def _field_names(spec: MappingSpec) -> dict[str, str]:
 
 def resolve_mapping(spec: MappingSpec, schema: pa.Schema, *, origin: str) -> ResolvedMapping:
     """Bind `spec` to `schema`; raises MappingError naming the file, field and columns."""
-    available = list(schema.names)
-    uses = _field_names(spec)
-    columns = {
-        name: resolve_column(name, available, origin=origin, field=uses.get(name, "mapping"))
-        for name in spec.referenced_columns()
-    }
+    columns, missing = find_columns(spec, schema, origin=origin)
+    if missing:
+        raise next(iter(missing.values()))
     _check_types(spec, schema, columns, origin)
     return ResolvedMapping(spec=spec, columns=columns, schema=schema)
+
+
+def find_columns(
+    spec: MappingSpec, schema: pa.Schema, *, origin: str
+) -> tuple[dict[str, str], dict[str, MappingError]]:
+    """The binding step of `resolve_mapping`, tolerant of absent columns: (the columns found,
+    mapping name -> file column; the error for each column the file does not have at all).
+    An ambiguous name still raises."""
+    available = list(schema.names)
+    lowered = {c.lower() for c in available}
+    uses = _field_names(spec)
+    columns: dict[str, str] = {}
+    missing: dict[str, MappingError] = {}
+    for name in spec.referenced_columns():
+        try:
+            columns[name] = resolve_column(
+                name, available, origin=origin, field=uses.get(name, "mapping")
+            )
+        except MappingError as exc:
+            if name in available or name.lower() in lowered:
+                raise
+            missing[name] = exc
+    return columns, missing
+
+
+def required_columns(spec: MappingSpec) -> list[str]:
+    """Columns every input file must have: without them no row of the file could be sent
+    (action_name, time, transaction_id); other columns may be absent from some files."""
+    cols = [spec.time.column, *spec.key_columns()]
+    if isinstance(spec.action_name, ColumnSource):
+        cols.insert(0, spec.action_name.column)
+    return list(dict.fromkeys(cols))
 
 
 def _check_types(

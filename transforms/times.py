@@ -31,6 +31,11 @@ _LATE_WALL_US = 2_143_238_400_000_000  # 2037-12-01T00:00:00 (wall clock)
 _OFFSET_RE = r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)$"
 _PY_OFFSET = re.compile(r"[+-]\d{2}(?::?(\d{2})(?::?(\d{2})(?:\.\d+)?)?)?$")
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+# Snowflake's default output "2024-03-01 04:45:42.914 +0000" has a blank before the offset,
+# which neither Arrow's nor Python's parser accepts: it is removed before parsing (the offset
+# is then checked like any other).
+_BLANK_OFFSET = r"(:\d{2}(?:\.\d+)?)\s+([+-]\d{2}(?::?\d{2})?)$"
+_BLANK_OFFSET_RE = re.compile(_BLANK_OFFSET)
 
 
 def _localize(naive_us: pa.Array, tz: str) -> pa.Array:
@@ -146,6 +151,7 @@ def _range_checked(us: pa.Array) -> tuple[pa.Array, np.ndarray]:
 def _parse_strings(s: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
     s = pc.utf8_trim_whitespace(s)
     s = pc.replace_substring_regex(s, pattern=r" ?UTC$", replacement="Z")
+    s = pc.replace_substring_regex(s, pattern=_BLANK_OFFSET, replacement=r"\1\2")
     has_offset = pc.match_substring_regex(s, pattern=_OFFSET_RE)
     n_valid = len(s) - s.null_count
     n_offset = pc.sum(has_offset).as_py() or 0
@@ -164,7 +170,7 @@ def _parse_strings(s: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
 
 def parse_iso_value(text: str) -> tuple[int, bool] | None:
     """One ISO 8601 string -> (epoch_us, is_naive); naive values are wall-clock microseconds."""
-    t = _FRACTION.sub(r"\1", text.strip())
+    t = _BLANK_OFFSET_RE.sub(r"\1\2", _FRACTION.sub(r"\1", text.strip()))
     if t.endswith(("z", "Z")):
         t = t[:-1] + "+00:00"
     try:
