@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from connectors import readers
 from connectors.options import SourceOptions
 from connectors.readers import iter_batches, parquet_num_rows, read_schema
 from connectors.sources import SourceFile, one_line
@@ -136,7 +137,13 @@ def _first_failing(array: pa.Array, target: pa.DataType) -> int | None:
 def holds_only_nulls(src: SourceFile, column: str, options: SourceOptions | None) -> bool:
     """Whether `column` has no value in the first batch of `src` (the block a text format's
     types are inferred from)."""
-    batches = iter_batches(src, columns=[column], text_columns=[column], options=options)
+    batches = iter_batches(
+        src,
+        columns=[column],
+        text_columns=[column],
+        options=options,
+        csv_block_bytes=readers.CSV_BLOCK_BYTES,  # the first batch = the inference block
+    )
     first = next(iter(batches), None)
     return first is None or first.column(0).null_count == first.num_rows
 

@@ -139,7 +139,7 @@ def test_equal_fractions_give_one_id_as_float_and_decimal(d: decimal.Decimal, ex
     scale = -exponent + extra  # trailing zeros: 42.5 == 42.500
     columns = {
         "f64": pa.array([float(d)], pa.float64()),
-        "dec": pa.array([d.quantize(D(1).scaleb(-scale))], pa.decimal128(38, scale)),
+        "dec": pa.array([WIDE.quantize(d, D(1).scaleb(-scale))], pa.decimal128(38, scale)),
         "txt": pa.array([repr(float(d))], pa.string()),
     }
     want = contract_id((repr(float(d)),))

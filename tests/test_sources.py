@@ -278,6 +278,7 @@ def test_csv_text_columns_exact(tmp_path: Path) -> None:
 
 def test_csv_types_stable_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 1 << 14)
+    monkeypatch.setattr(readers, "CSV_STREAM_BLOCK_BYTES", 1 << 14)
     rows = [f"{i},{i * 2},\n" for i in range(5000)] + ["5000,1,late value\n"]
     src = one(write_bytes(tmp_path / "s.csv", ("a,b,c\n" + "".join(rows)).encode()))
     batches = list(iter_batches(src))
