@@ -35,3 +35,10 @@ def settings_for(tmp_path: Path, sources: list[Path], **kw: Any) -> RunSettings:
     }
     base.update(kw)
     return RunSettings.model_validate(base)
+
+
+def strict_settings(
+    tmp_path: Path, sources: list[Path], server: Any, stream: str, **kw: Any
+) -> RunSettings:
+    """`settings_for` sending to `stream` on the strict Firehose endpoint `server`."""
+    return settings_for(tmp_path, sources, stream=stream, endpoint_url=server.endpoint_url, **kw)

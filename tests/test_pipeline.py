@@ -27,7 +27,7 @@ from moesif_backfill.errors import (
     TransientDeliveryError,
 )
 from tests.datasets import MAPPING, NAMESPACE, expected_ids, ids_of, write_mapping, write_payments
-from tests.runner import run_plain, settings_for
+from tests.runner import run_plain, settings_for, strict_settings
 
 pytestmark = pytest.mark.integration
 
@@ -67,9 +67,7 @@ def test_faults_every_row_delivered_at_least_once(
         drop_after_store_rate=0.05,
         drop_before_store_rate=0.05,
     )
-    s = settings_for(
-        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
-    )
+    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream)
     summary, err = run_plain(s)
     assert err is None, err
     delivered = strict_firehose.transaction_ids(firehose_stream)
@@ -89,11 +87,11 @@ def test_permanent_failure_checkpoint_holds_exactly_what_was_delivered(
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 10_000)
     strict_firehose.configure(delete_stream_after_calls=7)
-    s = settings_for(
+    s = strict_settings(
         tmp_path,
         [src],
-        stream=firehose_stream,
-        endpoint_url=strict_firehose.endpoint_url,
+        strict_firehose,
+        firehose_stream,
         chunks_in_flight=1,
         max_in_flight=1,
     )
@@ -129,9 +127,7 @@ def test_throttled_beyond_budget_is_transient_and_resumable(
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 2_000)
     strict_firehose.configure(throttle_rate=1.0)
-    s = settings_for(
-        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
-    )
+    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream)
     summary, err = run_plain(s)
     assert isinstance(err, TransientDeliveryError)
     assert "rerun" in str(err).lower() or "resume" in str(err).lower()
@@ -146,9 +142,7 @@ def test_rows_older_than_30_days_stop_before_sending(
 ) -> None:
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=45)
     src = write_payments(tmp_path / "old.parquet", 1, 300, now=old)
-    s = settings_for(
-        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
-    )
+    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream)
     with pytest.raises(PreflightError, match=r"300 row\(s\) are more than 30 days old"):
         Run(s).prepare()
     assert strict_firehose.transaction_ids(firehose_stream) == []
@@ -170,9 +164,7 @@ def test_changed_mapping_or_input_needs_reset_or_reprocess(
     tmp_path: Path, strict_firehose: Any, firehose_stream: str
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 1_500)
-    s = settings_for(
-        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
-    )
+    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream)
     assert run_plain(s)[1] is None
 
     changed = dict(MAPPING, action_name={"value": "Another Name"})
@@ -195,9 +187,7 @@ def test_second_run_of_a_job_refuses_to_start(
     tmp_path: Path, strict_firehose: Any, firehose_stream: str
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 10)
-    s = settings_for(
-        tmp_path, [src], stream=firehose_stream, endpoint_url=strict_firehose.endpoint_url
-    )
+    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream)
     first = Run(s)
     first.prepare()
     try:
@@ -221,11 +211,11 @@ def test_rejects_are_written_with_reason_and_row(
         f"il_5,c5,u5,{now},5.5,USD\n",
         encoding="utf-8",
     )
-    s = settings_for(
+    s = strict_settings(
         tmp_path,
         [csv],
-        stream=firehose_stream,
-        endpoint_url=strict_firehose.endpoint_url,
+        strict_firehose,
+        firehose_stream,
         rejects=tmp_path / "rejects.ndjson",
     )
     summary, err = run_plain(s)
@@ -266,11 +256,11 @@ def test_task_retry_within_a_run_counts_every_row_once(
     """What a Prefect task retry does: the same Run processes the same file again."""
     src = write_payments(tmp_path / "p.parquet", 1, 10_000)
     strict_firehose.configure(delete_stream_after_calls=9)
-    s = settings_for(
+    s = strict_settings(
         tmp_path,
         [src],
-        stream=firehose_stream,
-        endpoint_url=strict_firehose.endpoint_url,
+        strict_firehose,
+        firehose_stream,
         chunks_in_flight=1,
         max_in_flight=1,
     )
@@ -300,11 +290,11 @@ def test_unreadable_row_mid_file_stops_with_delivered_chunks_committed(
     csv.write_text(
         "invoice_line_id,customer_id,user_id,created_at,amount,currency\n" + "\n".join(rows) + "\n"
     )
-    s = settings_for(
+    s = strict_settings(
         tmp_path,
         [csv],
-        stream=firehose_stream,
-        endpoint_url=strict_firehose.endpoint_url,
+        strict_firehose,
+        firehose_stream,
         chunk_rows=10_000,
     )
     summary, err = run_plain(s)

@@ -32,7 +32,6 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
 import boto3
@@ -40,6 +39,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from moesif_backfill.standins.lifecycle import StartStop
 from moesif_backfill.standins.receiver import FirehoseReceiver
 
 __all__ = [
@@ -197,7 +197,7 @@ class StreamHandle:
         return aws_client("s3", self.endpoint_url, self.region, **config)
 
 
-class LocalFirehose:
+class LocalFirehose(StartStop):
     """Receiver + moto server + S3 bucket + one HTTP-endpoint delivery stream, all on loopback.
 
     Use as a context manager or call `start`/`stop`. ``endpoint_url``, ``region``, ``stream``
@@ -258,17 +258,6 @@ class LocalFirehose:
         if self._owns_receiver:
             self.receiver.stop()
         self._started = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- addresses -----------------------------------------------------------------------
     @property

@@ -66,8 +66,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Self
+
+from moesif_backfill.standins.lifecycle import StartStop
 
 __all__ = [
     "ACCESS_KEY_HEADER",
@@ -290,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(HTTPStatus.OK, {"requestId": request_id, "timestamp": _now_ms()})
 
 
-class FirehoseReceiver:
+class FirehoseReceiver(StartStop):
     """Threaded stand-in for a Firehose HTTP endpoint that counts Moesif actions.
 
     Thread-safe; every accessor returns a copy. ``url`` is the base URL
@@ -347,17 +348,6 @@ class FirehoseReceiver:
         if thread is not None:
             thread.join(timeout=5)
         self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

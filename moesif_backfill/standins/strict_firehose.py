@@ -94,6 +94,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from moesif_backfill.standins.lifecycle import StartStop
+
 logger = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_CALL = 500
@@ -219,7 +221,7 @@ class _Decision:
     sleep_s: float = 0.0
 
 
-class StrictFirehose:
+class StrictFirehose(StartStop):
     """Local Firehose endpoint that enforces the real limits and injects seeded faults."""
 
     def __init__(
@@ -272,17 +274,6 @@ class StrictFirehose:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-
-    def __enter__(self) -> StrictFirehose:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def endpoint_url(self) -> str:
