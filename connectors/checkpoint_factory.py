@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from connectors.checkpoint import CheckpointStore
 from connectors.checkpoint_local import LocalCheckpointStore
@@ -29,13 +29,18 @@ def make_checkpoint_store(
     endpoint_url: str | None = None,
     region: str | None = None,
     lease_seconds: float = 60.0,
+    client: Any = None,
 ) -> CheckpointStore:
     """Return the checkpoint store for ``location`` (``endpoint_url``/``region``/
     ``lease_seconds``: S3 only)."""
     if isinstance(location, str):
         if location[:5].lower() == "s3://":
             return S3CheckpointStore(
-                location, endpoint_url=endpoint_url, region=region, lease_seconds=lease_seconds
+                location,
+                client=client,
+                endpoint_url=endpoint_url,
+                region=region,
+                lease_seconds=lease_seconds,
             )
         if _URL_SCHEME.match(location):
             scheme = location.split("://", 1)[0]

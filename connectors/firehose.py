@@ -148,10 +148,12 @@ def make_firehose_client(
     max_pool_connections: int = 16,
     connect_timeout_s: float = 5,
     read_timeout_s: float = 30,
+    session: Any = None,
 ) -> Any:
     """A boto3 Firehose client with botocore retries OFF and explicit timeouts.
 
-    Credentials come from boto3's standard chain (environment, profile, SSO, role...).
+    Credentials come from `session` (e.g. a Prefect AwsCredentials block's boto3 session) or
+    else boto3's standard chain (environment, profile, SSO, role...).
     *max_pool_connections* should be at least the sender's ``max_in_flight``.
     """
     config = Config(
@@ -161,7 +163,7 @@ def make_firehose_client(
         read_timeout=read_timeout_s,
     )
     try:
-        return boto3.session.Session().client(
+        return (session or boto3.session.Session()).client(
             "firehose", region_name=region, endpoint_url=endpoint_url, config=config
         )
     except NoRegionError as exc:

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from connectors import storage
 from connectors.checkpoint import CheckpointStore
@@ -21,9 +22,30 @@ from flows.report import RunSummary, write_json_atomic
 from flows.settings import DEFAULT_REJECTS_DIR, RunSettings
 from flows.sinks import CountingSink, DryRunSink, FirehoseSink, Sink
 from moesif_backfill import PROCESS_T0
-from moesif_backfill.errors import BackfillError, PermanentDeliveryError, PreflightError
+from moesif_backfill.errors import (
+    BackfillError,
+    ConfigError,
+    PermanentDeliveryError,
+    PreflightError,
+)
 
 log = logging.getLogger(__name__)
+
+
+def aws_session(block_name: str | None) -> Any:
+    """The boto3 session of a Prefect AwsCredentials block (None: boto3's standard chain)."""
+    if block_name is None:
+        return None
+    from prefect_aws import AwsCredentials  # noqa: PLC0415 - imported only when a block is named
+
+    try:
+        block: Any = AwsCredentials.load(block_name)
+    except ValueError as exc:
+        raise ConfigError(
+            f"no Prefect AwsCredentials block named {block_name!r} ({exc}); create it in the "
+            "Prefect UI or with AwsCredentials(...).save(name)"
+        ) from None
+    return block.get_boto3_session()
 
 
 class Run:
@@ -41,16 +63,24 @@ class Run:
         self.sink: Sink | None = None
         self.rejects: RejectsWriter | None = None
         self._committed: dict[int, set[int]] = {}  # file index -> chunks committed this run
+        self.session: Any = None  # a boto3 session from an AwsCredentials block, if given
 
     # ------------------------------------------------------------------ prepare
     def prepare(self) -> Plan:
         s = self.settings
-        storage.configure_s3(endpoint_url=s.s3_endpoint_url, region=s.region)
+        self.session = aws_session(s.aws_credentials_block)
+        storage.configure_s3(endpoint_url=s.s3_endpoint_url, region=s.region, session=self.session)
+        s3_client = None
+        if self.session is not None and s.checkpoint_is_s3:
+            s3_client = self.session.client(
+                "s3", endpoint_url=s.s3_endpoint_url, region_name=s.region
+            )
         store = make_checkpoint_store(
             s.checkpoint,
             endpoint_url=s.s3_endpoint_url,
             region=s.region,
             lease_seconds=s.lease_seconds,
+            client=s3_client,
         )
         self.store = store if s.mode == "send" else None
         if s.mode == "send":
@@ -93,6 +123,7 @@ class Run:
             max_pool_connections=s.max_in_flight + 2,
             connect_timeout_s=s.connect_timeout_s,
             read_timeout_s=s.read_timeout_s,
+            session=self.session,
         )
         sender = FirehoseSender(
             client,

@@ -31,6 +31,9 @@ class RunSettings(BaseModel):
     lease_seconds: float = Field(
         default=60.0, ge=2, le=3600, description="S3 checkpoint lease; a crashed run's expires"
     )
+    aws_credentials_block: str | None = Field(
+        default=None, min_length=1, description="a Prefect AwsCredentials block to use"
+    )
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint override (sources and checkpoints)"
     )

@@ -33,6 +33,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--s3-endpoint-url", help="S3 endpoint URL for s3:// sources and checkpoints (e.g. moto)"
     )
+    p.add_argument(
+        "--aws-credentials-block",
+        metavar="NAME",
+        help="use the AWS credentials of this Prefect AwsCredentials block (prefect-aws)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +112,7 @@ def _settings(args: argparse.Namespace) -> Any:
         "chunk_rows": args.chunk_rows,
         "region": args.region,
         "s3_endpoint_url": args.s3_endpoint_url,
+        "aws_credentials_block": args.aws_credentials_block,
     }
     if args.command == "validate":
         data["mode"] = "validate"

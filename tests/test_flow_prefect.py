@@ -67,3 +67,50 @@ def test_flow_fails_loudly_on_config_error(
     with pytest.raises(MappingError, match=r"no_such_column.*Available columns: invoice_line_id"):
         backfill(settings)
     assert strict_firehose.transaction_ids(firehose_stream) == []
+
+
+def test_credentials_from_a_prefect_aws_block(
+    tmp_path: Path,
+    prefect_api: str,
+    moto_firehose: Any,
+    strict_firehose: Any,
+    firehose_stream: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With --aws-credentials-block, S3 sources, the S3 checkpoint and Firehose all use the
+    block's credentials: the environment has none, so without the block this run would fail."""
+    import uuid
+
+    from prefect_aws import AwsCredentials
+
+    s3 = moto_firehose.s3_client()
+    bucket = f"block-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    src = write_payments(tmp_path / "p.parquet", 1, 1_200)
+    s3.upload_file(str(src), bucket, "exports/p.parquet")
+    AwsCredentials(
+        aws_access_key_id="block-key-id",
+        aws_secret_access_key="block-secret",
+        region_name="us-east-1",
+    ).save("moesif-test-creds", overwrite=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a metadata service
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    settings = RunSettings(
+        sources=[f"s3://{bucket}/exports/"],
+        mapping=write_mapping(tmp_path / "m.yaml"),
+        stream=firehose_stream,
+        endpoint_url=strict_firehose.endpoint_url,
+        s3_endpoint_url=moto_firehose.endpoint_url,
+        region="us-east-1",
+        checkpoint=f"s3://{bucket}/checkpoints/",
+        job="block-test",
+        aws_credentials_block="moesif-test-creds",
+    )
+    result = backfill(settings)
+    assert result["status"] == "complete" and result["actions_sent"] == 1_200
+    assert set(strict_firehose.transaction_ids(firehose_stream)) == expected_ids(1, 1_200)
+    head = s3.head_object(Bucket=bucket, Key="checkpoints/block-test/state.json")
+    assert head["ContentLength"] > 0
