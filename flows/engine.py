@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -278,12 +277,4 @@ class FileRunner:
             self.progress.rows_done(n)
 
 
-class RunTimer:
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-
-    def elapsed(self) -> float:
-        return round(time.monotonic() - self.start, 3)
-
-
-__all__ = ["BackfillError", "Counts", "FileRunner", "ProgressListener", "RunTimer", "rechunk"]
+__all__ = ["BackfillError", "Counts", "FileRunner", "ProgressListener", "rechunk"]

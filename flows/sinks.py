@@ -7,7 +7,6 @@ delivered; the engine commits the chunk only after that future succeeded.
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,15 +17,14 @@ import pyarrow.compute as pc
 from isal import igzip_threaded
 
 from connectors.firehose import FirehoseSender
+from connectors.firehose_batching import BILLING_INCREMENT_BYTES
 from flows.rejects import PRIVATE_FILE_MODE
-
-BILLING_UNIT_BYTES = 5 * 1024  # Firehose ingestion is billed per record in 5 KB steps
 
 
 def byte_counts(records: pa.Array) -> tuple[int, int]:
     """(total bytes, Firehose billable 5 KB units) of a chunk's records."""
     lengths = np.asarray(pc.binary_length(records).to_numpy(zero_copy_only=False), dtype=np.int64)
-    units = (lengths + BILLING_UNIT_BYTES - 1) // BILLING_UNIT_BYTES
+    units = (lengths + BILLING_INCREMENT_BYTES - 1) // BILLING_INCREMENT_BYTES
     return int(lengths.sum()), int(units.sum())
 
 
@@ -119,7 +117,6 @@ class DryRunSink(CountingSink):
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self._fh: Any = None
-        self._lock = threading.Lock()
         self.files: list[Path] = []
 
     def open_file(self, index: int, name: str) -> None:
