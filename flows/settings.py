@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,7 +22,11 @@ class RunSettings(BaseModel):
     sources: list[str] = Field(min_length=1, description="files, directories or globs")
     mapping: Path = Field(description="the mapping YAML file")
     mode: Mode = "send"
-    stream: str | None = Field(default=None, min_length=1, max_length=64)
+    streams: list[str] = Field(
+        default_factory=list,
+        description="Firehose streams; with several, an action goes to the stream picked by a "
+        "hash of its transaction_id (always the same one)",
+    )
     out: Path | None = Field(default=None, description="--dry-run output directory")
     region: str | None = None
     endpoint_url: str | None = None
@@ -43,6 +48,23 @@ class RunSettings(BaseModel):
     allow_older_than_30_days: bool = False
     max_records_per_second: float | None = Field(default=None, gt=0)
     max_mib_per_second: float | None = Field(default=None, gt=0)
+    adaptive_rate: bool = Field(
+        default=True,
+        description="on throttling, lower the send rate (multiplicative decrease) and raise it "
+        "again slowly (additive increase)",
+    )
+    dask_address: str | None = Field(
+        default=None, min_length=1, description="run shards on this Dask scheduler (tcp://...)"
+    )
+    workers: int | None = Field(
+        default=None, ge=1, le=64, description="run shards on a local Dask cluster of N processes"
+    )
+    window_start: dt.datetime | None = Field(
+        default=None, description="send only rows whose time is >= this (time-window mode)"
+    )
+    window_end: dt.datetime | None = Field(
+        default=None, description="send only rows whose time is < this (time-window mode)"
+    )
     chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
     max_in_flight: int = Field(default=8, ge=1, le=64, description="PutRecordBatch calls at once")
     chunks_in_flight: int = Field(default=4, ge=1, le=64)
@@ -53,6 +75,35 @@ class RunSettings(BaseModel):
     reprocess: list[str] = []
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_stream(cls, data: Any) -> Any:
+        """`stream="x"` (one stream, the common case) is short for `streams=["x"]`."""
+        if isinstance(data, dict) and "stream" in data:
+            data = dict(data)
+            one = data.pop("stream")
+            if one is not None:
+                if data.get("streams"):
+                    raise ValueError("give either stream or streams, not both")
+                data["streams"] = [one]
+        return data
+
+    @field_validator("streams")
+    @classmethod
+    def _stream_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not 1 <= len(name) <= 64:
+                raise ValueError(f"stream name {name!r} must have 1-64 characters")
+        dup = sorted({n for n in v if v.count(n) > 1})
+        if dup:
+            raise ValueError(f"stream {dup[0]!r} is given twice; give each stream once")
+        return v
+
+    @property
+    def stream(self) -> str | None:
+        """The first (usually the only) stream."""
+        return self.streams[0] if self.streams else None
 
     @field_validator("checkpoint", mode="before")
     @classmethod
@@ -69,4 +120,11 @@ class RunSettings(BaseModel):
             raise ValueError("give --stream NAME to send, or --dry-run --out DIR to preview")
         if self.mode == "dry-run" and self.out is None:
             raise ValueError("--dry-run needs --out DIR (where the would-be records are written)")
+        if self.dask_address and self.workers:
+            raise ValueError("give --dask-address (an existing cluster) or --workers, not both")
+        for when in (self.window_start, self.window_end):
+            if when is not None and when.tzinfo is None:
+                raise ValueError("window_start/window_end need a time zone (e.g. ...+00:00)")
+        if self.window_start and self.window_end and self.window_start >= self.window_end:
+            raise ValueError("window_start must be before window_end")
         return self

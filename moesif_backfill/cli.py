@@ -49,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="backfill SOURCE... (or --dry-run to preview)")
     _common(run)
     target = run.add_mutually_exclusive_group(required=True)
-    target.add_argument("--stream", help="Firehose stream (delivery stream) name")
+    target.add_argument(
+        "--stream",
+        action="append",
+        metavar="NAME",
+        help="Firehose stream (delivery stream) name; repeat to spread actions over several "
+        "streams by a hash of transaction_id",
+    )
     target.add_argument(
         "--dry-run",
         action="store_true",
@@ -76,9 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--rejects", type=Path, help="rejects NDJSON file (default: in the checkpoint)"
     )
     run.add_argument("--summary-json", type=Path, help="write the run summary here")
-    run.add_argument("--max-records-per-second", type=float)
-    run.add_argument("--max-mib-per-second", type=float)
-    run.add_argument("--max-in-flight", type=int, default=8, help="PutRecordBatch calls at once")
+    run.add_argument(
+        "--max-records-per-second",
+        type=float,
+        help="cap each stream at this many records/s (its Firehose quota)",
+    )
+    run.add_argument(
+        "--max-mib-per-second", type=float, help="cap each stream at this many MiB/s of data"
+    )
+    run.add_argument(
+        "--max-in-flight", type=int, default=8, help="PutRecordBatch calls at once (per stream)"
+    )
+    run.add_argument(
+        "--adaptive-rate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on throttling, lower the send rate and raise it again slowly (default: on)",
+    )
+    cluster = run.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--dask-address", metavar="TCP_URL", help="run shards on an existing Dask scheduler"
+    )
+    cluster.add_argument(
+        "--workers", type=int, metavar="N", help="run shards on a local Dask cluster of N processes"
+    )
     run.add_argument(
         "--retry-attempts",
         type=int,
@@ -119,7 +146,7 @@ def _settings(args: argparse.Namespace) -> Any:
     else:
         data.update(
             mode="dry-run" if args.dry_run else "send",
-            stream=args.stream,
+            streams=args.stream or [],
             out=args.out,
             endpoint_url=args.endpoint_url,
             checkpoint=args.checkpoint,
@@ -130,6 +157,9 @@ def _settings(args: argparse.Namespace) -> Any:
             max_records_per_second=args.max_records_per_second,
             max_mib_per_second=args.max_mib_per_second,
             max_in_flight=args.max_in_flight,
+            adaptive_rate=args.adaptive_rate,
+            dask_address=args.dask_address,
+            workers=args.workers,
             retry_attempts=args.retry_attempts,
             reset=args.reset,
             reprocess=args.reprocess,
