@@ -33,7 +33,15 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from moesif_backfill.errors import CheckpointError, ConfigError
 
@@ -69,6 +77,19 @@ def validate_job_name(job: str) -> str:
     return job
 
 
+_DOCUMENT_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\.json")
+_RESERVED_NAMES: Final = frozenset({STATE_NAME, PREV_NAME, "lease.json"})
+
+
+def _document_name(name: str) -> str:
+    if not _DOCUMENT_NAME_RE.fullmatch(name) or name in _RESERVED_NAMES:
+        raise ConfigError(
+            f"invalid checkpoint document name {name!r}: use lower-case letters, digits, '_' "
+            f"and '-' ending in .json, and not {sorted(_RESERVED_NAMES)}"
+        )
+    return name
+
+
 def _utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -92,6 +113,17 @@ class FileProgress(BaseModel):
     total_chunks: int | None = Field(default=None, ge=0)
     rows_sent: int = Field(default=0, ge=0)
     rows_rejected: int = Field(default=0, ge=0)
+    # Rows of committed chunks outside the run's time window (RunSettings.window_start/_end):
+    # neither sent nor rejected. Stored only when non-zero, so checkpoints of runs without a
+    # window stay readable by versions that do not know the field.
+    rows_outside_window: int = Field(default=0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_zero_outside(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("rows_outside_window"):
+            data.pop("rows_outside_window", None)
+        return data
 
     @model_validator(mode="after")
     def _check_ranges(self) -> Self:
@@ -115,8 +147,9 @@ class FileProgress(BaseModel):
         i = bisect.bisect_right(self.done, chunk, key=_range_start)
         return i > 0 and self.done[i - 1][1] > chunk
 
-    def mark_done(self, chunk: int, *, sent: int, rejected: int) -> None:
-        """Record ``chunk`` as committed with its row counts.
+    def mark_done(self, chunk: int, *, sent: int, rejected: int, outside: int = 0) -> None:
+        """Record ``chunk`` as committed with its row counts (``outside``: rows outside the
+        run's time window).
 
         Idempotent: marking a chunk that is already done changes nothing (its counts are not
         added again). Adjacent ranges are merged.
@@ -125,8 +158,10 @@ class FileProgress(BaseModel):
             raise ValueError(f"chunk index must be >= 0, got {chunk}")
         if self.total_chunks is not None and chunk >= self.total_chunks:
             raise ValueError(f"chunk {chunk} is past the end of the file ({self.total_chunks})")
-        if sent < 0 or rejected < 0:
-            raise ValueError(f"row counts must be >= 0, got sent={sent} rejected={rejected}")
+        if sent < 0 or rejected < 0 or outside < 0:
+            raise ValueError(
+                f"row counts must be >= 0, got sent={sent} rejected={rejected} outside={outside}"
+            )
         i = bisect.bisect_right(self.done, chunk, key=_range_start)
         if i > 0 and self.done[i - 1][1] > chunk:
             return  # already done
@@ -141,6 +176,7 @@ class FileProgress(BaseModel):
         self.done[start:end] = [(lo, hi)]
         self.rows_sent += sent
         self.rows_rejected += rejected
+        self.rows_outside_window += outside
 
     @property
     def complete(self) -> bool:
@@ -346,6 +382,52 @@ class CheckpointStore(ABC):
         finally:
             release()
 
+    def read_document(self, job: str, name: str) -> dict[str, Any] | None:
+        """Return the named JSON document stored beside the job's state, or None if absent.
+
+        Documents (for example the nightly sync's watermark) use the state's checksummed
+        envelope. A damaged or newer-format document raises :class:`CheckpointError`; there is
+        no previous generation to fall back to, so the message names the object.
+        """
+        validate_job_name(job)
+        where = self._where(job, _document_name(name))
+        data = self._read_checked(job, name)
+        if data is None:
+            return None
+        try:
+            envelope = json.loads(data)
+            version = envelope["format_version"]
+            body = envelope["body"]
+            digest = envelope["sha256"]
+        except (ValueError, RecursionError, TypeError, KeyError) as e:
+            raise CheckpointError(
+                f"{where} is damaged ({type(e).__name__}); restore it or delete it "
+                f"(see the documentation of what it records before deleting)"
+            ) from None
+        if type(version) is int and version > FORMAT_VERSION:
+            raise _too_new(version, where)
+        if not isinstance(body, dict) or hashlib.sha256(_canonical(body)).hexdigest() != digest:
+            raise CheckpointError(
+                f"{where} is damaged (checksum mismatch); restore it or delete it "
+                f"(see the documentation of what it records before deleting)"
+            )
+        return body
+
+    def write_document(self, job: str, name: str, body: dict[str, Any]) -> None:
+        """Atomically replace the named JSON document (the caller holds the job's lock).
+
+        Never store a secret in a document: it is as readable as the checkpoint.
+        """
+        validate_job_name(job)
+        self._check_lease(job)
+        data = _canonical(body)
+        digest = hashlib.sha256(data).hexdigest()
+        head = f'{{"format_version":{FORMAT_VERSION},"sha256":"{digest}","body":'.encode("ascii")
+        try:
+            self._write_atomic(job, _document_name(name), head + data + b"}\n")
+        except OSError as e:
+            raise CheckpointError(f"could not write {self._where(job, name)}: {e}") from e
+
     @abstractmethod
     def describe(self) -> str:
         """Human-readable location of the store for messages (never a secret)."""
@@ -369,6 +451,13 @@ class CheckpointStore(ABC):
         """Take the job's exclusive lock or raise JobLockedError; return the release function."""
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _check_lease(self, job: str) -> None:
+        """Raise if this store held ``job``'s lock and lost it (backends with leases: S3).
+
+        A local lock cannot be lost while its descriptor is open: nothing to check.
+        """
+        return None
 
     def _where(self, job: str, name: str) -> str:
         return f"{self.describe()}/{job}/{name}"

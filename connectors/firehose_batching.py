@@ -40,12 +40,22 @@ def plan_batches(
     """
     if max_records < 1 or max_bytes < 1:
         raise ValueError("max_records and max_bytes must be positive")
+    if not sizes:
+        return []
+    biggest = max(sizes)
+    if biggest > min(MAX_RECORD_BYTES, max_bytes):
+        for index, size in enumerate(sizes):
+            check_record_size(index, size, max_bytes=max_bytes)
+    if biggest * max_records <= max_bytes:
+        # Any max_records records fit in max_bytes (the usual case: actions of a few hundred
+        # bytes), so the greedy split below would close a range every max_records records.
+        n = len(sizes)
+        return [(start, min(start + max_records, n)) for start in range(0, n, max_records)]
     ranges: list[tuple[int, int]] = []
     start = 0
     count = 0
     total = 0
     for index, size in enumerate(sizes):
-        check_record_size(index, size, max_bytes=max_bytes)
         if count and (count + 1 > max_records or total + size > max_bytes):
             ranges.append((start, index))
             start, count, total = index, 0, 0
@@ -74,6 +84,15 @@ def check_record_size(index: int, size: int, *, max_bytes: int = MAX_BATCH_BYTES
             f"record {index} is {size} bytes; Firehose accepts at most {limit} bytes per "
             "record (filter or split such records before sending)"
         )
+
+
+def billable_units_total(sizes: Sequence[int]) -> int:
+    """Sum of `billable_units` over records of these sizes (one pass when all are small)."""
+    if not sizes:
+        return 0
+    if max(sizes) <= BILLING_INCREMENT_BYTES:
+        return len(sizes)
+    return sum(map(billable_units, sizes))
 
 
 def billable_units(size: int) -> int:

@@ -58,9 +58,11 @@ def iter_file_batches(
     number_columns: Collection[str] = (),
     batch_rows: int = 65_536,
     options: SourceOptions | None = None,
+    row_groups: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """`columns` of `src` (names as `file_schema` gives them, or missing ones) in batches of at
-    most `batch_rows` rows, all with the same schema."""
+    most `batch_rows` rows, all with the same schema (`row_groups`: only those of a Parquet
+    file, see connectors.readers.iter_batches)."""
     constant = {c for c in columns if c in read.partitions and c not in read.missing}
     own = [c for c in columns if c not in constant and c not in read.missing]
     texts = [c for c in text_columns if c in own]
@@ -75,6 +77,7 @@ def iter_file_batches(
         number_columns=[c for c in number_columns if c in own],
         batch_rows=batch_rows,
         options=options,
+        row_groups=row_groups,
     )
     own_asked = {c for c in own if c in columns}
     if not constant and not read.missing and not read.types and len(own_asked) == len(columns):

@@ -1,11 +1,11 @@
-"""How long to wait: a thread-safe token bucket (traffic shaping) and the retry backoff policy."""
+"""How long to wait: traffic shaping (token bucket, rate limiter) and the retry backoff."""
 
 from __future__ import annotations
 
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -51,6 +51,103 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return wait
+
+
+class RateLimiter:
+    """Traffic shaping over several dimensions at once (records/s and bytes/s of one stream).
+
+    Each dimension *d* with a rate is a leaky bucket (GCRA): a `level` of tokens in use drains at
+    ``rate[d]`` per second; a call of ``amounts[d]`` may go when ``level + amount <= burst``
+    (``burst = rate * burst_s``) in EVERY dimension, or, for a call larger than the burst, when
+    the level is 0; it then adds its amounts to the levels. So no window of *t* seconds carries
+    more than ``rate * t + max(burst, largest call)`` in any dimension, and a backlog goes at
+    exactly ``rate`` whatever the burst. Unlike `TokenBucket` a call takes its tokens only when
+    it goes: threads that wait re-check after `set_rates`, so a lowered rate applies at once to
+    calls not yet sent (the adaptive rate relies on this). A dimension whose rate is None is
+    not limited. A bucket starts as if a call had just filled it: the first call waits
+    ``amount / rate``, as does the first after a dimension becomes limited, so no burst
+    follows the start or a rate being set.
+    """
+
+    def __init__(
+        self,
+        rates: Sequence[float | None],
+        *,
+        burst_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst_s < 0:
+            raise ValueError("burst_s must not be negative")
+        self.burst_s = burst_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._rates: list[float | None] = [None] * len(rates)
+        self._levels = [0.0] * len(rates)
+        self._fresh = [False] * len(rates)
+        self._last = clock()
+        self._apply(rates)
+
+    @property
+    def rates(self) -> tuple[float | None, ...]:
+        with self._cond:
+            return tuple(self._rates)
+
+    def set_rates(self, rates: Sequence[float | None]) -> None:
+        """Change the rates; waiting callers re-check at once."""
+        with self._cond:
+            self._drain(self._clock())
+            self._apply(rates)
+            self._cond.notify_all()
+
+    def _apply(self, rates: Sequence[float | None]) -> None:
+        if len(rates) != len(self._rates):
+            raise ValueError(f"expected {len(self._rates)} rates, got {len(rates)}")
+        for d, rate in enumerate(rates):
+            if rate is not None and rate <= 0:
+                raise ValueError(f"rates must be positive or None, got {rate!r}")
+            if rate is not None and self._rates[d] is None:
+                self._levels[d] = rate * self.burst_s  # newly limited: no burst
+                self._fresh[d] = True
+            self._rates[d] = rate
+
+    def _drain(self, now: float) -> None:
+        elapsed = max(0.0, now - self._last)
+        for d, rate in enumerate(self._rates):
+            if rate is not None:
+                self._levels[d] = max(0.0, self._levels[d] - elapsed * rate)
+        self._last = now
+
+    def _try_take_locked(self, amounts: Sequence[float]) -> float:
+        self._drain(self._clock())
+        wait = 0.0
+        for d, rate in enumerate(self._rates):
+            if rate is not None:
+                if self._fresh[d]:  # the first call waits amount / rate, whatever its size
+                    self._levels[d] = max(self._levels[d], amounts[d])
+                    self._fresh[d] = False
+                allowed = max(0.0, rate * self.burst_s - amounts[d])
+                wait = max(wait, (self._levels[d] - allowed) / rate)
+        if wait > 1e-9:  # a caller that slept exactly `wait` is not sent back for rounding
+            return wait
+        for d, rate in enumerate(self._rates):
+            if rate is not None:
+                self._levels[d] += amounts[d]
+        return 0.0
+
+    def try_take(self, amounts: Sequence[float]) -> float:
+        """Take *amounts* if they may go now (returns 0), else take nothing: seconds to wait."""
+        with self._cond:
+            return self._try_take_locked(amounts)
+
+    def acquire(self, amounts: Sequence[float]) -> float:
+        """Wait until *amounts* may go, take them; return the seconds waited."""
+        start = time.monotonic()
+        with self._cond:
+            while True:
+                wait = self._try_take_locked(amounts)
+                if wait <= 0:
+                    return time.monotonic() - start
+                self._cond.wait(wait)
 
 
 @dataclass(frozen=True)

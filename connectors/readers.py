@@ -1,8 +1,12 @@
 """Bounded-memory Arrow readers for local `SourceFile`s (Parquet, CSV, NDJSON).
 
     read_schema(src, *, text_columns=(), number_columns=()) -> pa.Schema
-    iter_batches(src, *, columns=None, text_columns=(), number_columns=(), batch_rows=65_536)
-        -> Iterator[RecordBatch]
+    iter_batches(src, *, columns=None, text_columns=(), number_columns=(), batch_rows=65_536,
+                 row_groups=None) -> Iterator[RecordBatch]
+    parquet_row_groups(src) -> list[int]   (rows in each row group, from the footer)
+
+`row_groups=(a, b)` reads only a Parquet file's row groups a..b-1 (a shard of the file on a
+Dask cluster, flows/shards.py); error messages still number rows from the start of the file.
 
 Memory stays bounded: Parquet is read with ParquetFile.iter_batches (buffered column chunks, no
 pre-buffering of whole row groups); CSV with pyarrow.csv.open_csv in CSV_BLOCK_BYTES blocks;
@@ -57,6 +61,7 @@ __all__ = [
     "SourceFile",
     "discover_sources",
     "iter_batches",
+    "parquet_row_groups",
     "read_schema",
 ]
 
@@ -105,11 +110,13 @@ def iter_batches(
     batch_rows: int = 65_536,
     options: SourceOptions | None = None,
     csv_block_bytes: int | None = None,
+    row_groups: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `src` as RecordBatches of at most `batch_rows` rows, all with the same schema.
 
     `csv_block_bytes`: CSV block size (default CSV_STREAM_BLOCK_BYTES); CSV_BLOCK_BYTES makes
-    the first batch the block the column types were inferred from.
+    the first batch the block the column types were inferred from. `row_groups`: (a, b) reads
+    only row groups a..b-1 of a Parquet file (ValueError for another format).
 
     Column names are checked now (SourceError for an unknown one); read errors surface while
     iterating, as SourceError naming the file and the row/line or column when known.
@@ -118,8 +125,10 @@ def iter_batches(
         raise ValueError(f"batch_rows must be positive, got {batch_rows}")
     if columns is not None and (not columns or len(set(columns)) != len(columns)):
         raise ValueError(f"columns must be None or distinct column names, got {list(columns)}")
+    if row_groups is not None and src.format != "parquet":
+        raise ValueError(f"{src.path}: row_groups applies to Parquet files only")
     if src.format == "parquet":
-        schema, batches = _parquet_batches(src, columns, batch_rows)
+        schema, batches = _parquet_batches(src, columns, batch_rows, row_groups)
     elif src.format == "csv":
         dialect = csv_dialect(src, options)
         schema, batches = _csv_batches(
@@ -232,21 +241,51 @@ def parquet_num_rows(src: SourceFile) -> int:
         return int(pf.metadata.num_rows)
 
 
+def parquet_row_groups(src: SourceFile) -> list[int]:
+    """The rows in each row group of a Parquet file, from its footer (no data read)."""
+    with _open_parquet(src) as pf:
+        meta = pf.metadata
+        return [int(meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+
+
+def _row_group_range(
+    src: SourceFile, pf: pq.ParquetFile, row_groups: tuple[int, int]
+) -> tuple[list[int], int]:
+    """The row group indices of `row_groups` and the file row the first one starts at."""
+    a, b = row_groups
+    n = pf.metadata.num_row_groups
+    if not 0 <= a < b <= n:
+        raise SourceError(
+            f"{src.path}: row groups {a}..{b - 1} asked for, but the file has {n}; the file "
+            "was replaced since its shards were planned: rerun with --reprocess for it."
+        )
+    first = sum(int(pf.metadata.row_group(i).num_rows) for i in range(a))
+    return list(range(a, b)), first
+
+
 def _parquet_batches(
-    src: SourceFile, columns: Sequence[str] | None, batch_rows: int
+    src: SourceFile,
+    columns: Sequence[str] | None,
+    batch_rows: int,
+    row_groups: tuple[int, int] | None = None,
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     pf = _open_parquet(src)
     try:
         schema = select_columns(src, pf.schema_arrow, columns)
+        groups, first_row = (
+            (None, 0) if row_groups is None else _row_group_range(src, pf, row_groups)
+        )
     except BaseException:
         pf.close()
         raise
 
     def gen() -> Iterator[pa.RecordBatch]:
-        rows = 0
+        rows = first_row
         with pf:
             try:
-                for batch in pf.iter_batches(batch_size=batch_rows, columns=schema.names):
+                for batch in pf.iter_batches(
+                    batch_size=batch_rows, columns=schema.names, row_groups=groups
+                ):
                     check_values(src, batch, rows)
                     yield batch
                     rows += batch.num_rows

@@ -1,4 +1,5 @@
-"""The `moesif-backfill` Prefect flow: preflight, one task per input file, a summary artifact.
+"""The `moesif-backfill` Prefect flow: preflight, one task per input file, a summary artifact
+(or, with --workers/--dask-address, one task per shard on a Dask cluster: flows/dask_run.py).
 
 The flow only wires small steps from `flows.run`; the logic stays plain Python. A file task is
 retried by Prefect when delivery failed with a transient error (throttling, 5xx, dropped
@@ -23,7 +24,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.engine import ProgressListener
-from flows.run import Run
+from flows.report import RunSummary
+from flows.run import Run, on_dask
 from flows.settings import RunSettings
 from moesif_backfill.errors import BackfillError, TransientDeliveryError
 
@@ -144,8 +146,14 @@ def process_file(run: Run, index: int) -> dict[str, int]:
 
 @flow(name="moesif-backfill", log_prints=False)
 def backfill(settings: RunSettings) -> dict[str, Any]:
-    """Backfill the sources into Moesif through Firehose (or preview them with --dry-run)."""
-    logger = get_run_logger()
+    """Backfill the sources into Moesif through Firehose (or preview them with --dry-run).
+
+    With `dask_address` or `workers` the shards run on a Dask cluster (flows/dask_run.py, a
+    subflow); otherwise every file runs here, one task after the other."""
+    if on_dask(settings):
+        from flows.dask_run import run_on_dask  # noqa: PLC0415 - imports distributed
+
+        return run_on_dask(settings)
     run = Run(settings)
     error: BaseException | None = None
     try:
@@ -159,24 +167,30 @@ def backfill(settings: RunSettings) -> dict[str, Any]:
         error = exc
         raise
     finally:
-        summary = run.finish(error)
-        LAST_SUMMARY.clear()
-        LAST_SUMMARY.update(summary.to_dict())
-        if isinstance(run.progress, _Progress) and error is None:
-            update_progress_artifact(run.progress.artifact_id, 100.0)
-        create_table_artifact(
-            table=summary.table_rows(),
-            key=_artifact_key(summary.job, "summary"),
-            description=f"moesif-backfill job {summary.job}: {summary.status}",
-        )
-        logger.info(
-            "job %s %s: read %d, sent %d, rejected %d, skipped %d in %.1fs",
-            summary.job,
-            summary.status,
-            summary.rows_read,
-            summary.actions_sent,
-            summary.rows_rejected,
-            summary.rows_skipped,
-            summary.duration_s,
-        )
+        summary = publish_summary(run, error)
     return summary.to_dict()
+
+
+def publish_summary(run: Run, error: BaseException | None) -> RunSummary:
+    """Finish `run`: its summary for the CLI (LAST_SUMMARY), as an artifact and in the log."""
+    summary = run.finish(error)
+    LAST_SUMMARY.clear()
+    LAST_SUMMARY.update(summary.to_dict())
+    if isinstance(run.progress, _Progress) and error is None:
+        update_progress_artifact(run.progress.artifact_id, 100.0)
+    create_table_artifact(
+        table=summary.table_rows(),
+        key=_artifact_key(summary.job, "summary"),
+        description=f"moesif-backfill job {summary.job}: {summary.status}",
+    )
+    get_run_logger().info(
+        "job %s %s: read %d, sent %d, rejected %d, skipped %d in %.1fs",
+        summary.job,
+        summary.status,
+        summary.rows_read,
+        summary.actions_sent,
+        summary.rows_rejected,
+        summary.rows_skipped,
+        summary.duration_s,
+    )
+    return summary

@@ -15,13 +15,15 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from connectors import storage
 from connectors.checkpoint import CheckpointStore, FileProgress
+from flows.day_window import outside_window, window_us
 from flows.plan import FilePlan, Plan, file_progress
 from flows.rejects import RejectsWriter
 from flows.sinks import Sink
@@ -44,6 +46,7 @@ class Counts:
     actions_sent: int = 0
     rows_rejected: int = 0
     rows_skipped: int = 0
+    rows_outside_window: int = 0  # time outside RunSettings.window_start/_end: not sent
     metadata_nonfinite_omitted: int = 0
     chunks_committed: int = 0
     min_time_us: int | None = None
@@ -54,6 +57,7 @@ class Counts:
         "actions_sent",
         "rows_rejected",
         "rows_skipped",
+        "rows_outside_window",
         "metadata_nonfinite_omitted",
         "chunks_committed",
     )
@@ -137,6 +141,7 @@ class _InFlight:
     sent: int
     rejected: int
     rejects: list[dict[str, Any]]
+    outside: int = 0
 
 
 class FileRunner:
@@ -161,6 +166,7 @@ class FileRunner:
         self.should_stop = should_stop
         self.counts = Counts()
         self.prog: FileProgress = file_progress(plan, fp)
+        self.window = window_us(plan.settings)
         self.inflight: list[_InFlight] = []
         self.error: BaseException | None = None
         # Chunks an earlier attempt of this same run committed (a Prefect task retry): they are
@@ -171,9 +177,10 @@ class FileRunner:
         prog = self.prog
         if prog.complete and not self.committed_this_run:
             n = prog.rows_sent + prog.rows_rejected
-            self.counts.rows_read += n
+            self.counts.rows_read += n + prog.rows_outside_window
             self.counts.rows_skipped += n
-            self._progress(n)
+            self.counts.rows_outside_window += prog.rows_outside_window
+            self._progress(n + prog.rows_outside_window)
             log.info("%s: already delivered by an earlier run (%d rows)", self.fp.src.key, n)
             return self.counts
         # Start fetching the next object while this one is read and sent (S3: no idle network).
@@ -199,8 +206,10 @@ class FileRunner:
                 chunks_seen = chunk + 1
                 if prog.is_done(chunk):
                     if chunk not in self.committed_this_run:
+                        outside = self._outside_count(table)
                         self.counts.rows_read += table.num_rows
-                        self.counts.rows_skipped += table.num_rows
+                        self.counts.rows_skipped += table.num_rows - outside
+                        self.counts.rows_outside_window += outside
                         self._progress(table.num_rows)
                     continue
                 self._submit(chunk, table)
@@ -216,12 +225,32 @@ class FileRunner:
         if prog.total_chunks is not None and self.error is None:
             self._commit()  # records that the file was read to its end
 
+    def _logical(self, table: pa.Table) -> pa.RecordBatch:
+        return self.fp.resolved.to_logical(table.combine_chunks().to_batches()[0])
+
+    def _outside_count(self, table: pa.Table) -> int:
+        if self.window is None:
+            return 0
+        return int(outside_window(self._logical(table), self.plan.spec, self.window).sum())
+
     def _submit(self, chunk: int, table: pa.Table) -> None:
-        batch = self.fp.resolved.to_logical(table.combine_chunks().to_batches()[0])
+        batch = self._logical(table)
         start_row = chunk * self.prog.chunk_rows
+        work, inside = batch, None  # inside: positions of the rows inside the time window
+        if self.window is not None:
+            out = outside_window(batch, self.plan.spec, self.window)
+            if out.any():
+                inside = np.flatnonzero(~out)
+                work = batch.take(pa.array(inside))
         result: ActionBatch = build_actions(
-            batch, self.plan.spec, number_text=self.fp.number_text_fields()
+            work, self.plan.spec, number_text=self.fp.number_text_fields()
         )
+        outside = 0
+        if inside is not None:  # reject rows by their position in the chunk, not in `work`
+            outside = batch.num_rows - len(inside)
+            result = replace(
+                result, accepted=inside[result.accepted], rejected=inside[result.rejected]
+            )
         self.counts.metadata_nonfinite_omitted += result.counters["metadata_nonfinite_omitted"]
         low = result.min_time_us
         if low is not None:
@@ -235,7 +264,7 @@ class FileRunner:
         future = self.sink.submit(result.records)
         failpoints.hit("chunk.submitted")
         self.inflight.append(
-            _InFlight(chunk, future, len(result.records), len(result.rejected), rejects)
+            _InFlight(chunk, future, len(result.records), len(result.rejected), rejects, outside)
         )
 
     def _drain(self, *, block_until: int) -> None:
@@ -259,14 +288,17 @@ class FileRunner:
             log.error("%s chunk %d not delivered: %s", self.fp.src.key, item.chunk, exc)
             return
         self.rejects.write(item.rejects)
-        self.prog.mark_done(item.chunk, sent=item.sent, rejected=item.rejected)
+        self.prog.mark_done(
+            item.chunk, sent=item.sent, rejected=item.rejected, outside=item.outside
+        )
         self.committed_this_run.add(item.chunk)
-        self.counts.rows_read += item.sent + item.rejected
+        self.counts.rows_read += item.sent + item.rejected + item.outside
         self.counts.actions_sent += item.sent
         self.counts.rows_rejected += item.rejected
+        self.counts.rows_outside_window += item.outside
         self.counts.chunks_committed += 1
         self._commit()
-        self._progress(item.sent + item.rejected)
+        self._progress(item.sent + item.rejected + item.outside)
 
     def _commit(self) -> None:
         if self.store is not None:

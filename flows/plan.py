@@ -32,6 +32,7 @@ from connectors.options import SourceOptions
 from connectors.readers import parquet_num_rows
 from connectors.schema_drift import FileColumns, unify_types
 from connectors.sources import SourceFile, discover_sources
+from flows.day_window import outside_mask, window_us
 from flows.settings import RunSettings
 from moesif_backfill.errors import (
     CheckpointMismatchError,
@@ -69,6 +70,8 @@ class FilePlan:
     # columns: partition values, nulls for columns only other files have, unified types.
     options: SourceOptions | None = None
     read: FileRead = NO_CHANGES
+    # A shard of a Parquet file (flows/shards.py): only row groups [a, b) are read.
+    row_groups: tuple[int, int] | None = None
 
     def number_text_fields(self) -> list[str]:
         """`number_columns` under the mapping's (logical) column names."""
@@ -88,6 +91,7 @@ class FilePlan:
             number_columns=self.number_columns,
             batch_rows=batch_rows,
             options=self.options,
+            row_groups=self.row_groups,
         )
 
 
@@ -390,8 +394,12 @@ def file_progress(plan: Plan, fp: FilePlan) -> FileProgress:
 
 
 def check_late_window(plan: Plan, *, now: dt.datetime | None = None) -> None:
-    """Count rows older than Moesif's 30-day window; stop unless the user allowed them."""
+    """Count rows older than Moesif's 30-day window; stop unless the user allowed them.
+
+    With a time window (RunSettings.window_start/_end) only rows inside it count: the others
+    are not sent by this run."""
     settings = plan.settings
+    window = window_us(settings)
     if settings.allow_older_than_30_days and settings.mode != "validate":
         return
     now = now or dt.datetime.now(dt.UTC)
@@ -408,10 +416,12 @@ def check_late_window(plan: Plan, *, now: dt.datetime | None = None) -> None:
                 is_old = np.asarray(
                     pc.fill_null(pc.less(us, cutoff_us), False).to_numpy(zero_copy_only=False)
                 )
+                if window is not None:
+                    is_old &= ~outside_mask(us, window)
                 n_old = int(is_old.sum())
                 if n_old:
                     old += n_old
-                    low = pc.min(us).as_py()
+                    low = pc.min(pc.filter(us, pa.array(is_old))).as_py()
                     oldest = low if oldest is None else min(oldest, low)
         except SourceError as exc:
             raise ConfigError(str(exc)) from None

@@ -19,6 +19,7 @@ class RunSummary:
     actions_sent: int = 0
     rows_rejected: int = 0
     rows_skipped: int = 0
+    rows_outside_window: int = 0  # time outside the run's window (nightly time mode): not sent
     firehose_calls: int = 0
     records_retried: int = 0
     throttled_calls: int = 0
@@ -26,6 +27,11 @@ class RunSummary:
     connection_errors: int = 0
     bytes_sent: int = 0
     billable_5kb_units: int = 0
+    # Time the given quota allows for this run's records: max(records / records_per_second,
+    # bytes / (mib_per_second * MiB)) / streams; None without a records/s or MiB/s limit.
+    expected_send_s: float | None = None
+    send_limits: dict[str, Any] = field(default_factory=dict)  # per-stream limits, stream count
+    streams: dict[str, dict[str, int]] = field(default_factory=dict)  # per stream: records...
     metadata_nonfinite_omitted: int = 0
     rows_older_than_30_days: int = 0
     files_total: int = 0
@@ -44,7 +50,9 @@ class RunSummary:
 
     @property
     def accounted(self) -> bool:
-        return self.rows_read == self.actions_sent + self.rows_rejected + self.rows_skipped
+        return self.rows_read == (
+            self.actions_sent + self.rows_rejected + self.rows_skipped + self.rows_outside_window
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -61,6 +69,7 @@ class RunSummary:
             "actions_sent",
             "rows_rejected",
             "rows_skipped",
+            "rows_outside_window",
             "firehose_calls",
             "records_retried",
             "throttled_calls",
@@ -68,6 +77,7 @@ class RunSummary:
             "connection_errors",
             "bytes_sent",
             "billable_5kb_units",
+            "expected_send_s",
             "metadata_nonfinite_omitted",
             "files_complete",
             "files_total",

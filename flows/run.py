@@ -15,12 +15,13 @@ from connectors import storage
 from connectors.checkpoint import CheckpointStore
 from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.firehose import FirehoseSender, RetryPolicy, make_firehose_client
+from flows import shards
 from flows.engine import Counts, FileRunner, ProgressListener
 from flows.plan import Plan, default_job_name, make_plan
 from flows.rejects import RejectsWriter
 from flows.report import RunSummary, write_json_atomic
 from flows.settings import DEFAULT_REJECTS_DIR, RunSettings
-from flows.sinks import CountingSink, DryRunSink, FirehoseSink, Sink
+from flows.sinks import CountingSink, DryRunSink, FirehoseSink, Quota, Sink
 from moesif_backfill import PROCESS_T0
 from moesif_backfill.errors import (
     BackfillError,
@@ -48,6 +49,26 @@ def aws_session(block_name: str | None) -> Any:
     return block.get_boto3_session()
 
 
+def checkpoint_store(settings: RunSettings, session: Any) -> CheckpointStore:
+    """The checkpoint store of `settings` (S3 with the session's credentials, if given)."""
+    s = settings
+    s3_client = None
+    if session is not None and s.checkpoint_is_s3:
+        s3_client = session.client("s3", endpoint_url=s.s3_endpoint_url, region_name=s.region)
+    return make_checkpoint_store(
+        s.checkpoint,
+        endpoint_url=s.s3_endpoint_url,
+        region=s.region,
+        lease_seconds=s.lease_seconds,
+        client=s3_client,
+    )
+
+
+def on_dask(settings: RunSettings) -> bool:
+    """Whether the run's shards go to a Dask cluster (flows/dask_run.py)."""
+    return bool(settings.dask_address or settings.workers)
+
+
 class Run:
     """Owns the resources of one run: the plan, the job lock, the sink and the counters."""
 
@@ -70,25 +91,17 @@ class Run:
         s = self.settings
         self.session = aws_session(s.aws_credentials_block)
         storage.configure_s3(endpoint_url=s.s3_endpoint_url, region=s.region, session=self.session)
-        s3_client = None
-        if self.session is not None and s.checkpoint_is_s3:
-            s3_client = self.session.client(
-                "s3", endpoint_url=s.s3_endpoint_url, region_name=s.region
-            )
-        store = make_checkpoint_store(
-            s.checkpoint,
-            endpoint_url=s.s3_endpoint_url,
-            region=s.region,
-            lease_seconds=s.lease_seconds,
-            client=s3_client,
-        )
+        store = checkpoint_store(s, self.session)
         self.store = store if s.mode == "send" else None
         if s.mode == "send":
             job = s.job or default_job_name(s)
             self._stack.enter_context(store.lock(job))
             if s.reset:
                 store.reset(job)
+                shards.reset_shards(store, job)
                 log.warning("job %s: checkpoint reset, starting over", job)
+            if not on_dask(s):
+                shards.refuse_sharded_job(store, job)
         plan = make_plan(s, store)
         if s.mode == "send":
             store.commit(plan.state)  # proves the checkpoint is writable before sending
@@ -109,36 +122,48 @@ class Run:
             return s.out / "rejects.ndjson"
         return None
 
-    def _make_sink(self, plan: Plan) -> Sink:
+    def _make_sink(self, plan: Plan, *, check_stream: bool = True) -> Sink:
         s = self.settings
+        quota = Quota(s.max_records_per_second, s.max_mib_per_second, max(len(s.streams), 1))
         if s.mode == "validate":
-            return CountingSink()
+            return CountingSink(quota)
         if s.mode == "dry-run":
             assert s.out is not None
-            return DryRunSink(s.out)
+            return DryRunSink(s.out, quota)
         assert s.stream is not None
-        client = make_firehose_client(
-            region=s.region,
-            endpoint_url=s.endpoint_url,
-            max_pool_connections=s.max_in_flight + 2,
-            connect_timeout_s=s.connect_timeout_s,
-            read_timeout_s=s.read_timeout_s,
-            session=self.session,
-        )
-        sender = FirehoseSender(
-            client,
-            s.stream,
-            max_in_flight=s.max_in_flight,
-            max_records_per_second=s.max_records_per_second,
-            max_mib_per_second=s.max_mib_per_second,
-            retry=RetryPolicy(max_attempts=s.retry_attempts),
-        )
+        senders: list[FirehoseSender] = []
         try:
-            sender.check_stream()
+            for stream in s.streams:  # one sender each: own limiter, adaptive rate, in-flight
+                client = make_firehose_client(
+                    region=s.region,
+                    endpoint_url=s.endpoint_url,
+                    max_pool_connections=s.max_in_flight + 2,
+                    connect_timeout_s=s.connect_timeout_s,
+                    read_timeout_s=s.read_timeout_s,
+                    session=self.session,
+                )
+                senders.append(
+                    FirehoseSender(
+                        client,
+                        stream,
+                        max_in_flight=s.max_in_flight,
+                        max_records_per_second=s.max_records_per_second,
+                        max_mib_per_second=s.max_mib_per_second,
+                        retry=RetryPolicy(max_attempts=s.retry_attempts),
+                        adaptive_rate=s.adaptive_rate,
+                    )
+                )
+                if check_stream:  # Dask workers: the driver checked (DescribeDeliveryStream)
+                    senders[-1].check_stream()
         except PermanentDeliveryError as exc:
-            sender.close()
+            for sender in senders:
+                sender.close()
             raise PreflightError(f"{exc} Nothing was sent.") from None
-        return FirehoseSink(sender)
+        except BaseException:
+            for sender in senders:
+                sender.close()
+            raise
+        return FirehoseSink(senders, quota)
 
     # ------------------------------------------------------------------ process
     def process_file(self, index: int) -> Counts:
@@ -171,6 +196,16 @@ class Run:
         return counts
 
     # ------------------------------------------------------------------ finish
+    def job_totals(self) -> dict[str, int]:
+        """What the job's checkpoint says was delivered so far, over all its runs."""
+        assert self.plan is not None
+        state = self.plan.state
+        return {
+            "rows_sent": sum(f.rows_sent for f in state.files.values()),
+            "rows_rejected": sum(f.rows_rejected for f in state.files.values()),
+            "files_complete": sum(1 for f in state.files.values() if f.complete),
+        }
+
     def finish(self, error: BaseException | None = None) -> RunSummary:
         s = self.settings
         job = self.plan.job if self.plan else (s.job or default_job_name(s))
@@ -195,12 +230,7 @@ class Run:
         if self.plan is not None:
             summary.files_total = len(self.plan.files)
             summary.rows_older_than_30_days = self.plan.old_rows
-            state = self.plan.state
-            summary.job_totals = {
-                "rows_sent": sum(f.rows_sent for f in state.files.values()),
-                "rows_rejected": sum(f.rows_rejected for f in state.files.values()),
-                "files_complete": sum(1 for f in state.files.values() if f.complete),
-            }
+            summary.job_totals = self.job_totals()
         summary.files_complete = self.files_complete
         summary.checkpoint = s.checkpoint if s.mode == "send" else None
         summary.rejects_path = (

@@ -7,7 +7,10 @@ delivered; the engine commits the chunk only after that future succeeded.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +21,7 @@ from isal import igzip_threaded
 
 from connectors.firehose import FirehoseSender
 from connectors.firehose_batching import BILLING_INCREMENT_BYTES
+from connectors.stream_router import split_by_stream
 from flows.rejects import PRIVATE_FILE_MODE
 
 
@@ -38,45 +42,149 @@ class Sink(Protocol):
     def open_file(self, index: int, name: str) -> None: ...
     def submit(self, records: pa.Array) -> Future[int]: ...
     def close_file(self) -> None: ...
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Quota:
+    """The send limits of a run, per stream, for the expected send duration (None: not given)."""
+
+    records_per_second: float | None = None
+    mib_per_second: float | None = None
+    streams: int = 1
+
+    def expected_seconds(self, records: int, nbytes: int) -> float | None:
+        """max(records / records/s, bytes / bytes/s) / streams: the time the quota allows."""
+        times = []
+        if self.records_per_second:
+            times.append(records / self.records_per_second)
+        if self.mib_per_second:
+            times.append(nbytes / (self.mib_per_second * 1024 * 1024))
+        if not times:
+            return None
+        return round(max(times) / max(self.streams, 1), 3)
+
+    def report(self, records: int, nbytes: int) -> dict[str, Any]:
+        return {
+            "expected_send_s": self.expected_seconds(records, nbytes),
+            "send_limits": {
+                "records_per_second": self.records_per_second,
+                "mib_per_second": self.mib_per_second,
+                "streams": self.streams,
+            },
+        }
+
+
+_SENDER_TOTALS = (
+    "firehose_calls",
+    "records_retried",
+    "throttled_calls",
+    "server_errors",
+    "connection_errors",
+    "bytes_sent",
+    "billable_5kb_units",
+)
+
+
 class FirehoseSink:
-    def __init__(self, sender: FirehoseSender) -> None:
-        self.sender = sender
+    """Sends each chunk to one stream, or spread over several by `connectors.stream_router`.
+
+    With several streams, each has its own `FirehoseSender` (own limiter, adaptive rate and
+    max_in_flight); a chunk's future resolves when every stream acknowledged its part and
+    fails if any part failed (the chunk is then not checkpointed, and a rerun resends it whole,
+    each record to the same stream).
+    """
+
+    def __init__(
+        self, senders: FirehoseSender | Sequence[FirehoseSender], quota: Quota | None = None
+    ) -> None:
+        self.senders = [senders] if isinstance(senders, FirehoseSender) else list(senders)
+        if not self.senders:
+            raise ValueError("FirehoseSink needs at least one sender")
+        self.sender = self.senders[0]
+        self.quota = quota or Quota(streams=len(self.senders))
 
     def open_file(self, index: int, name: str) -> None:
         return None
 
     def submit(self, records: pa.Array) -> Future[int]:
-        return self.sender.submit(records.cast(pa.binary()).to_pylist())
+        if len(self.senders) == 1:
+            return self.sender.submit(records.cast(pa.binary()).to_pylist())
+        parts = split_by_stream(records, len(self.senders))
+        return _all_of(
+            [
+                sender.submit(part.cast(pa.binary()).to_pylist())
+                for sender, part in zip(self.senders, parts, strict=True)
+                if len(part)
+            ]
+        )
 
     def close_file(self) -> None:
         return None
 
-    def stats(self) -> dict[str, int]:
-        s = self.sender.stats.snapshot()
-        return {
-            "firehose_calls": s.get("firehose_calls", 0),
-            "records_retried": s.get("records_retried", 0),
-            "throttled_calls": s.get("throttled_calls", 0),
-            "server_errors": s.get("server_errors", 0),
-            "connection_errors": s.get("connection_errors", 0),
-            "bytes_sent": s.get("bytes_sent", 0),
-            "billable_5kb_units": s.get("billable_5kb_units", 0),
+    def stats(self) -> dict[str, Any]:
+        snaps = {sender.stream_name: sender.stats.snapshot() for sender in self.senders}
+        totals = {k: sum(s.get(k, 0) for s in snaps.values()) for k in _SENDER_TOTALS}
+        records = sum(s.get("records_sent", 0) for s in snaps.values())
+        streams = {
+            name: {
+                "records": s.get("records_sent", 0),
+                "calls": s.get("firehose_calls", 0),
+                "throttled": s.get("throttled_calls", 0),
+                "records_retried": s.get("records_retried", 0),
+                "bytes": s.get("bytes_sent", 0),
+            }
+            for name, s in snaps.items()
         }
+        return {**totals, **self.quota.report(records, totals["bytes_sent"]), "streams": streams}
 
     def close(self) -> None:
-        self.sender.close()
+        errors: list[BaseException] = []
+        for sender in self.senders:
+            try:
+                sender.close()
+            except BaseException as exc:  # close them all, then raise the first problem
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def _all_of(futures: list[Future[int]]) -> Future[int]:
+    """A future of the sum of *futures*, once all are done; the first failure (in order) if any."""
+    outer: Future[int] = Future()
+    outer.set_running_or_notify_cancel()
+    if not futures:
+        outer.set_result(0)
+        return outer
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[int]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        if failed:
+            assert failed[0] is not None
+            outer.set_exception(failed[0])
+        else:
+            outer.set_result(sum(f.result() for f in futures))
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    return outer
 
 
 class CountingSink:
     """Sends nothing; counts what would be sent (validate)."""
 
-    def __init__(self) -> None:
+    def __init__(self, quota: Quota | None = None) -> None:
         self._bytes = 0
         self._units = 0
+        self._records = 0
+        self.quota = quota or Quota()
 
     def open_file(self, index: int, name: str) -> None:
         return None
@@ -85,12 +193,13 @@ class CountingSink:
         b, u = byte_counts(records)
         self._bytes += b
         self._units += u
+        self._records += len(records)
         return _done(len(records))
 
     def close_file(self) -> None:
         return None
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {
             "firehose_calls": 0,
             "records_retried": 0,
@@ -99,6 +208,7 @@ class CountingSink:
             "connection_errors": 0,
             "bytes_sent": self._bytes,
             "billable_5kb_units": self._units,
+            **self.quota.report(self._records, self._bytes),
         }
 
     def close(self) -> None:
@@ -112,8 +222,8 @@ class DryRunSink(CountingSink):
     encoding on the main thread.
     """
 
-    def __init__(self, out_dir: Path) -> None:
-        super().__init__()
+    def __init__(self, out_dir: Path, quota: Quota | None = None) -> None:
+        super().__init__(quota)
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self._fh: Any = None

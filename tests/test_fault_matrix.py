@@ -209,6 +209,8 @@ def test_fault_matrix(
         chunks_in_flight=2,
         max_in_flight=4,
         read_timeout_s=case.read_timeout_s,
+        # Random throttling is not a quota; these cases test retries, not the adaptive rate.
+        adaptive_rate=False,
     )
     server.reseed(zlib.crc32(f"{SEED}:{case.name}".encode()))  # independent draws per case
     server.configure(**case.faults)

@@ -1,0 +1,325 @@
+"""One day of a nightly sync or a date-range backfill, run as its own backfill job.
+
+Day D is the checkpoint job ``<job>-D`` run through the `moesif-backfill` flow
+(`flows.backfill.backfill`, a nested flow run with its own tasks, retries and summary
+artifact ``<job>-D-summary``). Its sources are the templates filled in for D (window=path), or
+the plain sources with the run's time window set to D in the sync's time zone (window=time).
+A day whose inputs are not there fails loudly, unless empty days are allowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from connectors import storage
+from connectors.sources import is_ignored_name
+from flows.backfill import backfill
+from flows.days import (
+    DayKind,
+    WindowMode,
+    check_job,
+    check_templates,
+    day_bounds,
+    day_job,
+    format_sources,
+    zone,
+)
+from flows.settings import RunSettings
+from moesif_backfill.errors import BackfillError, ConfigError, DeliveryError, SourceError
+
+log = logging.getLogger(__name__)
+
+OK_STATUSES = ("complete", "complete_with_rejects", "empty")
+
+# RunSettings fields a day's settings fix themselves: not accepted in `options`.
+_FIXED = frozenset(
+    {
+        "sources",
+        "mapping",
+        "job",
+        "stream",
+        "streams",
+        "checkpoint",
+        "endpoint_url",
+        "region",
+        "s3_endpoint_url",
+        "aws_credentials_block",
+        "allow_older_than_30_days",
+        "mode",
+        "out",
+        "window_start",
+        "window_end",
+        "rejects",
+        "summary_json",
+    }
+)
+
+
+class MissingDayError(SourceError):
+    """A day's inputs are not there (the export has not landed yet?)."""
+
+
+class EmptyDayError(SourceError):
+    """A day's inputs hold no row for that day."""
+
+
+class DaysFailedError(BackfillError):
+    """Some days of a nightly sync or date range could not be delivered (or were left over)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def settings_error(exc: ValidationError) -> ConfigError:
+    msgs = [
+        f"{'.'.join(str(x) for x in e['loc']) or 'arguments'}: "
+        f"{e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    ]
+    return ConfigError("invalid settings:\n  " + "\n  ".join(msgs))
+
+
+@dataclass(frozen=True)
+class DayConfig:
+    """Everything the days of one nightly/range run share. Holds no secret."""
+
+    sources: tuple[str, ...]
+    mapping: str
+    job: str
+    streams: tuple[str, ...]
+    timezone: str = "UTC"
+    window: WindowMode = "path"
+    checkpoint: str = ".moesif-backfill/checkpoints"
+    endpoint_url: str | None = None
+    region: str | None = None
+    s3_endpoint_url: str | None = None
+    aws_credentials_block: str | None = None
+    allow_older_than_30_days: bool = False
+    allow_empty_days: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, *, allow_reset: bool) -> None:
+        """Everything that can be checked before the first day runs (ConfigError)."""
+        check_job(self.job)
+        zone(self.timezone)
+        if self.window not in ("path", "time"):
+            raise ConfigError(f"window must be 'path' or 'time', got {self.window!r}")
+        check_templates(self.sources, self.window)
+        fixed = sorted(_FIXED.intersection(self.options))
+        if fixed:
+            raise ConfigError(
+                f"options may not set {', '.join(fixed)}: these are parameters of the flow "
+                "itself, or fixed per day"
+            )
+        if self.options.get("reset") and not allow_reset:
+            raise ConfigError(
+                "options.reset is not accepted by nightly-sync (it would forget every re-scanned "
+                "day's checkpoint on every run); reset days with backfill-range instead"
+            )
+        self.settings_for(dt.date(2001, 1, 31), Path("summary.json"))
+
+    def settings_for(
+        self, day: dt.date, summary_json: Path, sources: Sequence[str] | None = None
+    ) -> RunSettings:
+        data: dict[str, Any] = dict(self.options)
+        data.update(
+            sources=list(sources) if sources is not None else format_sources(self.sources, day),
+            mapping=self.mapping,
+            job=day_job(self.job, day),
+            streams=list(self.streams),
+            checkpoint=self.checkpoint,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            s3_endpoint_url=self.s3_endpoint_url,
+            aws_credentials_block=self.aws_credentials_block,
+            allow_older_than_30_days=self.allow_older_than_30_days,
+            summary_json=summary_json,
+        )
+        if self.window == "time":
+            data["window_start"], data["window_end"] = day_bounds(day, self.timezone)
+        try:
+            return RunSettings.model_validate(data)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
+
+
+@dataclass
+class DayResult:
+    day: dt.date
+    kind: DayKind
+    job: str
+    status: str = "not_run"  # complete | complete_with_rejects | empty | failed | not_run
+    rows_read: int | None = None
+    sent: int | None = None
+    rejected: int | None = None
+    skipped: int | None = None
+    outside_window: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    config_error: bool = False
+    stops_others: bool = False  # a failure the next days would hit too (Firehose down)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in OK_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["day"] = self.day.isoformat()
+        del d["stops_others"], d["config_error"]
+        return d
+
+    def fail(self, exc: BaseException) -> DayResult:
+        self.status = "failed"
+        self.error = str(exc) if isinstance(exc, BackfillError) else repr(exc)
+        self.error_type = type(exc).__name__
+        self.config_error = isinstance(exc, ConfigError)
+        self.stops_others = isinstance(exc, DeliveryError)
+        return self
+
+
+def input_absent(spec: str) -> bool:
+    """True when `spec` (a path, directory, glob or s3:// prefix) holds no data file at all:
+    it does not exist, or holds only hidden/bookkeeping files (_SUCCESS, .crc, ...)."""
+    if storage.is_s3(spec):
+        return not storage.list_s3(spec)
+    path = os.path.expanduser(spec)
+    candidates = glob.glob(path, recursive=True) if glob.has_magic(path) else [path]
+    return not any(_holds_data(c) for c in candidates)
+
+
+def _holds_data(path: str) -> bool:
+    if os.path.isfile(path):
+        return True
+    for _dir, dirnames, filenames in os.walk(path):
+        dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
+        if any(not is_ignored_name(name) for name in filenames):
+            return True
+    return False
+
+
+def _day_inputs(config: DayConfig, day: dt.date) -> list[str] | None:
+    """The day's sources; None for an allowed empty day; MissingDayError if absent."""
+    specs = format_sources(config.sources, day)
+    absent = [s for s in specs if input_absent(s)]
+    if not absent:
+        return specs
+    if config.allow_empty_days:
+        present = [s for s in specs if s not in absent]
+        return present or None
+    raise MissingDayError(
+        f"day {day}: no input at {', '.join(absent)}. Has the export for {day} landed yet? "
+        f"Nothing was sent for this day and the nightly watermark stays before it; the next "
+        "run tries it again. If the day really has no data, run it once with "
+        "allow_empty_days (--allow-empty-days)"
+    )
+
+
+def run_day(config: DayConfig, day: dt.date, kind: DayKind, workdir: Path) -> DayResult:
+    """Run day `day` as its own backfill job; never raises for a failed day (see `status`)."""
+    job = day_job(config.job, day)
+    result = DayResult(day=day, kind=kind, job=job)
+    summary_path = workdir / f"{job}.json"
+    try:
+        specs = _day_inputs(config, day)
+        if specs is None:
+            result.status = "empty"
+            result.rows_read = result.sent = result.rejected = result.skipped = 0
+            result.outside_window = 0
+            log.warning("day %s: no input; counted as an empty day (allow_empty_days)", day)
+            return result
+        settings = config.settings_for(day, summary_path, specs)
+        backfill.with_options(flow_run_name=job)(settings)
+    except Exception as exc:
+        _read_counts(result, summary_path)
+        log.error("day %s (%s) failed: %s", day, job, result.fail(exc).error)
+        return result
+    _read_counts(result, summary_path)
+    result.status = "complete_with_rejects" if result.rejected else "complete"
+    in_day = (result.rows_read or 0) - (result.outside_window or 0)
+    if in_day == 0:
+        if config.allow_empty_days:
+            result.status = "empty"
+        else:
+            where = "in its time window" if config.window == "time" else "in its files"
+            result.fail(
+                EmptyDayError(
+                    f"day {day}: no row {where} ({', '.join(settings.sources)}). An export "
+                    "that is not complete yet? The nightly watermark stays before this day and "
+                    "the next run tries it again. If the day really has no data, run it once "
+                    "with allow_empty_days (--allow-empty-days)"
+                )
+            )
+    return result
+
+
+def _read_counts(result: DayResult, summary_path: Path) -> None:
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the day failed before its run started (no summary)
+    result.rows_read = summary.get("rows_read")
+    result.sent = summary.get("actions_sent")
+    result.rejected = summary.get("rows_rejected")
+    result.skipped = summary.get("rows_skipped")
+    result.outside_window = summary.get("rows_outside_window", 0)
+
+
+COUNTS = ("rows_read", "sent", "rejected", "skipped", "outside_window")
+
+
+def totals(results: Sequence[DayResult]) -> dict[str, int]:
+    return {k: sum(getattr(r, k) or 0 for r in results) for k in COUNTS}
+
+
+def table_rows(results: Sequence[DayResult]) -> list[dict[str, str]]:
+    """The per-day table (Prefect table artifact and CLI), with a totals row."""
+
+    def cell(v: int | None) -> str:
+        return "-" if v is None else f"{v:,}"
+
+    rows = [
+        {
+            "day": r.day.isoformat(),
+            "kind": r.kind,
+            "status": r.status,
+            **{k: cell(getattr(r, k)) for k in COUNTS},
+            "error": (r.error or "")[:300],
+        }
+        for r in results
+    ]
+    total = totals(results)
+    rows.append(
+        {"day": "total", "kind": "", "status": "", **{k: f"{v:,}" for k, v in total.items()}}
+        | {"error": ""}
+    )
+    return rows
+
+
+def artifact_key(job: str, what: str) -> str:
+    safe = "".join(c if c.isalnum() else "-" for c in job.lower()).strip("-")
+    return f"{safe[:60]}-{what}"
+
+
+__all__ = [
+    "DayConfig",
+    "DayResult",
+    "DaysFailedError",
+    "EmptyDayError",
+    "MissingDayError",
+    "input_absent",
+    "run_day",
+    "table_rows",
+    "totals",
+]
