@@ -3,7 +3,10 @@
 `FirehoseSender.submit` splits a chunk of records into calls of at most 500 records and 4 MiB
 (`connectors.firehose_batching`), sends them on a thread pool, and resolves the chunk's future
 only when EVERY record was acknowledged. The retry loop here is the only one: the boto3 client
-from `make_firehose_client` has botocore retries off, so attempts are never multiplied.
+from `make_firehose_client` has botocore retries off, so attempts are never multiplied. Each
+call goes through `connectors.firehose_wire` (the same signed HTTP request as
+``client.put_record_batch``, with a fraction of botocore's CPU per record; the same errors),
+or through ``client.put_record_batch`` itself for a client setting that path cannot honour.
 
 Error handling, per PutRecordBatch call:
 

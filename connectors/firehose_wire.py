@@ -38,6 +38,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import botocore
 from botocore.awsrequest import AWSRequest
@@ -128,6 +129,12 @@ def _unsupported(client: Any) -> str | None:
     return None
 
 
+def request_url(endpoint_url: str) -> str:
+    """Where botocore POSTs a JSON-protocol call: the endpoint URL, with "/" as an empty path."""
+    scheme, netloc, path, query, fragment = urlsplit(endpoint_url)
+    return urlunsplit((scheme, netloc, path or "/", query, fragment))
+
+
 class WirePutRecordBatch:
     """``put_record_batch`` of one boto3 Firehose client, without botocore's per-record work.
 
@@ -138,7 +145,7 @@ class WirePutRecordBatch:
     def __init__(self, client: Any) -> None:
         self._client = client
         meta = client.meta
-        self._url = meta.endpoint_url.rstrip("/") + "/"
+        self._url = request_url(meta.endpoint_url)
         self._signer = client._request_signer
         self._http = client._endpoint.http_session
         self._events = meta.events

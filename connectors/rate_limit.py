@@ -122,8 +122,11 @@ class RateLimiter:
         wait = 0.0
         for d, rate in enumerate(self._rates):
             if rate is not None:
-                if self._fresh[d]:  # the first call waits amount / rate, whatever its size
-                    self._levels[d] = max(self._levels[d], amounts[d])
+                if self._fresh[d]:
+                    # The first call waits amount / rate, whatever its size and however long
+                    # after construction (or the rate being set) it comes: the bucket counts
+                    # as full at that moment, so no burst follows the start.
+                    self._levels[d] = max(rate * self.burst_s, amounts[d])
                     self._fresh[d] = False
                 allowed = max(0.0, rate * self.burst_s - amounts[d])
                 wait = max(wait, (self._levels[d] - allowed) / rate)

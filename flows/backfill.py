@@ -75,7 +75,7 @@ class _Progress:
             UUID,
             create_progress_artifact(
                 progress=0.0,
-                key=_artifact_key(job, "progress"),
+                key=artifact_key(job, "progress"),
                 description=f"moesif-backfill job {job}: share of input rows accounted for",
             ),
         )
@@ -97,7 +97,8 @@ class _Progress:
         return round(min(100.0, 100.0 * self.done / self.total), 1)
 
 
-def _artifact_key(job: str, what: str) -> str:
+def artifact_key(job: str, what: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes) for `what` of `job`."""
     safe = "".join(c if c.isalnum() else "-" for c in job.lower()).strip("-")
     return f"{safe[:60]}-{what}"
 
@@ -110,6 +111,15 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return False
     return False
+
+
+# The retry policy of a task that sends: only TransientDeliveryError is retried (a blind retry
+# of an unknown error could send twice).
+RETRY_TRANSIENT: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [10, 60],
+    "retry_condition_fn": _retry_transient,
+}
 
 
 @task(name="preflight", cache_policy=NO_CACHE)
@@ -126,14 +136,7 @@ def preflight(run: Run) -> int:
     return len(plan.files)
 
 
-@task(
-    name="process-file",
-    task_run_name="file-{index}",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=_retry_transient,
-)
+@task(name="process-file", task_run_name="file-{index}", cache_policy=NO_CACHE, **RETRY_TRANSIENT)
 def process_file(run: Run, index: int) -> dict[str, int]:
     counts = run.process_file(index)
     return {
@@ -180,7 +183,7 @@ def publish_summary(run: Run, error: BaseException | None) -> RunSummary:
         update_progress_artifact(run.progress.artifact_id, 100.0)
     create_table_artifact(
         table=summary.table_rows(),
-        key=_artifact_key(summary.job, "summary"),
+        key=artifact_key(summary.job, "summary"),
         description=f"moesif-backfill job {summary.job}: {summary.status}",
     )
     get_run_logger().info(

@@ -35,7 +35,13 @@ from flows.days import (
     zone,
 )
 from flows.settings import RunSettings
-from moesif_backfill.errors import BackfillError, ConfigError, DeliveryError, SourceError
+from moesif_backfill.errors import (
+    BackfillError,
+    ConfigError,
+    DeliveryError,
+    EmptyDayError,
+    MissingDayError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,31 +71,6 @@ _FIXED = frozenset(
 )
 
 
-class MissingDayError(SourceError):
-    """A day's inputs are not there (the export has not landed yet?)."""
-
-
-class EmptyDayError(SourceError):
-    """A day's inputs hold no row for that day."""
-
-
-class DaysFailedError(BackfillError):
-    """Some days of a nightly sync or date range could not be delivered (or were left over)."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def settings_error(exc: ValidationError) -> ConfigError:
-    msgs = [
-        f"{'.'.join(str(x) for x in e['loc']) or 'arguments'}: "
-        f"{e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors()
-    ]
-    return ConfigError("invalid settings:\n  " + "\n  ".join(msgs))
-
-
 @dataclass(frozen=True)
 class DayConfig:
     """Everything the days of one nightly/range run share. Holds no secret."""
@@ -108,6 +89,11 @@ class DayConfig:
     allow_older_than_30_days: bool = False
     allow_empty_days: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lease_seconds(self) -> float:
+        """The S3 checkpoint lease of the days (options.lease_seconds, default 60)."""
+        return float(self.options.get("lease_seconds", 60.0))
 
     def check(self, *, allow_reset: bool) -> None:
         """Everything that can be checked before the first day runs (ConfigError)."""
@@ -151,7 +137,7 @@ class DayConfig:
         try:
             return RunSettings.model_validate(data)
         except ValidationError as exc:
-            raise settings_error(exc) from None
+            raise ConfigError.invalid("settings", exc) from None
 
 
 @dataclass
@@ -307,17 +293,9 @@ def table_rows(results: Sequence[DayResult]) -> list[dict[str, str]]:
     return rows
 
 
-def artifact_key(job: str, what: str) -> str:
-    safe = "".join(c if c.isalnum() else "-" for c in job.lower()).strip("-")
-    return f"{safe[:60]}-{what}"
-
-
 __all__ = [
     "DayConfig",
     "DayResult",
-    "DaysFailedError",
-    "EmptyDayError",
-    "MissingDayError",
     "input_absent",
     "run_day",
     "table_rows",

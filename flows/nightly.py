@@ -12,6 +12,7 @@ How it works and what to do on failure: docs/nightly.md.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import tempfile
@@ -24,14 +25,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
-from connectors import storage
 from connectors.checkpoint import CheckpointStore
-from connectors.checkpoint_factory import make_checkpoint_store
+from flows.backfill import artifact_key
 from flows.day_run import (
     DayConfig,
     DayResult,
-    DaysFailedError,
-    artifact_key,
     run_day,
     table_rows,
     totals,
@@ -48,48 +46,32 @@ from flows.days import (
     zone,
 )
 from flows.nightly_state import Watermark, load_watermark, save_watermark, watermark_location
-from flows.run import aws_session
-from moesif_backfill.errors import ConfigError
+from flows.run import checkpoint_store, open_aws
+from moesif_backfill.errors import ConfigError, DaysFailedError
 
 MAX_RANGE_DAYS = 3_660
 LAST_RESULT: dict[str, Any] = {}  # the result of the last nightly/range run in this process (CLI)
 
 
-def _config(
-    source: Sequence[str],
-    mapping: str,
-    job: str,
-    stream: Sequence[str] | None,
-    **kw: Any,
-) -> DayConfig:
-    if isinstance(source, str):
-        source = [source]
+def _config(params: dict[str, Any]) -> DayConfig:
+    """The days' DayConfig from a flow's parameters (its `locals()` on entry): `source` and
+    `stream` as tuples, `options` as a dict, the other DayConfig fields by name; parameters
+    that are not DayConfig's (date, start, concurrency, ...) are left out."""
+    source, stream = params["source"], params["stream"]
+    fields = {f.name for f in dataclasses.fields(DayConfig)} - {"sources", "streams", "options"}
+    named = {k: v for k, v in params.items() if k in fields}
     return DayConfig(
-        sources=tuple(source),
-        mapping=str(mapping),
-        job=job,
+        sources=(source,) if isinstance(source, str) else tuple(source),
         streams=tuple(stream or ()),
-        options=dict(kw.pop("options", None) or {}),
-        **kw,
+        options=dict(params["options"] or {}),
+        **(named | {"mapping": str(params["mapping"])}),
     )
 
 
 def _store(config: DayConfig) -> CheckpointStore:
-    """The checkpoint store of the run (the same credentials as the day runs use)."""
-    session = aws_session(config.aws_credentials_block)
-    storage.configure_s3(endpoint_url=config.s3_endpoint_url, region=config.region, session=session)
-    client = None
-    if session is not None and config.checkpoint.lower().startswith("s3://"):
-        client = session.client(
-            "s3", endpoint_url=config.s3_endpoint_url, region_name=config.region
-        )
-    return make_checkpoint_store(
-        config.checkpoint,
-        endpoint_url=config.s3_endpoint_url,
-        region=config.region,
-        lease_seconds=float(config.options.get("lease_seconds", 60.0)),
-        client=client,
-    )
+    """The checkpoint store of the run (the same credentials as the day runs use); configures
+    S3 access for the days' input checks."""
+    return checkpoint_store(config, open_aws(config))
 
 
 def scheduled_start() -> dt.datetime:
@@ -194,24 +176,9 @@ def nightly_sync(  # noqa: PLR0917 - the agreed deployment signature (docs/night
     allow_empty_days: bool = False,
 ) -> dict[str, Any]:
     """Sync yesterday (or `date`) and catch up missed days; see docs/nightly.md."""
-    logger = get_run_logger()
     LAST_RESULT.clear()
-    config = _config(
-        source,
-        mapping,
-        job,
-        stream,
-        timezone=timezone,
-        window=window,
-        checkpoint=checkpoint,
-        endpoint_url=endpoint_url,
-        region=region,
-        s3_endpoint_url=s3_endpoint_url,
-        aws_credentials_block=aws_credentials_block,
-        allow_older_than_30_days=allow_older_than_30_days,
-        allow_empty_days=allow_empty_days,
-        options=options,
-    )
+    config = _config(locals())  # before any other local: locals() are the flow's parameters
+    logger = get_run_logger()
     config.check(allow_reset=False)
     target = parse_day(date) if date else target_day(scheduled_start(), timezone)
     today = dt.datetime.now(zone(timezone)).date()
@@ -329,24 +296,9 @@ def backfill_range(  # noqa: PLR0917 - the agreed deployment signature (docs/nig
 ) -> dict[str, Any]:
     """Backfill the days start..end (inclusive), `concurrency` days at once; see
     docs/nightly.md. Does not move the nightly watermark."""
-    logger = get_run_logger()
     LAST_RESULT.clear()
-    config = _config(
-        source,
-        mapping,
-        job,
-        stream,
-        timezone=timezone,
-        window=window,
-        checkpoint=checkpoint,
-        endpoint_url=endpoint_url,
-        region=region,
-        s3_endpoint_url=s3_endpoint_url,
-        aws_credentials_block=aws_credentials_block,
-        allow_older_than_30_days=allow_older_than_30_days,
-        allow_empty_days=allow_empty_days,
-        options=options,
-    )
+    config = _config(locals())  # before any other local: locals() are the flow's parameters
+    logger = get_run_logger()
     config.check(allow_reset=True)
     first, last = parse_day(start, "start"), parse_day(end, "end")
     days = day_range(first, last)

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from connectors import storage
 from connectors.checkpoint import CheckpointStore
@@ -49,11 +49,34 @@ def aws_session(block_name: str | None) -> Any:
     return block.get_boto3_session()
 
 
-def checkpoint_store(settings: RunSettings, session: Any) -> CheckpointStore:
-    """The checkpoint store of `settings` (S3 with the session's credentials, if given)."""
-    s = settings
+class AwsAccess(Protocol):
+    """Where a run's AWS credentials, S3 endpoint and checkpoint are (RunSettings, and the
+    DayConfig of a nightly/range run)."""
+
+    @property
+    def aws_credentials_block(self) -> str | None: ...
+    @property
+    def s3_endpoint_url(self) -> str | None: ...
+    @property
+    def region(self) -> str | None: ...
+    @property
+    def checkpoint(self) -> str: ...
+    @property
+    def lease_seconds(self) -> float: ...
+
+
+def open_aws(s: AwsAccess) -> Any:
+    """The boto3 session of `s`'s AwsCredentials block (None: boto3's own credentials), with
+    S3 access (sources, checkpoints) configured to use it."""
+    session = aws_session(s.aws_credentials_block)
+    storage.configure_s3(endpoint_url=s.s3_endpoint_url, region=s.region, session=session)
+    return session
+
+
+def checkpoint_store(s: AwsAccess, session: Any) -> CheckpointStore:
+    """The checkpoint store of `s` (S3 with the session's credentials, if given)."""
     s3_client = None
-    if session is not None and s.checkpoint_is_s3:
+    if session is not None and storage.is_s3(s.checkpoint):
         s3_client = session.client("s3", endpoint_url=s.s3_endpoint_url, region_name=s.region)
     return make_checkpoint_store(
         s.checkpoint,
@@ -89,8 +112,7 @@ class Run:
     # ------------------------------------------------------------------ prepare
     def prepare(self) -> Plan:
         s = self.settings
-        self.session = aws_session(s.aws_credentials_block)
-        storage.configure_s3(endpoint_url=s.s3_endpoint_url, region=s.region, session=self.session)
+        self.session = open_aws(s)
         store = checkpoint_store(s, self.session)
         self.store = store if s.mode == "send" else None
         if s.mode == "send":

@@ -1,4 +1,4 @@
-"""Shards: the units of work a Dask cluster runs (flows/dask_run.py), and the job's record of them.
+"""Shards: the units of work a Dask cluster runs (flows/shard_task.py), and the record of them.
 
 A shard is a whole input file, or a range of consecutive row groups of a Parquet file, so that
 one big file spreads over several workers. A Parquet file is cut into ranges of at least
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connectors.checkpoint import CheckpointStore, validate_job_name
+from connectors.checkpoint import CheckpointStore, FileProgress, validate_job_name
 from connectors.readers import parquet_row_groups
 from flows.plan import Plan
 from moesif_backfill.errors import (
@@ -111,6 +111,16 @@ class ShardTotals(BaseModel):
     rows_outside_window: int = Field(default=0, ge=0)
     complete: bool = False
 
+    @classmethod
+    def of(cls, prog: FileProgress) -> ShardTotals:
+        """The totals of a shard's checkpoint progress."""
+        return cls(
+            rows_sent=prog.rows_sent,
+            rows_rejected=prog.rows_rejected,
+            rows_outside_window=prog.rows_outside_window,
+            complete=prog.complete,
+        )
+
     @property
     def rows_done(self) -> int:
         return self.rows_sent + self.rows_rejected + self.rows_outside_window
@@ -134,6 +144,10 @@ class ShardLayout(BaseModel):
     layout_version: int = 1
     files: dict[str, FileShards] = Field(default_factory=dict)
     shards: dict[str, ShardTotals] = Field(default_factory=dict)  # by Shard.sid
+
+    def all_complete(self, shards: Sequence[Shard]) -> bool:
+        """Whether every one of `shards` is recorded complete."""
+        return all((t := self.shards.get(s.sid)) is not None and t.complete for s in shards)
 
     def shards_of(self, key: str, file_index: int = 0) -> list[Shard]:
         rec = self.files[key]

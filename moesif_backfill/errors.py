@@ -8,17 +8,26 @@
     │   ├── CheckpointMismatchError   inputs or mapping changed since the checkpoint was written
     │   └── JobLockedError            another run of the same job holds the lock
     ├── SourceError                   an input file cannot be listed or read
+    │   ├── MissingDayError           a day's inputs (nightly/range) are not there
+    │   └── EmptyDayError             a day's inputs hold no row of that day
     ├── CheckpointError               the checkpoint is unreadable or from a newer version
-    └── DeliveryError                 Firehose did not take the records
-        ├── TransientDeliveryError    retry budget exhausted on throttling / 5xx / dropped
-        │                             connections: rerunning later resumes safely
-        └── PermanentDeliveryError    unknown stream, access denied, invalid request:
-                                      fix the cause, then rerun
+    ├── DeliveryError                 Firehose did not take the records
+    │   ├── TransientDeliveryError    retry budget exhausted on throttling / 5xx / dropped
+    │   │                             connections: rerunning later resumes safely
+    │   └── PermanentDeliveryError    unknown stream, access denied, invalid request:
+    │                                 fix the cause, then rerun
+    └── DaysFailedError               days of a nightly sync or date range not delivered: exit 2
+                                      when every failed day failed on configuration, else 1
 
 Every message says what went wrong and what to do; none may contain a secret.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class BackfillError(Exception):
@@ -31,6 +40,16 @@ class ConfigError(BackfillError):
     """A configuration mistake detected before anything was sent."""
 
     exit_code = 2
+
+    @classmethod
+    def invalid(cls, what: str, exc: ValidationError) -> ConfigError:
+        """The error "invalid <what>:" with a line per field pydantic refused: where, and why."""
+        msgs = [
+            f"{'.'.join(str(x) for x in e['loc']) or 'arguments'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
+        return cls(f"invalid {what}:\n  " + "\n  ".join(msgs))
 
 
 class MappingError(ConfigError):
@@ -53,6 +72,14 @@ class SourceError(BackfillError):
     """An input could not be found, listed or read."""
 
 
+class MissingDayError(SourceError):
+    """A day's inputs are not there (the export has not landed yet?)."""
+
+
+class EmptyDayError(SourceError):
+    """A day's inputs hold no row for that day."""
+
+
 class CheckpointError(BackfillError):
     """The checkpoint could not be read or written safely."""
 
@@ -67,3 +94,14 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Delivery failed with an error that retrying cannot fix."""
+
+
+class DaysFailedError(BackfillError):
+    """Some days of a nightly sync or date range could not be delivered (or were left over).
+
+    `exit_code` is 2 when every failed day failed on its configuration (nothing was sent for
+    them), 1 otherwise."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

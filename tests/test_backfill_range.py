@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from flows.day_run import DaysFailedError
 from flows.nightly import backfill_range
 from moesif_backfill import cli
+from moesif_backfill.errors import DaysFailedError
 from tests.datasets import expected_ids, write_mapping
 from tests.test_nightly import (
     _artifact_keys,

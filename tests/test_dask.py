@@ -85,6 +85,13 @@ def _args(tmp_path: Path, sources: list[Path], stream: str, endpoint: str, n: in
     ]
 
 
+def _cli(
+    args: list[str], env: dict[str, str], timeout: float = 280
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI to the end (a run on the cluster takes well under `timeout` seconds)."""
+    return subprocess.run(args, env=env, capture_output=True, timeout=timeout, check=False)
+
+
 def _summary(tmp_path: Path, n: int) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((tmp_path / f"summary-{n}.json").read_text())
     return data
@@ -121,13 +128,7 @@ def test_cluster_delivers_the_single_process_set(
 
     address = dask_cluster.scheduler.address
     args = _args(tmp_path, sources, firehose_stream, strict_firehose.endpoint_url, 1)
-    done = subprocess.run(
-        [*args, "--dask-address", address],
-        env=prefect_server.env(),
-        capture_output=True,
-        timeout=280,
-        check=False,
-    )
+    done = _cli([*args, "--dask-address", address], prefect_server.env())
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     delivered = strict_firehose.transaction_ids(firehose_stream)
     assert sorted(delivered) == sorted(strict_firehose.transaction_ids(reference))
@@ -146,17 +147,8 @@ def test_cluster_delivers_the_single_process_set(
         (prog,) = state["files"].values()
         assert prog["total_chunks"] and prog["done"] == [[0, prog["total_chunks"]]]
 
-    again = subprocess.run(
-        [
-            *_args(tmp_path, sources, firehose_stream, strict_firehose.endpoint_url, 2),
-            "--dask-address",
-            address,
-        ],
-        env=prefect_server.env(),
-        capture_output=True,
-        timeout=280,
-        check=False,
-    )
+    args = _args(tmp_path, sources, firehose_stream, strict_firehose.endpoint_url, 2)
+    again = _cli([*args, "--dask-address", address], prefect_server.env())
     assert again.returncode == 0, again.stderr.decode()[-3000:]
     second = _summary(tmp_path, 2)
     assert second["actions_sent"] == 0 and second["rows_skipped"] == 35_000
@@ -202,17 +194,8 @@ def test_killed_worker_then_rerun_loses_nothing(
     strict_firehose.configure(latency_s=0.0)
     runs = [proc.returncode]
     for n in (2, 3):
-        rerun = subprocess.run(
-            [
-                *_args(tmp_path, sources, firehose_stream, strict_firehose.endpoint_url, n),
-                "--dask-address",
-                address,
-            ],
-            env=prefect_server.env(),
-            capture_output=True,
-            timeout=280,
-            check=False,
-        )
+        args = _args(tmp_path, sources, firehose_stream, strict_firehose.endpoint_url, n)
+        rerun = _cli([*args, "--dask-address", address], prefect_server.env())
         runs.append(rerun.returncode)
         if rerun.returncode == 0:
             break
@@ -238,9 +221,7 @@ def test_local_workers_share_this_runs_temporary_prefect_server(
     env.pop("PREFECT_API_URL", None)
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_LOGGING_LEVEL="INFO")
     args = _args(tmp_path, sources, firehose_stream, strict_firehose.endpoint_url, 1)
-    done = subprocess.run(
-        [*args, "--workers", "2"], env=env, capture_output=True, timeout=280, check=False
-    )
+    done = _cli([*args, "--workers", "2"], env)
     log = done.stderr.decode() + done.stdout.decode()
     assert done.returncode == 0, log[-3000:]
     # One temporary server, this process's: no worker started its own (each would log this
@@ -256,24 +237,12 @@ def test_cluster_options_refused_before_anything_starts(tmp_path: Path) -> None:
     env.pop("PREFECT_API_URL", None)
     base = _args(tmp_path, sources, "s", "http://127.0.0.1:9", 1)
     started = time.monotonic()
-    done = subprocess.run(
-        [*base, "--dask-address", "tcp://127.0.0.1:9"],
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    done = _cli([*base, "--dask-address", "tcp://127.0.0.1:9"], env, timeout=120)
     assert done.returncode == 2
     assert "prefect server start" in done.stderr.decode()
     assert "PREFECT_API_URL" in done.stderr.decode()
     dry = [*CLI, "run", str(sources[0]), "--mapping", str(tmp_path / "m.yaml"), "--dry-run"]
-    done = subprocess.run(
-        [*dry, "--out", str(tmp_path / "out"), "--workers", "2"],
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    done = _cli([*dry, "--out", str(tmp_path / "out"), "--workers", "2"], env, timeout=120)
     assert done.returncode == 2 and "--dry-run" in done.stderr.decode()
     assert time.monotonic() - started < 60  # no Prefect API, no cluster was started
     assert not (tmp_path / "ckpt").exists()

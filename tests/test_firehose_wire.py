@@ -25,7 +25,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from connectors.firehose import TRANSPORT_ERRORS, FirehoseSender, make_firehose_client
-from connectors.firehose_wire import WirePutRecordBatch, _unsupported
+from connectors.firehose_wire import WirePutRecordBatch, _unsupported, request_url
 from moesif_backfill.standins.moto_firehose import StreamHandle
 from moesif_backfill.standins.strict_firehose import StrictFirehose
 
@@ -410,3 +410,29 @@ def test_standin_answer_is_the_json_botocore_expects(
     )
     ids = [e["RecordId"] for e in parsed["RequestResponses"] + answer["RequestResponses"]]
     assert len(ids) == len(set(ids)) == 503
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9/",
+        "https://vpce.example.com/prefix",
+        "https://h/p/",
+    ],
+)
+def test_request_url_is_botocores(endpoint: str) -> None:
+    client = boto3.client("firehose", region_name="us-east-1", endpoint_url=endpoint)
+    urls: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(request: Any, **_: Any) -> None:
+        urls.append(request.url)
+        raise Stop
+
+    client.meta.events.register("before-send.firehose.PutRecordBatch", capture)
+    with pytest.raises(Stop):
+        client.put_record_batch(DeliveryStreamName="s", Records=[{"Data": b"a"}])
+    assert request_url(client.meta.endpoint_url) == urls[0]

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors.checkpoint_local import LocalCheckpointStore
-from flows.day_run import DaysFailedError, input_absent
+from flows.day_run import input_absent
 from flows.days import (
     advance_watermark,
     check_templates,
@@ -31,7 +31,12 @@ from flows.days import (
 )
 from flows.nightly import nightly_sync, scheduled_start
 from flows.nightly_state import Watermark, load_watermark, save_watermark
-from moesif_backfill.errors import CheckpointError, ConfigError, PermanentDeliveryError
+from moesif_backfill.errors import (
+    CheckpointError,
+    ConfigError,
+    DaysFailedError,
+    PermanentDeliveryError,
+)
 from tests.datasets import expected_ids, payments_table, write_mapping
 from tests.runner import run_plain, strict_settings
 

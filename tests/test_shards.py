@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 
 from connectors.readers import iter_batches, parquet_row_groups
 from connectors.sources import discover_sources
-from flows.dask_run import ShardedRun, merge_stats, run_shard
+from flows.dask_run import ShardedRun
 from flows.run import Run
+from flows.shard_task import merge_stats, run_shard
 from flows.shards import Shard, load_layout, split_row_groups, target_rows
 from moesif_backfill.errors import CheckpointMismatchError, SourceError
 from tests.datasets import expected_id, expected_ids, payments_table, write_payments
