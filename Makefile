@@ -19,8 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	bash examples/demo.sh
 
+# Test files run on 2 processes (each with its own session servers); `pytest` alone runs serially.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -28,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(PY) bench/bench_dry_run.py
+	$(PY) bench/bench.py --json .bench/bench.json
 
 clean:
 	rm -rf .demo .bench build *.egg-info

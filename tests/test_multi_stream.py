@@ -203,7 +203,7 @@ def test_per_stream_quota_two_streams_carry_about_twice_one(
         settings = strict_settings(
             tmp_path, [src], strict_firehose, firehose_stream, max_records_per_second=2_000
         ).model_copy(update={"streams": streams, "reset": True, "job": f"q{n}"})
-        with DeliveryClock(strict_firehose, streams, before + rows) as clock:
+        with DeliveryClock(strict_firehose, streams, rows) as clock:
             summary, err = run_plain(settings)
         assert err is None, err
         assert sum(len(strict_firehose.records(s)) for s in streams) - before == rows

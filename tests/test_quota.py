@@ -138,7 +138,8 @@ def test_negative_quota_is_refused(strict_firehose: StrictFirehose) -> None:
 
 
 class DeliveryClock:
-    """Polls the endpoint: when the first and the last record of these streams were stored."""
+    """Polls the endpoint: when the first and the last of `total` new records (stored after
+    entering) reached these streams."""
 
     def __init__(self, server: StrictFirehose, streams: str | list[str], total: int) -> None:
         self.server, self.total = server, total
@@ -158,13 +159,16 @@ class DeliveryClock:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # The poller ends by itself once it saw every record stored; stopping it at once could
+        # beat its last look (the senders' futures resolve as the last records are stored).
+        self._thread.join(timeout=10)
         self._stop.set()
         self._thread.join()
 
     def _poll(self) -> None:
         while not self._stop.wait(0.01):
-            stored = self._stored()
-            if stored > self.base and self.first is None:
+            stored = self._stored() - self.base
+            if stored > 0 and self.first is None:
                 self.first, self.first_count = time.monotonic(), stored
             if stored >= self.total:
                 self.last = time.monotonic()
