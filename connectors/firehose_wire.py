@@ -54,7 +54,8 @@ TARGET = "Firehose_20150804.PutRecordBatch"
 CONTENT_TYPE = "application/x-amz-json-1.1"
 
 # Handlers a default boto3 Firehose client has on the events of building and sending a
-# request (botocore 1.3x-1.4x). Anything else there could change the request: not honoured.
+# request (botocore 1.3x-1.4x), besides any other handler from botocore's own modules (see
+# `_handler_names`). Anything else there could change the request: not honoured.
 _DEFAULT_HANDLERS: dict[str, frozenset[str]] = {
     "provide-client-params": frozenset(),
     "before-parameter-build": frozenset(
@@ -91,9 +92,26 @@ def _log_fallback_once(reason: str) -> None:
 
 
 def _handler_names(client: Any, event: str) -> set[str]:
+    """Names of the handlers on *event* that botocore itself did not register.
+
+    botocore's own handlers on these events (retry context and headers, user agent, recursion
+    detection; a release may add more, as 1.44 added ``MaxAttemptsSeeder.seed_max_attempts``)
+    shape bookkeeping headers, not the request's meaning; the signature is made by the
+    client's own signer here too. Handlers from anywhere else (a Stubber, moto, the user's
+    code) could change the request and are not honoured by this path.
+    """
     emitter = client.meta.events._emitter
     handlers = emitter._handlers.prefix_search(event)
-    return {str(getattr(h, "__qualname__", type(h).__qualname__)) for h in handlers}
+    return {
+        str(getattr(h, "__qualname__", type(h).__qualname__))
+        for h in handlers
+        if not _botocores_own(str(getattr(h, "__module__", "") or ""))
+    }
+
+
+def _botocores_own(module: str) -> bool:
+    """A handler botocore registers on every client (a Stubber is botocore's, but a test's)."""
+    return module.startswith("botocore.") and not module.startswith("botocore.stub")
 
 
 def _unsupported(client: Any) -> str | None:

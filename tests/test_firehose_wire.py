@@ -23,6 +23,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.stub import Stubber
 
 from connectors.firehose import TRANSPORT_ERRORS, FirehoseSender, make_firehose_client
 from connectors.firehose_wire import WirePutRecordBatch, _unsupported, request_url
@@ -377,10 +378,14 @@ def test_settings_it_cannot_honour_fall_back_to_boto3(
     stubbed.meta.events.register(
         "before-call.firehose.PutRecordBatch", lambda **_: None, unique_id="test-hook"
     )
+    # A botocore Stubber's handlers live in botocore's own package, yet change what a call does.
+    with_stubber = make_firehose_client(region="us-east-1", endpoint_url=url)
+    Stubber(with_stubber).activate()
     fips = boto3.client("firehose", region_name="us-east-1", config=Config(use_fips_endpoint=True))
     s3 = boto3.client("s3", region_name="us-east-1")
     with caplog.at_level("INFO", logger="connectors.firehose_wire"):
         assert WirePutRecordBatch.for_client(stubbed) is None
+        assert WirePutRecordBatch.for_client(with_stubber) is None
         assert WirePutRecordBatch.for_client(fips) is None
         assert WirePutRecordBatch.for_client(s3) is None
         assert WirePutRecordBatch.for_client(object()) is None
