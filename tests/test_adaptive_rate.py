@@ -220,6 +220,7 @@ def test_adaptive_sender_converges_to_the_quota_without_a_retry_storm(
     def watch() -> None:  # the server's counters 3 s in: the end of "the first seconds"
         if not stop.wait(3.0):
             marks["3s"] = strict_firehose.stream_counters(firehose_stream)
+            marks["3s"]["at_ms"] = int(time.monotonic() * 1000)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -238,11 +239,15 @@ def test_adaptive_sender_converges_to_the_quota_without_a_retry_storm(
     early = marks["3s"]
     late_calls = end["put_calls"] - early["put_calls"]
     late_throttled = end["quota_throttled"] - early["quota_throttled"]
+    # Converged: the rate after the first 3 s (the whole run's rate is printed too; bench.py
+    # reports it: 90% on an idle machine, lower when a busy machine slows the first seconds).
+    steady = (total - early["records_stored"]) / (started + elapsed - early["at_ms"] / 1000)
     print(
         f"adaptive: {achieved:,.0f} records/s = {achieved / quota:.0%} of the quota in "
-        f"{elapsed:.1f}s; throttled {end['quota_throttled']} of {end['put_calls']} calls, "
-        f"{late_throttled} of {late_calls} after 3 s; limits now {sender.rate_limits}"
+        f"{elapsed:.1f}s, {steady:,.0f} records/s = {steady / quota:.0%} after 3 s; throttled "
+        f"{end['quota_throttled']} of {end['put_calls']} calls, {late_throttled} of "
+        f"{late_calls} after 3 s; limits now {sender.rate_limits}"
     )
-    assert achieved >= 0.8 * quota
+    assert steady >= 0.8 * quota
     assert late_throttled <= 0.1 * late_calls
     assert end["quota_throttled"] == sender.stats.throttled_calls
