@@ -94,16 +94,8 @@ class AdaptiveRate:
         while len(samples) > 2 and samples[1][0] <= horizon:
             samples.popleft()  # keep one sample at or before the window's start
 
-    def achieved(self, now: float | None = None) -> tuple[float, float]:
-        """(records/s, bytes/s) acknowledged over the last window."""
-        with self._lock:
-            now = self._clock() if now is None else now
-            self._sample(now)
-            return self._achieved_locked(now)
-
     def _achieved_locked(self, now: float) -> tuple[float, float]:
-        if not self._samples:
-            self._sample(now)
+        """(records/s, bytes/s) acknowledged over the last window; callers sample `now` first."""
         t0, r0, b0 = self._samples[0]
         _, r1, b1 = self._samples[-1]
         span = max(self.policy.window_s, now - t0)
@@ -156,7 +148,8 @@ class AdaptiveRate:
             steps = int((now - quiet_since) / p.increase_interval_s)
             if steps <= 0:
                 return
-            self._sample(now)
+            if self._samples[-1][0] != now:
+                self._sample(now)
             records, _ = self._achieved_locked(now)
             self._increased_at = quiet_since + steps * p.increase_interval_s
             if records < p.in_use_fraction * self.limits[0]:

@@ -225,12 +225,16 @@ def _canonical(body: Any) -> bytes:
     ).encode("utf-8")
 
 
-def encode_state(state: JobState) -> bytes:
-    """Serialise ``state`` into the checksummed envelope."""
-    body = _canonical(state.model_dump(mode="json"))
+def _envelope(body: bytes) -> bytes:
+    """A canonical JSON body in the checksummed, versioned envelope (states and documents)."""
     digest = hashlib.sha256(body).hexdigest()
     head = f'{{"format_version":{FORMAT_VERSION},"sha256":"{digest}","body":'.encode("ascii")
     return head + body + b"}\n"
+
+
+def encode_state(state: JobState) -> bytes:
+    """Serialise ``state`` into the checksummed envelope."""
+    return _envelope(_canonical(state.model_dump(mode="json")))
 
 
 def _too_new(version: int, where: str) -> CheckpointError:
@@ -420,11 +424,8 @@ class CheckpointStore(ABC):
         """
         validate_job_name(job)
         self._check_lease(job)
-        data = _canonical(body)
-        digest = hashlib.sha256(data).hexdigest()
-        head = f'{{"format_version":{FORMAT_VERSION},"sha256":"{digest}","body":'.encode("ascii")
         try:
-            self._write_atomic(job, _document_name(name), head + data + b"}\n")
+            self._write_atomic(job, _document_name(name), _envelope(_canonical(body)))
         except OSError as e:
             raise CheckpointError(f"could not write {self._where(job, name)}: {e}") from e
 

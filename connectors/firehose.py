@@ -230,10 +230,9 @@ class FirehoseSender:
         )
         self._limiter: RateLimiter | None = None
         self._adaptive: AdaptiveRate | None = None
-        if rates != (None, None):
+        if rates != (None, None) or adaptive_rate:
             self._limiter = RateLimiter(rates, burst_s=SHAPING_BURST_S)
-        elif adaptive_rate:
-            self._limiter = RateLimiter(rates, burst_s=SHAPING_BURST_S)
+        if self._limiter is not None and rates == (None, None):
             self._adaptive = AdaptiveRate(
                 self._limiter,
                 lambda: (self.stats.records_sent, self.stats.bytes_sent),
@@ -329,7 +328,7 @@ class FirehoseSender:
         """The shaping now: (records/s, bytes/s), None where unlimited."""
         if self._limiter is None:
             return (None, None)
-        records, nbytes = self._limiter.rates
+        records, nbytes = self._limiter.rates  # the limiter of a sender has two dimensions
         return (records, nbytes)
 
     def _shape(self, batch: Sequence[bytes]) -> None:

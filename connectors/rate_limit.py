@@ -1,4 +1,4 @@
-"""How long to wait: traffic shaping (token bucket, rate limiter) and the retry backoff."""
+"""How long to wait: traffic shaping (a multi-dimension rate limiter) and the retry backoff."""
 
 from __future__ import annotations
 
@@ -9,50 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
-class TokenBucket:
-    """Tokens refill at *rate* per second up to *burst*; `acquire` never lets more through.
-
-    `acquire(n)` reserves *n* tokens at once, even more than *burst* (the bucket goes into
-    debt), and sleeps until the debt is repaid, so concurrent callers are served in order of
-    arrival and the long-run rate never exceeds *rate*. The bucket starts EMPTY: the first
-    call already waits ``n / rate`` seconds, so the first second cannot burst past the quota.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        burst: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, got {rate!r}")
-        self.rate = rate
-        self.burst = rate if burst is None else burst
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._tokens = 0.0
-        self._last = clock()
-
-    def reserve(self, amount: float) -> float:
-        """Take *amount* tokens now; return how long the caller must wait before using them."""
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= amount
-            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-    def acquire(self, amount: float) -> float:
-        """Reserve *amount* tokens and sleep until they are available; return the wait."""
-        wait = self.reserve(amount)
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-
 class RateLimiter:
     """Traffic shaping over several dimensions at once (records/s and bytes/s of one stream).
 
@@ -61,9 +17,9 @@ class RateLimiter:
     (``burst = rate * burst_s``) in EVERY dimension, or, for a call larger than the burst, when
     the level is 0; it then adds its amounts to the levels. So no window of *t* seconds carries
     more than ``rate * t + max(burst, largest call)`` in any dimension, and a backlog goes at
-    exactly ``rate`` whatever the burst. Unlike `TokenBucket` a call takes its tokens only when
-    it goes: threads that wait re-check after `set_rates`, so a lowered rate applies at once to
-    calls not yet sent (the adaptive rate relies on this). A dimension whose rate is None is
+    exactly ``rate`` whatever the burst. A call takes its tokens only when it goes: threads that
+    wait re-check after `set_rates`, so a lowered rate applies at once to calls not yet sent
+    (the adaptive rate relies on this). A dimension whose rate is None is
     not limited. A bucket starts as if a call had just filled it: the first call waits
     ``amount / rate``, as does the first after a dimension becomes limited, so no burst
     follows the start or a rate being set.

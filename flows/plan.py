@@ -362,7 +362,7 @@ def _load_state(
             "job over (Moesif deduplicates rows whose transaction_id is unchanged), or use a "
             "new --job name."
         )
-    reprocess = {os.path.abspath(p) if "://" not in p else p for p in settings.reprocess}
+    reprocess = reprocess_keys(settings)
     changed = []
     for fp in files:
         prog = state.files.get(fp.src.key)
@@ -383,6 +383,11 @@ def _load_state(
             "Moesif deduplicates them), or --reset to start the whole job over."
         )
     return state
+
+
+def reprocess_keys(settings: RunSettings) -> set[str]:
+    """The `--reprocess FILE` inputs as source keys (local paths made absolute)."""
+    return {os.path.abspath(p) if "://" not in p else p for p in settings.reprocess}
 
 
 def file_progress(plan: Plan, fp: FilePlan) -> FileProgress:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.checkpoint import CheckpointStore, FileProgress, validate_job_name
 from connectors.readers import parquet_row_groups
-from flows.plan import Plan
+from flows.plan import Plan, reprocess_keys
 from moesif_backfill.errors import (
     CheckpointError,
     CheckpointMismatchError,
@@ -240,7 +239,7 @@ def plan_shards(plan: Plan, store: CheckpointStore) -> tuple[list[Shard], ShardL
             "transaction_id), or use a new --job name."
         )
     settings = plan.settings
-    reprocess = {os.path.abspath(p) if "://" not in p else p for p in settings.reprocess}
+    reprocess = reprocess_keys(settings)
     layout = load_layout(store, job)
     again = {
         fp.src.key for fp in plan.files if fp.src.key in reprocess and fp.src.key in layout.files

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip_threaded
 
-from connectors.firehose import FirehoseSender
+from connectors.firehose import FirehoseSender, SendStats
 from connectors.firehose_batching import BILLING_INCREMENT_BYTES
 from connectors.stream_router import split_by_stream
 from flows.rejects import PRIVATE_FILE_MODE
@@ -76,15 +76,9 @@ class Quota:
         }
 
 
-_SENDER_TOTALS = (
-    "firehose_calls",
-    "records_retried",
-    "throttled_calls",
-    "server_errors",
-    "connection_errors",
-    "bytes_sent",
-    "billable_5kb_units",
-)
+# The sender counters the summary adds up (records_sent is reported per stream and as the
+# quota's record count: the run's own sent count comes from the checkpointed chunks).
+_SENDER_TOTALS = tuple(f for f in SendStats.FIELDS if f != "records_sent")
 
 
 class FirehoseSink:
@@ -201,11 +195,7 @@ class CountingSink:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "firehose_calls": 0,
-            "records_retried": 0,
-            "throttled_calls": 0,
-            "server_errors": 0,
-            "connection_errors": 0,
+            **dict.fromkeys(_SENDER_TOTALS, 0),
             "bytes_sent": self._bytes,
             "billable_5kb_units": self._units,
             **self.quota.report(self._records, self._bytes),

@@ -30,7 +30,6 @@ from connectors.firehose_batching import (
     plan_batches,
     split_batches,
 )
-from connectors.rate_limit import TokenBucket
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
 from moesif_backfill.standins.strict_firehose import StrictFirehose
 
@@ -110,16 +109,6 @@ def test_billable_units_round_up_to_5_kib() -> None:
         2,
         200,
     ]
-
-
-def test_token_bucket_pays_its_own_debt() -> None:
-    now = [0.0]
-    bucket = TokenBucket(100.0, clock=lambda: now[0])
-    assert bucket.reserve(50) == pytest.approx(0.5)  # starts empty
-    assert bucket.reserve(50) == pytest.approx(1.0)  # queued behind the first
-    now[0] = 10.0
-    assert bucket.reserve(100) == 0.0  # refilled up to the burst (one second's worth)
-    assert bucket.reserve(1) == pytest.approx(0.01)
 
 
 def test_redact_removes_credentials() -> None:
