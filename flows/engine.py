@@ -158,7 +158,7 @@ class FileRunner:
         rejects: RejectsWriter,
         progress: ProgressListener | None = None,
         should_stop: Callable[[], bool] = lambda: False,
-        committed_this_run: set[int] | None = None,
+        counted_this_run: set[int] | None = None,
     ) -> None:
         self.plan, self.fp, self.index = plan, fp, index
         self.sink, self.store, self.rejects = sink, store, rejects
@@ -169,13 +169,14 @@ class FileRunner:
         self.window = window_us(plan.settings)
         self.inflight: list[_InFlight] = []
         self.error: BaseException | None = None
-        # Chunks an earlier attempt of this same run committed (a Prefect task retry): they are
-        # already counted as sent/rejected, so they are neither counted nor "skipped" again.
-        self.committed_this_run = committed_this_run if committed_this_run is not None else set()
+        # Chunks whose rows an earlier attempt of this same run already counted (a retry of the
+        # file): committed by it (sent/rejected) or skipped by it (delivered by an earlier run).
+        # They are counted once per run, never again as "skipped".
+        self.counted_this_run = counted_this_run if counted_this_run is not None else set()
 
     def run(self) -> Counts:
         prog = self.prog
-        if prog.complete and not self.committed_this_run:
+        if prog.complete and not self.counted_this_run:
             n = prog.rows_sent + prog.rows_rejected
             self.counts.rows_read += n + prog.rows_outside_window
             self.counts.rows_skipped += n
@@ -205,7 +206,8 @@ class FileRunner:
             for chunk, table in prefetch(rechunk(batches, prog.chunk_rows)):
                 chunks_seen = chunk + 1
                 if prog.is_done(chunk):
-                    if chunk not in self.committed_this_run:
+                    if chunk not in self.counted_this_run:
+                        self.counted_this_run.add(chunk)
                         outside = self._outside_count(table)
                         self.counts.rows_read += table.num_rows
                         self.counts.rows_skipped += table.num_rows - outside
@@ -291,7 +293,7 @@ class FileRunner:
         self.prog.mark_done(
             item.chunk, sent=item.sent, rejected=item.rejected, outside=item.outside
         )
-        self.committed_this_run.add(item.chunk)
+        self.counted_this_run.add(item.chunk)
         self.counts.rows_read += item.sent + item.rejected + item.outside
         self.counts.actions_sent += item.sent
         self.counts.rows_rejected += item.rejected

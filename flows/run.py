@@ -106,7 +106,7 @@ class Run:
         self.plan: Plan | None = None
         self.sink: Sink | None = None
         self.rejects: RejectsWriter | None = None
-        self._committed: dict[int, set[int]] = {}  # file index -> chunks committed this run
+        self._counted: dict[int, set[int]] = {}  # file index -> chunks counted this run
         self.session: Any = None  # a boto3 session from an AwsCredentials block, if given
 
     # ------------------------------------------------------------------ prepare
@@ -199,7 +199,7 @@ class Run:
             store=self.store,
             rejects=self.rejects,
             progress=self.progress,
-            committed_this_run=self._committed.setdefault(index, set()),
+            counted_this_run=self._counted.setdefault(index, set()),
         )
         try:
             counts = runner.run()
