@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.checkpoint import CheckpointStore, FileProgress, JobState
+from connectors.checkpoint import CheckpointStore, FileProgress, JobState, TimeWindow
 from connectors.layouts import (
     NO_CHANGES,
     FileRead,
@@ -351,8 +351,9 @@ def _load_state(
     state = None
     if store is not None and not (settings.reset and settings.mode == "send"):
         state = store.load(job)
+    window = TimeWindow.of(settings.window_start, settings.window_end)
     if state is None:
-        return JobState.new(job, fingerprint)
+        return JobState.new(job, fingerprint).model_copy(update={"window": window})
     where = store.describe() if store else ""
     if state.mapping_fingerprint != fingerprint:
         raise CheckpointMismatchError(
@@ -362,6 +363,7 @@ def _load_state(
             "job over (Moesif deduplicates rows whose transaction_id is unchanged), or use a "
             "new --job name."
         )
+    _check_window(state, window, where)
     reprocess = reprocess_keys(settings)
     changed = []
     for fp in files:
@@ -383,6 +385,26 @@ def _load_state(
             "Moesif deduplicates them), or --reset to start the whole job over."
         )
     return state
+
+
+def _check_window(state: JobState, window: TimeWindow, where: str) -> None:
+    """A job's chunks were committed under one time window; refuse another (a nightly day run
+    in one time zone, then a range over the same day in another, would skip committed chunks
+    that hold only the first window's rows). A checkpoint without a recorded window (written
+    before windows were recorded) takes on this run's."""
+    if state.window is None or state.files == {}:
+        state.window = window
+        return
+    if state.window.same_instants(window):
+        return
+    raise CheckpointMismatchError(
+        f"job {state.job!r} was checkpointed with {state.window.describe()} ({where}); this run "
+        f"asks for {window.describe()}. Its committed chunks hold only the rows inside the old "
+        "window, so resuming under another one would leave rows undelivered. Rerun with the "
+        "settings that made the old window (for a day job: the same --timezone and --window as "
+        "before), or rerun with --reset to send the job again under the new window (Moesif "
+        "deduplicates rows already delivered), or use a new --job name."
+    )
 
 
 def reprocess_keys(settings: RunSettings) -> set[str]:

@@ -33,6 +33,7 @@ from flows.nightly import nightly_sync, scheduled_start
 from flows.nightly_state import Watermark, load_watermark, save_watermark
 from moesif_backfill.errors import (
     CheckpointError,
+    CheckpointMismatchError,
     ConfigError,
     DaysFailedError,
     PermanentDeliveryError,
@@ -268,6 +269,54 @@ def test_window_counts_stay_exact_when_a_run_resumes(
     delivered = strict_firehose.transaction_ids(firehose_stream)
     delivered += strict_firehose.transaction_ids(second_stream)
     assert Counter(delivered) == Counter(expected_ids(day_start(1), 300))
+
+
+def test_a_day_checkpointed_under_one_window_refuses_another(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """The window is part of a day job's identity: day D synced in New York time, then the
+    same day job run with D's UTC bounds (`range` in UTC after `nightly` in New York) is
+    refused before anything is sent, instead of skipping chunks committed under the New York
+    window and leaving rows of the UTC day undelivered. A checkpoint without a recorded
+    window (written before windows were recorded) takes on the window of its next run."""
+    day = recent_day(3)
+    parts = []
+    for k, d in enumerate([day - dt.timedelta(days=1), day, day + dt.timedelta(days=1)]):
+        parts.append(pq.read_table(write_day(tmp_path / f"d{k}.parquet", d, day_start(k), 300)))
+    src = tmp_path / "three-days.parquet"
+    pq.write_table(pa.concat_tables(parts), src)
+    ny_start, ny_end = day_bounds(day, "America/New_York")
+    ny = strict_settings(
+        tmp_path, [src], strict_firehose, firehose_stream, chunk_rows=100, job="usage-day",
+        window_start=ny_start, window_end=ny_end,
+    )
+    first, error = run_plain(ny)
+    assert error is None, error
+    sent_first = first.actions_sent
+    assert sent_first > 0
+    utc_start, utc_end = day_bounds(day, "UTC")
+    utc = ny.model_copy(update={"window_start": utc_start, "window_end": utc_end})
+    again, error = run_plain(utc)
+    assert isinstance(error, CheckpointMismatchError), error
+    message = str(error)
+    assert "time window" in message and "--reset" in message and "--timezone" in message
+    assert again.actions_sent == 0
+    assert len(strict_firehose.transaction_ids(firehose_stream)) == sent_first
+    # the same window (another offset spelling of the same instants) resumes as before
+    same, error = run_plain(ny)
+    assert error is None and same.rows_skipped + same.rows_outside_window == same.rows_read
+
+    # a checkpoint from before windows were recorded takes on the next run's window
+    store = LocalCheckpointStore(tmp_path / "ckpt")
+    state = store.load("usage-day")
+    assert state is not None and state.window is not None
+    with store.lock("usage-day"):
+        store.commit(state.model_copy(update={"window": None}))
+    taken, error = run_plain(ny)
+    assert error is None, error
+    state = store.load("usage-day")
+    assert state is not None and state.window is not None
+    assert state.window.start == ny_start.isoformat()
 
 
 # ------------------------------------------------------------------------------ through Prefect
