@@ -217,7 +217,8 @@ class TimeWindow(BaseModel):
         def instant(text: str | None) -> datetime | None:
             return None if text is None else datetime.fromisoformat(text)
 
-        return (instant(self.start), instant(self.end)) == (instant(other.start), instant(other.end))
+        mine = (instant(self.start), instant(self.end))
+        return mine == (instant(other.start), instant(other.end))
 
     def describe(self) -> str:
         if self.start is None and self.end is None:

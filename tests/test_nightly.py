@@ -186,6 +186,8 @@ def test_path_mode_needs_a_per_day_placeholder(tmp_path: Path) -> None:
     assert input_absent(str(tmp_path / "only_marker"))
     assert input_absent(str(tmp_path / "nope"))
     assert input_absent(str(tmp_path / "*.parquet"))
+    # a glob that matches only bookkeeping files is as absent as discovery sees it
+    assert input_absent(str(tmp_path / "only_marker" / "*"))
     write_day(tmp_path / "d" / "x.parquet", D(2026, 1, 1), 1, 3)
     assert not input_absent(str(tmp_path / "d"))
     assert not input_absent(str(tmp_path / "**" / "*.parquet"))
@@ -287,8 +289,14 @@ def test_a_day_checkpointed_under_one_window_refuses_another(
     pq.write_table(pa.concat_tables(parts), src)
     ny_start, ny_end = day_bounds(day, "America/New_York")
     ny = strict_settings(
-        tmp_path, [src], strict_firehose, firehose_stream, chunk_rows=100, job="usage-day",
-        window_start=ny_start, window_end=ny_end,
+        tmp_path,
+        [src],
+        strict_firehose,
+        firehose_stream,
+        chunk_rows=100,
+        job="usage-day",
+        window_start=ny_start,
+        window_end=ny_end,
     )
     first, error = run_plain(ny)
     assert error is None, error
@@ -312,7 +320,7 @@ def test_a_day_checkpointed_under_one_window_refuses_another(
     assert state is not None and state.window is not None
     with store.lock("usage-day"):
         store.commit(state.model_copy(update={"window": None}))
-    taken, error = run_plain(ny)
+    _, error = run_plain(ny)
     assert error is None, error
     state = store.load("usage-day")
     assert state is not None and state.window is not None
@@ -449,6 +457,39 @@ def test_missing_day_fails_and_keeps_the_watermark(
     empty = nightly_sync(**p, date=(d[2] + dt.timedelta(days=1)).isoformat(), allow_empty_days=True)
     assert empty["days"][-1]["status"] == "empty"
     assert empty["watermark_after"] == (d[2] + dt.timedelta(days=1)).isoformat()
+
+
+@pytest.mark.integration
+def test_a_day_with_one_of_two_sources_missing_is_incomplete(
+    tmp_path: Path, prefect_api: str, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """Two source templates (usage and seats exports): a day where one has landed and the
+    other has not fails as incomplete and holds the watermark, even with allow_empty_days
+    (which accepts only a day where every source is empty); nothing of the day is sent until
+    both are there."""
+    usage, seats = tmp_path / "usage", tmp_path / "seats"
+    d = [recent_day(6) + dt.timedelta(days=i) for i in range(2)]
+    write_day(partition(usage, d[0]), d[0], day_start(0), 100)
+    write_day(partition(seats, d[0]), d[0], day_start(0) + 50_000, 50)
+    write_day(partition(usage, d[1]), d[1], day_start(1), 100)  # seats of d[1]: not yet
+    sources = [str(root / "dt={date:%Y-%m-%d}") + "/" for root in (usage, seats)]
+    p = params(tmp_path, strict_firehose, firehose_stream, source=sources, late_arrival_days=0)
+    nightly_sync(**p, date=d[0].isoformat())
+    assert len(strict_firehose.transaction_ids(firehose_stream)) == 150
+
+    with pytest.raises(DaysFailedError, match=rf"day {d[1]} is incomplete: no input at .*seats"):
+        nightly_sync(**p, date=d[1].isoformat(), allow_empty_days=True)
+    wm = load_watermark(LocalCheckpointStore(tmp_path / "ckpt"), "usage")
+    assert wm is not None and wm.last_synced_day == d[0]  # not past the incomplete day
+    assert len(strict_firehose.transaction_ids(firehose_stream)) == 150  # nothing of d[1]
+
+    write_day(partition(seats, d[1]), d[1], day_start(1) + 50_000, 50)
+    done = nightly_sync(**p, date=d[1].isoformat())
+    assert by_day(done)[d[1].isoformat()]["sent"] == 150
+    assert done["watermark_after"] == d[1].isoformat()
+    # a day where every source is empty is what allow_empty_days accepts
+    empty = nightly_sync(**p, date=(d[1] + dt.timedelta(days=1)).isoformat(), allow_empty_days=True)
+    assert empty["days"][-1]["status"] == "empty"
 
 
 @pytest.mark.integration
