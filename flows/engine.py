@@ -51,6 +51,9 @@ class Counts:
     chunks_committed: int = 0
     min_time_us: int | None = None
     sample: list[str] = field(default_factory=list)
+    # Rows sent without a field because their file lacks its column (if_missing: omit), by
+    # the field's label (company_id, metadata.plan, ...).
+    sent_without_field: dict[str, int] = field(default_factory=dict)
 
     TOTALS = (
         "rows_read",
@@ -76,6 +79,8 @@ class Counts:
                 else min(self.min_time_us, other.min_time_us)
             )
         self.sample.extend(other.sample[: max(0, 3 - len(self.sample))])
+        for label, n in other.sent_without_field.items():
+            self.sent_without_field[label] = self.sent_without_field.get(label, 0) + n
 
 
 def rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[tuple[int, pa.Table]]:
@@ -167,6 +172,12 @@ class FileRunner:
         self.counts = Counts()
         self.prog: FileProgress = file_progress(plan, fp)
         self.window = window_us(plan.settings)
+        # Fields this file's rows go without (their column is missing: if_missing: omit).
+        self.omitted = [
+            label
+            for label, src in plan.spec.column_fields().items()
+            if src.column in fp.read.missing
+        ]
         self.inflight: list[_InFlight] = []
         self.error: BaseException | None = None
         # Chunks whose rows an earlier attempt of this same run already counted (a retry of the
@@ -299,6 +310,9 @@ class FileRunner:
         self.counts.rows_rejected += item.rejected
         self.counts.rows_outside_window += item.outside
         self.counts.chunks_committed += 1
+        for label in self.omitted:
+            n = self.counts.sent_without_field.get(label, 0) + item.sent
+            self.counts.sent_without_field[label] = n
         self._commit()
         self._progress(item.sent + item.rejected + item.outside)
 

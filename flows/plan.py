@@ -168,16 +168,7 @@ def _bind_all(spec: MappingSpec, seen: list[_Seen], notes: list[str]) -> list[Fi
     """Bind the mapping to every file with one type per column across files (schema drift,
     connectors.schema_drift); MappingError when a column is absent where it is needed or its
     types cannot be unified."""
-    required = set(required_columns(spec))
-    for name in spec.referenced_columns():
-        absent = [s for s in seen if name in s.missing]
-        if absent and (len(absent) == len(seen) or name in required):
-            raise _with_header_hint(spec, absent[0], absent[0].missing[name])
-        if absent:
-            notes.append(
-                f"column {name!r} is missing from {len(absent)} of {len(seen)} file(s) (e.g. "
-                f"{absent[0].src.path}): read as null there"
-            )
+    _check_missing_columns(spec, seen, notes)
     keys = set(spec.key_columns())
     tables = [_file_columns(spec, s, keys) for s in seen]
     for s, table in zip(seen, tables, strict=True):
@@ -193,6 +184,39 @@ def _bind_all(spec: MappingSpec, seen: list[_Seen], notes: list[str]) -> list[Fi
     for i, names in unified.as_text.items():
         seen[i].as_text = names
     return [_bind(spec, s, unified.types) for s in seen]
+
+
+def _check_missing_columns(spec: MappingSpec, seen: list[_Seen], notes: list[str]) -> None:
+    """A mapped column absent from some input files stops the run (MappingError, exit 2)
+    naming those files, unless every field reading it says `if_missing: omit`; the time and
+    transaction_id columns are needed in every file."""
+    required = set(required_columns(spec))
+    fields = spec.column_fields()
+    for name in spec.referenced_columns():
+        absent = [s for s in seen if name in s.missing]
+        if not absent:
+            continue
+        users = {label: src for label, src in fields.items() if src.column == name}
+        optional = name not in required and all(src.if_missing for src in users.values())
+        if optional:
+            notes.append(
+                f"column {name!r} is missing from {len(absent)} of {len(seen)} file(s) (e.g. "
+                f"{absent[0].src.path}): their rows are sent without {', '.join(users)} "
+                "(if_missing: omit)"
+            )
+            continue
+        if len(absent) == len(seen) or name in required:
+            raise _with_header_hint(spec, absent[0], absent[0].missing[name])
+        shown = "\n  ".join(s.src.path for s in absent[:10])
+        more = f"\n  ... and {len(absent) - 10} more" if len(absent) > 10 else ""
+        raise MappingError(
+            f"column {name!r} ({', '.join(users)}) is missing from {len(absent)} of {len(seen)} "
+            f"input file(s):\n  {shown}{more}\nTheir rows would be sent without "
+            f"{', '.join(users)}. Nothing was sent. If that is right (an older export without "
+            f"the column), say so in the mapping: set {' and '.join(users)} to "
+            f"{{column: {name}, if_missing: omit}}; otherwise fix the export or leave those "
+            "files out."
+        )
 
 
 def _file_columns(spec: MappingSpec, s: _Seen, keys: set[str]) -> FileColumns:

@@ -246,6 +246,7 @@ class Run:
             for k, v in self.sink.stats().items():
                 setattr(summary, k, v)
         summary.sample_actions = list(c.sample)
+        summary.sent_without_field = dict(sorted(c.sent_without_field.items()))
         summary.duration_s = round(time.monotonic() - self.started, 3)
         summary.startup_s = round(self.started - PROCESS_T0, 3)
         summary.rows_per_second = round(c.rows_read / summary.duration_s, 1) if c.rows_read else 0

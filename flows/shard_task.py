@@ -191,7 +191,12 @@ def _result(work: ShardWork, memo: _Attempts, runner: FileRunner) -> dict[str, A
     c = memo.counts
     return {
         "sid": work.shard.sid,
-        "counts": {**c.totals(), "min_time_us": c.min_time_us, "sample": list(c.sample)},
+        "counts": {
+            **c.totals(),
+            "min_time_us": c.min_time_us,
+            "sample": list(c.sample),
+            "sent_without_field": dict(c.sent_without_field),
+        },
         "stats": memo.stats,
         "totals": ShardTotals.of(runner.prog).model_dump(),
     }
