@@ -50,6 +50,7 @@ __all__ = [
     "CheckpointStore",
     "FileProgress",
     "JobState",
+    "TimeWindow",
     "validate_job_name",
 ]
 
@@ -191,6 +192,40 @@ class FileProgress(BaseModel):
         return sum(b - a for a, b in self.done)
 
 
+class TimeWindow(BaseModel):
+    """The time window a job's chunks were committed with: [start, end) as ISO 8601 instants
+    with their offset (None: unbounded on that side; both None: the job has no window).
+
+    It is part of a job's identity: a committed chunk holds only the rows inside the window it
+    was sent with, so skipping it under another window would leave rows undelivered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: str | None = None
+    end: str | None = None
+
+    @classmethod
+    def of(cls, start: datetime | None, end: datetime | None) -> TimeWindow:
+        return cls(
+            start=None if start is None else start.isoformat(),
+            end=None if end is None else end.isoformat(),
+        )
+
+    def same_instants(self, other: TimeWindow) -> bool:
+        """The same window, whatever offsets its bounds were written with."""
+
+        def instant(text: str | None) -> datetime | None:
+            return None if text is None else datetime.fromisoformat(text)
+
+        mine = (instant(self.start), instant(self.end))
+        return mine == (instant(other.start), instant(other.end))
+
+    def describe(self) -> str:
+        if self.start is None and self.end is None:
+            return "no time window"
+        return f"time window [{self.start or '-inf'}, {self.end or '+inf'})"
+
+
 class JobState(BaseModel):
     """Everything a rerun needs to resume a job. Never holds credentials or other secrets."""
 
@@ -203,6 +238,9 @@ class JobState(BaseModel):
     created_at: str
     updated_at: str
     files: dict[str, FileProgress] = Field(default_factory=dict)
+    # The time window of the job's runs; None in checkpoints written before it was recorded
+    # (such a job takes on the window of its next run).
+    window: TimeWindow | None = None
 
     @classmethod
     def new(cls, job: str, mapping_fingerprint: str) -> JobState:

@@ -391,6 +391,12 @@ def _looks_delimited(head: bytes, opts: SourceOptions) -> bool:
 # discovery helpers
 
 
+def local_data_files(spec: str) -> list[str]:
+    """The data files a local input `spec` (file, directory, glob) names, as discovery sees
+    them: hidden, '_'-prefixed and *.crc files are not data. Empty when it names none."""
+    return list(_expand_spec(spec))
+
+
 def _expand_spec(spec: str) -> Iterator[str]:
     if "://" in spec:
         raise SourceError(

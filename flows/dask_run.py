@@ -210,6 +210,7 @@ class ShardedRun(Run):
             setattr(c, name, int(data.get(name, 0)))
         c.min_time_us = data.get("min_time_us")
         c.sample = list(data.get("sample", []))
+        c.sent_without_field = dict(data.get("sent_without_field", {}))
         self.counts.add(c)
         if self.shard_stats is not None:
             self.shard_stats.add(result.get("stats", {}))

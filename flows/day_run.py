@@ -10,10 +10,8 @@ A day whose inputs are not there fails loudly, unless empty days are allowed.
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from connectors import storage
-from connectors.sources import is_ignored_name
+from connectors.sources import local_data_files
 from flows.backfill import backfill
 from flows.days import (
     DayKind,
@@ -177,38 +175,38 @@ class DayResult:
 
 def input_absent(spec: str) -> bool:
     """True when `spec` (a path, directory, glob or s3:// prefix) holds no data file at all:
-    it does not exist, or holds only hidden/bookkeeping files (_SUCCESS, .crc, ...)."""
+    it does not exist, or holds only hidden/bookkeeping files (_SUCCESS, .crc, ...). The same
+    expansion as the run's own discovery (connectors.sources, connectors.storage)."""
     if storage.is_s3(spec):
         return not storage.list_s3(spec)
-    path = os.path.expanduser(spec)
-    candidates = glob.glob(path, recursive=True) if glob.has_magic(path) else [path]
-    return not any(_holds_data(c) for c in candidates)
-
-
-def _holds_data(path: str) -> bool:
-    if os.path.isfile(path):
-        return True
-    for _dir, dirnames, filenames in os.walk(path):
-        dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
-        if any(not is_ignored_name(name) for name in filenames):
-            return True
-    return False
+    return not local_data_files(spec)
 
 
 def _day_inputs(config: DayConfig, day: dt.date) -> list[str] | None:
-    """The day's sources; None for an allowed empty day; MissingDayError if absent."""
+    """The day's sources; None for an allowed empty day (every source empty); MissingDayError
+    if any source is absent while others have data, or if all are absent and empty days are
+    not allowed. A day is delivered only when every source template has delivered it."""
     specs = format_sources(config.sources, day)
     absent = [s for s in specs if input_absent(s)]
     if not absent:
         return specs
-    if config.allow_empty_days:
-        present = [s for s in specs if s not in absent]
-        return present or None
+    if len(absent) == len(specs):
+        if config.allow_empty_days:
+            return None
+        raise MissingDayError(
+            f"day {day}: no input at {', '.join(absent)}. Has the export for {day} landed yet? "
+            f"Nothing was sent for this day and the nightly watermark stays before it; the next "
+            "run tries it again. If the day really has no data, run it once with "
+            "allow_empty_days (--allow-empty-days)"
+        )
+    present = [s for s in specs if s not in absent]
     raise MissingDayError(
-        f"day {day}: no input at {', '.join(absent)}. Has the export for {day} landed yet? "
-        f"Nothing was sent for this day and the nightly watermark stays before it; the next "
-        "run tries it again. If the day really has no data, run it once with "
-        "allow_empty_days (--allow-empty-days)"
+        f"day {day} is incomplete: no input at {', '.join(absent)} while "
+        f"{', '.join(present)} has data. Has every export for {day} landed yet? Nothing was "
+        "sent for this day and the nightly watermark stays before it; the next run tries it "
+        "again. allow_empty_days (--allow-empty-days) accepts only a day where every source "
+        "is empty; if this source really has no data for the day, leave it out of the sources "
+        "for that day (backfill-range with the other sources)"
     )
 
 

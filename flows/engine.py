@@ -51,6 +51,9 @@ class Counts:
     chunks_committed: int = 0
     min_time_us: int | None = None
     sample: list[str] = field(default_factory=list)
+    # Rows sent without a field because their file lacks its column (if_missing: omit), by
+    # the field's label (company_id, metadata.plan, ...).
+    sent_without_field: dict[str, int] = field(default_factory=dict)
 
     TOTALS = (
         "rows_read",
@@ -76,6 +79,8 @@ class Counts:
                 else min(self.min_time_us, other.min_time_us)
             )
         self.sample.extend(other.sample[: max(0, 3 - len(self.sample))])
+        for label, n in other.sent_without_field.items():
+            self.sent_without_field[label] = self.sent_without_field.get(label, 0) + n
 
 
 def rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[tuple[int, pa.Table]]:
@@ -158,7 +163,7 @@ class FileRunner:
         rejects: RejectsWriter,
         progress: ProgressListener | None = None,
         should_stop: Callable[[], bool] = lambda: False,
-        committed_this_run: set[int] | None = None,
+        counted_this_run: set[int] | None = None,
     ) -> None:
         self.plan, self.fp, self.index = plan, fp, index
         self.sink, self.store, self.rejects = sink, store, rejects
@@ -167,15 +172,22 @@ class FileRunner:
         self.counts = Counts()
         self.prog: FileProgress = file_progress(plan, fp)
         self.window = window_us(plan.settings)
+        # Fields this file's rows go without (their column is missing: if_missing: omit).
+        self.omitted = [
+            label
+            for label, src in plan.spec.column_fields().items()
+            if src.column in fp.read.missing
+        ]
         self.inflight: list[_InFlight] = []
         self.error: BaseException | None = None
-        # Chunks an earlier attempt of this same run committed (a Prefect task retry): they are
-        # already counted as sent/rejected, so they are neither counted nor "skipped" again.
-        self.committed_this_run = committed_this_run if committed_this_run is not None else set()
+        # Chunks whose rows an earlier attempt of this same run already counted (a retry of the
+        # file): committed by it (sent/rejected) or skipped by it (delivered by an earlier run).
+        # They are counted once per run, never again as "skipped".
+        self.counted_this_run = counted_this_run if counted_this_run is not None else set()
 
     def run(self) -> Counts:
         prog = self.prog
-        if prog.complete and not self.committed_this_run:
+        if prog.complete and not self.counted_this_run:
             n = prog.rows_sent + prog.rows_rejected
             self.counts.rows_read += n + prog.rows_outside_window
             self.counts.rows_skipped += n
@@ -205,7 +217,8 @@ class FileRunner:
             for chunk, table in prefetch(rechunk(batches, prog.chunk_rows)):
                 chunks_seen = chunk + 1
                 if prog.is_done(chunk):
-                    if chunk not in self.committed_this_run:
+                    if chunk not in self.counted_this_run:
+                        self.counted_this_run.add(chunk)
                         outside = self._outside_count(table)
                         self.counts.rows_read += table.num_rows
                         self.counts.rows_skipped += table.num_rows - outside
@@ -291,12 +304,15 @@ class FileRunner:
         self.prog.mark_done(
             item.chunk, sent=item.sent, rejected=item.rejected, outside=item.outside
         )
-        self.committed_this_run.add(item.chunk)
+        self.counted_this_run.add(item.chunk)
         self.counts.rows_read += item.sent + item.rejected + item.outside
         self.counts.actions_sent += item.sent
         self.counts.rows_rejected += item.rejected
         self.counts.rows_outside_window += item.outside
         self.counts.chunks_committed += 1
+        for label in self.omitted:
+            n = self.counts.sent_without_field.get(label, 0) + item.sent
+            self.counts.sent_without_field[label] = n
         self._commit()
         self._progress(item.sent + item.rejected + item.outside)
 

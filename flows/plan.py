@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.checkpoint import CheckpointStore, FileProgress, JobState
+from connectors.checkpoint import CheckpointStore, FileProgress, JobState, TimeWindow
 from connectors.layouts import (
     NO_CHANGES,
     FileRead,
@@ -168,16 +168,7 @@ def _bind_all(spec: MappingSpec, seen: list[_Seen], notes: list[str]) -> list[Fi
     """Bind the mapping to every file with one type per column across files (schema drift,
     connectors.schema_drift); MappingError when a column is absent where it is needed or its
     types cannot be unified."""
-    required = set(required_columns(spec))
-    for name in spec.referenced_columns():
-        absent = [s for s in seen if name in s.missing]
-        if absent and (len(absent) == len(seen) or name in required):
-            raise _with_header_hint(spec, absent[0], absent[0].missing[name])
-        if absent:
-            notes.append(
-                f"column {name!r} is missing from {len(absent)} of {len(seen)} file(s) (e.g. "
-                f"{absent[0].src.path}): read as null there"
-            )
+    _check_missing_columns(spec, seen, notes)
     keys = set(spec.key_columns())
     tables = [_file_columns(spec, s, keys) for s in seen]
     for s, table in zip(seen, tables, strict=True):
@@ -193,6 +184,39 @@ def _bind_all(spec: MappingSpec, seen: list[_Seen], notes: list[str]) -> list[Fi
     for i, names in unified.as_text.items():
         seen[i].as_text = names
     return [_bind(spec, s, unified.types) for s in seen]
+
+
+def _check_missing_columns(spec: MappingSpec, seen: list[_Seen], notes: list[str]) -> None:
+    """A mapped column absent from some input files stops the run (MappingError, exit 2)
+    naming those files, unless every field reading it says `if_missing: omit`; the time and
+    transaction_id columns are needed in every file."""
+    required = set(required_columns(spec))
+    fields = spec.column_fields()
+    for name in spec.referenced_columns():
+        absent = [s for s in seen if name in s.missing]
+        if not absent:
+            continue
+        users = {label: src for label, src in fields.items() if src.column == name}
+        optional = name not in required and all(src.if_missing for src in users.values())
+        if optional:
+            notes.append(
+                f"column {name!r} is missing from {len(absent)} of {len(seen)} file(s) (e.g. "
+                f"{absent[0].src.path}): their rows are sent without {', '.join(users)} "
+                "(if_missing: omit)"
+            )
+            continue
+        if len(absent) == len(seen) or name in required:
+            raise _with_header_hint(spec, absent[0], absent[0].missing[name])
+        shown = "\n  ".join(s.src.path for s in absent[:10])
+        more = f"\n  ... and {len(absent) - 10} more" if len(absent) > 10 else ""
+        raise MappingError(
+            f"column {name!r} ({', '.join(users)}) is missing from {len(absent)} of {len(seen)} "
+            f"input file(s):\n  {shown}{more}\nTheir rows would be sent without "
+            f"{', '.join(users)}. Nothing was sent. If that is right (an older export without "
+            f"the column), say so in the mapping: set {' and '.join(users)} to "
+            f"{{column: {name}, if_missing: omit}}; otherwise fix the export or leave those "
+            "files out."
+        )
 
 
 def _file_columns(spec: MappingSpec, s: _Seen, keys: set[str]) -> FileColumns:
@@ -351,8 +375,9 @@ def _load_state(
     state = None
     if store is not None and not (settings.reset and settings.mode == "send"):
         state = store.load(job)
+    window = TimeWindow.of(settings.window_start, settings.window_end)
     if state is None:
-        return JobState.new(job, fingerprint)
+        return JobState.new(job, fingerprint).model_copy(update={"window": window})
     where = store.describe() if store else ""
     if state.mapping_fingerprint != fingerprint:
         raise CheckpointMismatchError(
@@ -362,6 +387,7 @@ def _load_state(
             "job over (Moesif deduplicates rows whose transaction_id is unchanged), or use a "
             "new --job name."
         )
+    _check_window(state, window, where)
     reprocess = reprocess_keys(settings)
     changed = []
     for fp in files:
@@ -383,6 +409,26 @@ def _load_state(
             "Moesif deduplicates them), or --reset to start the whole job over."
         )
     return state
+
+
+def _check_window(state: JobState, window: TimeWindow, where: str) -> None:
+    """A job's chunks were committed under one time window; refuse another (a nightly day run
+    in one time zone, then a range over the same day in another, would skip committed chunks
+    that hold only the first window's rows). A checkpoint without a recorded window (written
+    before windows were recorded) takes on this run's."""
+    if state.window is None or state.files == {}:
+        state.window = window
+        return
+    if state.window.same_instants(window):
+        return
+    raise CheckpointMismatchError(
+        f"job {state.job!r} was checkpointed with {state.window.describe()} ({where}); this run "
+        f"asks for {window.describe()}. Its committed chunks hold only the rows inside the old "
+        "window, so resuming under another one would leave rows undelivered. Rerun with the "
+        "settings that made the old window (for a day job: the same --timezone and --window as "
+        "before), or rerun with --reset to send the job again under the new window (Moesif "
+        "deduplicates rows already delivered), or use a new --job name."
+    )
 
 
 def reprocess_keys(settings: RunSettings) -> set[str]:

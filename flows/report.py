@@ -33,6 +33,8 @@ class RunSummary:
     send_limits: dict[str, Any] = field(default_factory=dict)  # per-stream limits, stream count
     streams: dict[str, dict[str, int]] = field(default_factory=dict)  # per stream: records...
     metadata_nonfinite_omitted: int = 0
+    # rows sent without a field because their file lacks its column (if_missing: omit)
+    sent_without_field: dict[str, int] = field(default_factory=dict)
     rows_older_than_30_days: int = 0
     files_total: int = 0
     files_complete: int = 0

@@ -106,7 +106,7 @@ class Run:
         self.plan: Plan | None = None
         self.sink: Sink | None = None
         self.rejects: RejectsWriter | None = None
-        self._committed: dict[int, set[int]] = {}  # file index -> chunks committed this run
+        self._counted: dict[int, set[int]] = {}  # file index -> chunks counted this run
         self.session: Any = None  # a boto3 session from an AwsCredentials block, if given
 
     # ------------------------------------------------------------------ prepare
@@ -199,7 +199,7 @@ class Run:
             store=self.store,
             rejects=self.rejects,
             progress=self.progress,
-            committed_this_run=self._committed.setdefault(index, set()),
+            counted_this_run=self._counted.setdefault(index, set()),
         )
         try:
             counts = runner.run()
@@ -246,6 +246,7 @@ class Run:
             for k, v in self.sink.stats().items():
                 setattr(summary, k, v)
         summary.sample_actions = list(c.sample)
+        summary.sent_without_field = dict(sorted(c.sent_without_field.items()))
         summary.duration_s = round(time.monotonic() - self.started, 3)
         summary.startup_s = round(self.started - PROCESS_T0, 3)
         summary.rows_per_second = round(c.rows_read / summary.duration_s, 1) if c.rows_read else 0

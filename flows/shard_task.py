@@ -88,7 +88,7 @@ class _Attempts:
 
     counts: Counts = field(default_factory=Counts)
     stats: dict[str, Any] = field(default_factory=dict)
-    committed: set[int] = field(default_factory=set)
+    counted: set[int] = field(default_factory=set)  # chunks counted (FileRunner)
 
 
 _attempts: dict[str, _Attempts] = {}
@@ -164,7 +164,7 @@ def run_shard(work: ShardWork, attempt_key: str | None = None) -> dict[str, Any]
             sink=sink,
             store=store,
             rejects=rejects,
-            committed_this_run=memo.committed,
+            counted_this_run=memo.counted,
         )
         try:
             runner.run()
@@ -191,7 +191,12 @@ def _result(work: ShardWork, memo: _Attempts, runner: FileRunner) -> dict[str, A
     c = memo.counts
     return {
         "sid": work.shard.sid,
-        "counts": {**c.totals(), "min_time_us": c.min_time_us, "sample": list(c.sample)},
+        "counts": {
+            **c.totals(),
+            "min_time_us": c.min_time_us,
+            "sample": list(c.sample),
+            "sent_without_field": dict(c.sent_without_field),
+        },
         "stats": memo.stats,
         "totals": ShardTotals.of(runner.prog).model_dump(),
     }

@@ -263,6 +263,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             5,
             f"  outside window {summary['rows_outside_window']:>12,}  (other days: not sent here)",
         )
+    for label, n in (summary.get("sent_without_field") or {}).items():
+        lines.append(f"  without {label}: {n:,} rows (their files lack the column: if_missing)")
     streams = summary.get("streams") or {}
     if len(streams) > 1:
         for name, c in streams.items():

@@ -500,10 +500,12 @@ def test_compatible_drift_is_unified(tmp_path: Path) -> None:
     parquet_file(data / "b.parquet", b)
     # a CSV part whose discount column is empty in every row (inferred as string)
     text_file(data / "c.csv", [{**r, "qty": 7, "ratio": 2, "discount": None} for r in rows(41, 5)])
-    metadata = {"amount": "amount", "qty": "qty", "ratio": "ratio", "discount": "discount"}
-    _summary, err, records = run(tmp_path, [data], mapping_file(tmp_path, metadata=metadata))
+    discount = {"column": "discount", "if_missing": "omit"}  # a.parquet has none
+    metadata = {"amount": "amount", "qty": "qty", "ratio": "ratio", "discount": discount}
+    summary, err, records = run(tmp_path, [data], mapping_file(tmp_path, metadata=metadata))
     assert err is None, err
     assert set(ids(records)) == expected_ids(1, 45)
+    assert summary.sent_without_field == {"metadata.discount": 20}
     by_id = {r["transaction_id"]: r["metadata"] for r in records}
     first, later = by_id[contract_id(line_id(2))], by_id[contract_id(line_id(22))]
     # one decimal type, (12, 4), in both files: the same digits in the JSON
@@ -511,7 +513,7 @@ def test_compatible_drift_is_unified(tmp_path: Path) -> None:
     assert b'"amount":0.0200,' in raw and b'"amount":0.2200,' in raw
     assert b'"amount":0.02,' not in raw
     assert first["qty"] == 1 and later["qty"] == 1
-    assert first["ratio"] == 0.5 and "discount" not in first  # missing in a.parquet: null
+    assert first["ratio"] == 0.5 and "discount" not in first  # missing in a.parquet: omitted
     assert later["discount"] == 1.5
 
 
@@ -691,3 +693,38 @@ def test_inferred_numbers_next_to_declared_text_are_read_as_written(tmp_path: Pa
     assert err is None, err
     assert {r["company_id"] for r in records} == {"00042"}  # not "42" from the CSV file
     assert set(ids(records)) == expected_ids(1, 10)
+
+
+def test_a_mapped_column_missing_from_some_files_stops_preflight(tmp_path: Path) -> None:
+    """Issue 10 item 6: an older export without `customer_id` (company_id) stops the run
+    before anything is sent, naming the files that lack it; `if_missing: omit` accepts it,
+    and the summary counts the rows sent without the field."""
+    data = tmp_path / "exports"
+    text_file(data / "2026-10.csv", rows(1, 30))
+
+    def without_customer(start: int, n: int) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "customer_id"} for r in rows(start, n)]
+
+    text_file(data / "2026-09.csv", without_customer(31, 20))
+    text_file(data / "2026-08.csv", without_customer(51, 5))
+
+    summary, err, records = run(tmp_path, [data])
+    assert isinstance(err, MappingError) and err.exit_code == 2
+    message = str(err)
+    assert "'customer_id' (company_id) is missing from 2 of 3 input file(s)" in message
+    assert "2026-09.csv" in message and "2026-08.csv" in message and "2026-10.csv" not in message
+    assert "{column: customer_id, if_missing: omit}" in message and "Nothing was sent" in message
+    assert records == [] and summary.actions_sent == 0
+
+    optional = {"column": "customer_id", "if_missing": "omit"}
+    summary, err, records = run(tmp_path, [data], mapping_file(tmp_path, company_id=optional))
+    assert err is None, err
+    assert summary.actions_sent == 55 and summary.sent_without_field == {"company_id": 25}
+    assert sum("company_id" not in r for r in records) == 25
+    assert set(ids(records)) == expected_ids(1, 55)
+    # the option decides nothing about IDs or payloads: the fingerprint is the one without it
+    plain = parse_mapping(dict(MAPPING))
+    assert parse_mapping(dict(MAPPING, company_id=optional)).fingerprint() == plain.fingerprint()
+    # the time and transaction_id columns stay required in every file
+    with pytest.raises(MappingError, match="action_name cannot have if_missing"):
+        parse_mapping(dict(MAPPING, action_name={"column": "x", "if_missing": "omit"}))

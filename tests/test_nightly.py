@@ -33,6 +33,7 @@ from flows.nightly import nightly_sync, scheduled_start
 from flows.nightly_state import Watermark, load_watermark, save_watermark
 from moesif_backfill.errors import (
     CheckpointError,
+    CheckpointMismatchError,
     ConfigError,
     DaysFailedError,
     PermanentDeliveryError,
@@ -185,6 +186,8 @@ def test_path_mode_needs_a_per_day_placeholder(tmp_path: Path) -> None:
     assert input_absent(str(tmp_path / "only_marker"))
     assert input_absent(str(tmp_path / "nope"))
     assert input_absent(str(tmp_path / "*.parquet"))
+    # a glob that matches only bookkeeping files is as absent as discovery sees it
+    assert input_absent(str(tmp_path / "only_marker" / "*"))
     write_day(tmp_path / "d" / "x.parquet", D(2026, 1, 1), 1, 3)
     assert not input_absent(str(tmp_path / "d"))
     assert not input_absent(str(tmp_path / "**" / "*.parquet"))
@@ -268,6 +271,60 @@ def test_window_counts_stay_exact_when_a_run_resumes(
     delivered = strict_firehose.transaction_ids(firehose_stream)
     delivered += strict_firehose.transaction_ids(second_stream)
     assert Counter(delivered) == Counter(expected_ids(day_start(1), 300))
+
+
+def test_a_day_checkpointed_under_one_window_refuses_another(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """The window is part of a day job's identity: day D synced in New York time, then the
+    same day job run with D's UTC bounds (`range` in UTC after `nightly` in New York) is
+    refused before anything is sent, instead of skipping chunks committed under the New York
+    window and leaving rows of the UTC day undelivered. A checkpoint without a recorded
+    window (written before windows were recorded) takes on the window of its next run."""
+    day = recent_day(3)
+    parts = []
+    for k, d in enumerate([day - dt.timedelta(days=1), day, day + dt.timedelta(days=1)]):
+        parts.append(pq.read_table(write_day(tmp_path / f"d{k}.parquet", d, day_start(k), 300)))
+    src = tmp_path / "three-days.parquet"
+    pq.write_table(pa.concat_tables(parts), src)
+    ny_start, ny_end = day_bounds(day, "America/New_York")
+    ny = strict_settings(
+        tmp_path,
+        [src],
+        strict_firehose,
+        firehose_stream,
+        chunk_rows=100,
+        job="usage-day",
+        window_start=ny_start,
+        window_end=ny_end,
+    )
+    first, error = run_plain(ny)
+    assert error is None, error
+    sent_first = first.actions_sent
+    assert sent_first > 0
+    utc_start, utc_end = day_bounds(day, "UTC")
+    utc = ny.model_copy(update={"window_start": utc_start, "window_end": utc_end})
+    again, error = run_plain(utc)
+    assert isinstance(error, CheckpointMismatchError), error
+    message = str(error)
+    assert "time window" in message and "--reset" in message and "--timezone" in message
+    assert again.actions_sent == 0
+    assert len(strict_firehose.transaction_ids(firehose_stream)) == sent_first
+    # the same window (another offset spelling of the same instants) resumes as before
+    same, error = run_plain(ny)
+    assert error is None and same.rows_skipped + same.rows_outside_window == same.rows_read
+
+    # a checkpoint from before windows were recorded takes on the next run's window
+    store = LocalCheckpointStore(tmp_path / "ckpt")
+    state = store.load("usage-day")
+    assert state is not None and state.window is not None
+    with store.lock("usage-day"):
+        store.commit(state.model_copy(update={"window": None}))
+    _, error = run_plain(ny)
+    assert error is None, error
+    state = store.load("usage-day")
+    assert state is not None and state.window is not None
+    assert state.window.start == ny_start.isoformat()
 
 
 # ------------------------------------------------------------------------------ through Prefect
@@ -400,6 +457,39 @@ def test_missing_day_fails_and_keeps_the_watermark(
     empty = nightly_sync(**p, date=(d[2] + dt.timedelta(days=1)).isoformat(), allow_empty_days=True)
     assert empty["days"][-1]["status"] == "empty"
     assert empty["watermark_after"] == (d[2] + dt.timedelta(days=1)).isoformat()
+
+
+@pytest.mark.integration
+def test_a_day_with_one_of_two_sources_missing_is_incomplete(
+    tmp_path: Path, prefect_api: str, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """Two source templates (usage and seats exports): a day where one has landed and the
+    other has not fails as incomplete and holds the watermark, even with allow_empty_days
+    (which accepts only a day where every source is empty); nothing of the day is sent until
+    both are there."""
+    usage, seats = tmp_path / "usage", tmp_path / "seats"
+    d = [recent_day(6) + dt.timedelta(days=i) for i in range(2)]
+    write_day(partition(usage, d[0]), d[0], day_start(0), 100)
+    write_day(partition(seats, d[0]), d[0], day_start(0) + 50_000, 50)
+    write_day(partition(usage, d[1]), d[1], day_start(1), 100)  # seats of d[1]: not yet
+    sources = [str(root / "dt={date:%Y-%m-%d}") + "/" for root in (usage, seats)]
+    p = params(tmp_path, strict_firehose, firehose_stream, source=sources, late_arrival_days=0)
+    nightly_sync(**p, date=d[0].isoformat())
+    assert len(strict_firehose.transaction_ids(firehose_stream)) == 150
+
+    with pytest.raises(DaysFailedError, match=rf"day {d[1]} is incomplete: no input at .*seats"):
+        nightly_sync(**p, date=d[1].isoformat(), allow_empty_days=True)
+    wm = load_watermark(LocalCheckpointStore(tmp_path / "ckpt"), "usage")
+    assert wm is not None and wm.last_synced_day == d[0]  # not past the incomplete day
+    assert len(strict_firehose.transaction_ids(firehose_stream)) == 150  # nothing of d[1]
+
+    write_day(partition(seats, d[1]), d[1], day_start(1) + 50_000, 50)
+    done = nightly_sync(**p, date=d[1].isoformat())
+    assert by_day(done)[d[1].isoformat()]["sent"] == 150
+    assert done["watermark_after"] == d[1].isoformat()
+    # a day where every source is empty is what allow_empty_days accepts
+    empty = nightly_sync(**p, date=(d[1] + dt.timedelta(days=1)).isoformat(), allow_empty_days=True)
+    assert empty["days"][-1]["status"] == "empty"
 
 
 @pytest.mark.integration

@@ -152,7 +152,8 @@ def _layouts(bucket: str) -> dict[str, dict[str, Any]]:
         "spec": f"s3://{bucket}/rs-parquet/",
         "ids": (1, 1400),
     }
-    # The same export over time: amount int32 -> int64, timestamp ms -> us, user_id added.
+    # The same export over time: amount int32 -> int64, timestamp ms -> us, user_id added
+    # (the older part has none: the mapping says so with if_missing: omit).
     drifted = [
         _drift_table(1, amount=pa.int32(), unit="ms", with_user=False),
         _drift_table(501, amount=pa.int64(), unit="us", with_user=True),
@@ -162,6 +163,8 @@ def _layouts(bucket: str) -> dict[str, dict[str, Any]]:
         "source": {},
         "spec": f"s3://{bucket}/drift/",
         "ids": (1, 1000),
+        "fields": {"user_id": {"column": "user_id", "if_missing": "omit"}},
+        "sent_without_field": {"user_id": 500},
     }
     return out
 
@@ -202,6 +205,7 @@ def test_warehouse_layouts_from_s3_through_the_cli(
         stream = f"layout-{name}-{uuid.uuid4().hex[:6]}"
         strict_firehose.create_stream(stream)
         mapping = dict(MAPPING, metadata=dict(MAPPING["metadata"], **layout.get("metadata", {})))  # type: ignore[arg-type]
+        mapping.update(layout.get("fields", {}))
         if layout["source"]:
             mapping["source"] = layout["source"]
         mapping_path = tmp_path / f"{name}.yaml"
@@ -243,6 +247,7 @@ def test_warehouse_layouts_from_s3_through_the_cli(
         assert sorted(delivered) == sorted(expected_ids(start, n)), name
         summary = json.loads((tmp_path / f"{name}.json").read_text())
         assert summary["accounted"] and summary["rows_read"] == n == summary["actions_sent"], name
+        assert summary["sent_without_field"] == layouts[name].get("sent_without_field", {}), name
         if name == "spark":
             days = {
                 json.loads(r)["metadata"]["export_day"] for r in strict_firehose.records(stream)

@@ -26,9 +26,11 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -44,9 +46,23 @@ class _Strict(BaseModel):
 
 
 class ColumnSource(_Strict):
-    """Take the value from a source column."""
+    """Take the value from a source column.
+
+    ``if_missing: omit`` lets input files lack the column: their rows are sent without the
+    field (counted in the summary's ``sent_without_field``). Without it, a file that lacks a
+    mapped column stops the run at preflight. It decides nothing about IDs or payloads of the
+    files that have the column, so it is not part of the mapping's fingerprint.
+    """
 
     column: str = Field(min_length=1)
+    if_missing: Literal["omit"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("if_missing") is None:  # the form of mappings from before the option
+            data.pop("if_missing", None)
+        return data
 
 
 class ValueSource(_Strict):
@@ -180,6 +196,26 @@ class MappingSpec(_Strict):
             out["metadata"] = {str(k): _shorthand(v) for k, v in out["metadata"].items()}
         return out
 
+    @model_validator(mode="after")
+    def _action_name_is_never_omitted(self) -> MappingSpec:
+        if isinstance(self.action_name, ColumnSource) and self.action_name.if_missing:
+            raise ValueError(
+                "action_name cannot have if_missing: every action needs a name; give a "
+                "constant ({value: ...}) for files without the column instead"
+            )
+        return self
+
+    def column_fields(self) -> dict[str, ColumnSource]:
+        """Every field that reads a column, by its label (company_id, request.uri,
+        metadata.amount, ...); the time and transaction_id columns are not included."""
+        labelled: list[tuple[str, FieldSource | None]] = [
+            ("action_name", self.action_name),
+            *self.string_fields().items(),
+            *((f"request.{k}", v) for k, v in self.request_fields().items()),
+            *((f"metadata.{k}", v) for k, v in self.metadata.items()),
+        ]
+        return {label: src for label, src in labelled if isinstance(src, ColumnSource)}
+
     def fingerprint(self) -> str:
         """A hash of everything that decides IDs and payloads (not comments or key order).
 
@@ -188,7 +224,7 @@ class MappingSpec(_Strict):
         the settings that differ from the defaults only, so that a mapping without one, or with
         one that spells out the defaults, keeps the fingerprint it always had.
         """
-        mapping = self.model_dump(mode="json", exclude={"source"})
+        mapping = _without_if_missing(self.model_dump(mode="json", exclude={"source"}))
         source = self.source.model_dump(mode="json", exclude_defaults=True)
         if source.get("header") == (self.source.columns is None):
             del source["header"]  # what it is without `header:`
@@ -238,6 +274,13 @@ class MappingSpec(_Strict):
     def key_columns(self) -> list[str]:
         tid = self.transaction_id
         return [tid.column] if tid.column else list(tid.key or [])
+
+
+def _without_if_missing(dumped: Any) -> Any:
+    """A dumped mapping without any `if_missing` option (not part of the fingerprint)."""
+    if isinstance(dumped, dict):
+        return {k: _without_if_missing(v) for k, v in dumped.items() if k != "if_missing"}
+    return dumped
 
 
 def _format_validation_error(path: str, exc: ValidationError) -> str:
