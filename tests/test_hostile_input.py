@@ -353,17 +353,25 @@ def test_sentinel_times_without_a_utc_form_are_omitted_and_counted(
 
 DST_UTC = [
     "2024-11-03T05:30:00.000Z",  # 01:30 happens twice: the earlier instant (EDT)
-    "2024-03-10T07:00:00.000Z",  # 02:30 does not exist: the first instant after the gap
+    "2024-03-10T07:30:00.000Z",  # 02:30 does not exist: the offset before the gap (EST)
     "2024-11-03T04:59:59.000Z",
     "2024-03-10T07:00:00.000Z",
 ]
+GAP = "nonexistent local time {} in America/New_York (DST gap): set the zone the source really "
+GAP += "used, e.g. a fixed offset"
 
 
 def test_dst_policy_in_parquet_times_keys_and_metadata(corpus: Corpus, tmp_path: Path) -> None:
+    """The time is also a key: a time inside the gap rejects the row (it has no instant, and
+    no ID is safe for it); the other rows keep their IDs."""
     o = run_case(corpus, tmp_path, "parquet_dst")
-    utc = [*DST_UTC, "2040-11-04T05:30:00.000Z", "2040-03-11T07:00:00.000Z"]
+    assert o.reject_rows == [
+        (2, GAP.format("2024-03-10 02:30")),
+        (6, GAP.format("2040-03-11 02:30")),
+    ]
+    utc = [DST_UTC[0], DST_UTC[2], DST_UTC[3], "2040-11-04T05:30:00.000Z"]
     assert _times(o) == utc
-    for i, (action, text) in enumerate(zip(o.actions, utc, strict=True), 1):
+    for i, action, text in zip((1, 3, 4, 5), o.actions, utc, strict=True):
         assert action["transaction_id"] == tid(f"d{i}", text[:-5] + ".000000Z")
         assert action["metadata"] == {"at": text}
 
@@ -402,7 +410,7 @@ def test_deeply_nested_struct_is_exact_json(corpus: Corpus, tmp_path: Path) -> N
     leaf = expected
     while "child" in leaf:
         leaf = leaf["child"]
-    leaf.update(at="2024-03-10T07:00:00.000Z", ratio=None)  # DST gap; NaN has no JSON form
+    leaf.update(at="2024-03-10T07:30:00.000Z", ratio=None)  # DST gap: EST; NaN: no JSON form
     assert first["metadata"]["deep"] == expected
     assert '"text":"é\\"\\n","amount":0.000000000000000001' in o.records[0]
     assert "metadata" not in second  # a null struct: no metadata

@@ -5,33 +5,49 @@ docs/transaction-id.md, never with this project's code: if a refactor changes an
 tests fail. Both implementations are checked: the pure-Python reference
 (`transaction_id_value`) and the column-wise hot path (`canon_array` -> `id_names` ->
 `uuid5_array`) on a one-row Arrow array of the value's natural type.
+
+A case with `reject` instead of `name`/`transaction_id` is a value without canon text (a naive
+time inside a DST gap): both implementations refuse it, and `build_actions` rejects the row with
+exactly that reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
 import math
 import re
 import uuid
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from transforms.actions import R_KEY_MISSING, R_KEY_NONFINITE, build_actions
-from transforms.canon import NonFinite, canon_array, canon_value
+from transforms.canon import (
+    NoCanonicalText,
+    NonexistentLocalTime,
+    NonFinite,
+    canon_array,
+    canon_value,
+    nonexistent_times,
+)
 from transforms.ids import id_names, transaction_id_value, uuid5_array
 from transforms.mapping import parse_mapping
+from transforms.times import format_epoch, to_epoch_us
 
 GOLDEN = Path(__file__).parent / "golden" / "transaction_ids.json"
 with GOLDEN.open(encoding="utf-8") as fh:
     CASES: list[dict[str, Any]] = json.load(fh)["cases"]
+ID_CASES = [c for c in CASES if "reject" not in c]
+REJECT_CASES = [c for c in CASES if "reject" in c]
 
 _ISO = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2})T(?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d{1,9}))?"
@@ -111,8 +127,11 @@ def columnwise_ids(ns: uuid.UUID, columns: list[pa.Array], tz: str) -> list[str]
 
 
 def test_golden_file_shape() -> None:
-    assert len(CASES) >= 30
+    assert len(ID_CASES) >= 30
     assert len({c["id"] for c in CASES}) == len(CASES)
+    for case in CASES:  # an ID case or a rejection case, never both
+        assert ("reject" in case) != ({"name", "transaction_id"} <= set(case)), case["id"]
+    assert [c["id"] for c in REJECT_CASES] == ["timestamp-naive-dst-gap"]
     types = {item["type"] for c in CASES for item in c["key"]}
     assert types == {
         "string",
@@ -127,7 +146,7 @@ def test_golden_file_shape() -> None:
     }
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+@pytest.mark.parametrize("case", ID_CASES, ids=[c["id"] for c in ID_CASES])
 def test_golden_vector_is_plain_uuid5(case: dict[str, Any]) -> None:
     """The file is self-consistent: anyone can recompute the ID from the name with uuid5."""
     assert str(uuid.uuid5(namespace_of(case), case["name"])) == case["transaction_id"]
@@ -136,26 +155,69 @@ def test_golden_vector_is_plain_uuid5(case: dict[str, Any]) -> None:
 def test_published_table_matches_golden_file() -> None:
     """docs/transaction-id.md shows every golden vector (names with `|` escaped for Markdown)."""
     doc = (Path(__file__).parent.parent / "docs" / "transaction-id.md").read_text(encoding="utf-8")
-    for case in CASES:
+    for case in ID_CASES:
         name = case["name"].replace("|", "\\|")
         row = f"`{name}` | `{case['transaction_id']}` |"
         assert row in doc, case["id"]
+    for case in REJECT_CASES:
+        assert f'| rejected: "{case["reject"]}" |' in doc, case["id"]
     assert doc.count("| `billing.payments` |") + doc.count("| `billing.usage` |") >= 30
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+@pytest.mark.parametrize("case", ID_CASES, ids=[c["id"] for c in ID_CASES])
 def test_golden_reference(case: dict[str, Any]) -> None:
     values = [python_value(item) for item in case["key"]]
     got = transaction_id_value(namespace_of(case), values, tz=case["tz"])
     assert got == case["transaction_id"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+@pytest.mark.parametrize("case", ID_CASES, ids=[c["id"] for c in ID_CASES])
 def test_golden_columnwise(case: dict[str, Any]) -> None:
     columns = [arrow_array(item) for item in case["key"]]
     texts = [canon_array(col, tz=case["tz"])[0] for col in columns]
     assert id_names(texts).to_pylist() == [case["name"]]
     assert columnwise_ids(namespace_of(case), columns, case["tz"]) == [case["transaction_id"]]
+
+
+@pytest.mark.parametrize("case", REJECT_CASES, ids=[c["id"] for c in REJECT_CASES])
+def test_golden_rejection_reference(case: dict[str, Any]) -> None:
+    values = [python_value(item) for item in case["key"]]
+    with pytest.raises(NonexistentLocalTime) as err:
+        transaction_id_value(namespace_of(case), values, tz=case["tz"])
+    assert str(err.value) == case["reject"]
+
+
+@pytest.mark.parametrize("case", REJECT_CASES, ids=[c["id"] for c in REJECT_CASES])
+def test_golden_rejection_columnwise(case: dict[str, Any]) -> None:
+    """No canon text column-wise either, and `build_actions` rejects the row with the reason
+    (the row stands between two rows that are accepted)."""
+    columns = [arrow_array(item) for item in case["key"]]
+    for col in columns:
+        text, flagged = canon_array(col, tz=case["tz"])
+        assert text.to_pylist() == [None] and flagged.tolist() == [True]
+        rows, reasons = nonexistent_times(col, flagged, tz=case["tz"])
+        assert rows.tolist() == [0] and reasons == [case["reject"]]
+    names = [f"k{i}" for i in range(len(columns))]
+    spec = parse_mapping(
+        {
+            "action_name": {"value": "Paid"},
+            "time": {"column": "t", "timezone": case["tz"]},
+            "transaction_id": {"scope": case["scope"], "key": names},
+        }
+    )
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["2024-01-01T00:00:00Z"] * 3), *(_around(col) for col in columns)],
+        names=["t", *names],
+    )
+    res = build_actions(batch, spec)
+    assert res.rejected.tolist() == [1]
+    assert res.reasons == [case["reject"]]
+    assert res.accepted.tolist() == [0, 2]
+
+
+def _around(col: pa.Array) -> pa.Array:
+    """`col`'s one value between two values of its type that have canon text (its epoch)."""
+    return pa.concat_arrays([pa.array([0], col.type), col, pa.array([0], col.type)])
 
 
 WIDER_TYPES = {
@@ -180,7 +242,7 @@ def _wider(item: dict[str, Any]) -> list[pa.Array]:
 
 @pytest.mark.parametrize(
     "case",
-    [c for c in CASES if len(c["key"]) == 1 and _wider(c["key"][0])],
+    [c for c in ID_CASES if len(c["key"]) == 1 and _wider(c["key"][0])],
     ids=lambda c: c["id"],
 )
 def test_golden_columnwise_other_physical_types(case: dict[str, Any]) -> None:
@@ -194,7 +256,7 @@ def test_golden_columnwise_other_physical_types(case: dict[str, Any]) -> None:
 def test_golden_ids_in_one_batch() -> None:
     """Many rows of one column at once (behind a null row) give the same IDs as one by one."""
     groups: dict[tuple[str, str], list[tuple[pa.Array, str]]] = {}
-    for case in CASES:
+    for case in ID_CASES:
         if case.get("scope") == "billing.payments" and len(case["key"]) == 1:
             arr = arrow_array(case["key"][0])
             groups.setdefault((str(arr.type), case["tz"]), []).append((arr, case["transaction_id"]))
@@ -259,15 +321,127 @@ def key_columns(draw: st.DrawFn) -> tuple[list[str], list[list[Any]]]:
     return kinds, cols
 
 
+def columnwise_ids_or_none(ns: uuid.UUID, columns: list[pa.Array], tz: str) -> list[str | None]:
+    """The IDs column-wise; None for a row with a key value that has no canon text."""
+    flagged = np.zeros(len(columns[0]), dtype=bool)
+    texts = []
+    for col in columns:
+        text, bad = canon_array(col, tz=tz)
+        texts.append(text)
+        flagged |= bad
+    ids = uuid5_array(ns, id_names(texts)).to_pylist()
+    return [None if f else i for i, f in zip(ids, flagged.tolist(), strict=True)]
+
+
+def reference_id_or_none(ns: uuid.UUID, row: list[Any], tz: str) -> str | None:
+    try:
+        return transaction_id_value(ns, row, tz=tz)
+    except NoCanonicalText:
+        return None
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key_columns(), ZONES)
+@example(  # inside New York's DST gap: no canon text either way
+    (["naive", "str"], [[dt.datetime(2024, 3, 10, 2, 30), dt.datetime(2024, 3, 10, 3)], ["a"] * 2]),
+    "America/New_York",
+)
 def test_columnwise_equals_reference(data: tuple[list[str], list[list[Any]]], tz: str) -> None:
     kinds, cols = data
     arrays = [pa.array(vals, COLUMN_TYPES[k]) for k, vals in zip(kinds, cols, strict=True)]
-    got = columnwise_ids(NS, arrays, tz)
+    got = columnwise_ids_or_none(NS, arrays, tz)
     # The reference gets the source values themselves, not Arrow's copies.
     rows = list(zip(*cols, strict=True))
-    assert got == [transaction_id_value(NS, list(row), tz=tz) for row in rows]
+    assert got == [reference_id_or_none(NS, list(row), tz) for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# naive times next to a change of UTC offset (DST or a zone's change of standard time)
+
+DST_ZONES = [
+    "America/New_York",
+    "Europe/Berlin",
+    "Europe/Dublin",  # negative DST in the tz database: "winter time" is the saving
+    "Australia/Lord_Howe",  # a 30-minute change
+    "America/Sao_Paulo",  # the change used to happen at midnight
+    "Asia/Beirut",  # also at midnight
+    "Pacific/Apia",  # skipped 2011-12-30 altogether
+]
+
+
+@functools.cache
+def offset_changes(zone: str, year: int) -> list[dt.datetime]:
+    """The wall-clock times, on the old offset, at which `zone` changed its UTC offset in
+    `year` (found with zoneinfo alone)."""
+    z = zoneinfo.ZoneInfo(zone)
+    step = dt.timedelta(hours=6)
+    t = dt.datetime(year, 1, 1, tzinfo=dt.UTC)
+    out = []
+    while t.year == year:
+        if t.astimezone(z).utcoffset() != (t + step).astimezone(z).utcoffset():
+            lo, hi = t, t + step
+            while hi - lo > dt.timedelta(seconds=1):
+                mid = lo + (hi - lo) / 2
+                same = mid.astimezone(z).utcoffset() == lo.astimezone(z).utcoffset()
+                lo, hi = (mid, hi) if same else (lo, mid)
+            old = lo.astimezone(z).utcoffset()
+            assert old is not None
+            out.append((hi + old).replace(tzinfo=None))
+        t += step
+    return out
+
+
+@st.composite
+def near_offset_changes(draw: st.DrawFn) -> tuple[str, list[dt.datetime]]:
+    year = draw(st.integers(1950, 2060))
+    zone = draw(st.sampled_from([z for z in DST_ZONES if offset_changes(z, year)]))
+    changes = offset_changes(zone, year)
+    near = st.builds(
+        lambda c, minutes, us: c + dt.timedelta(minutes=minutes, microseconds=us),
+        st.sampled_from(changes),
+        st.integers(-150, 150),
+        st.sampled_from([0, 0, -1, 1]),
+    )
+    return zone, draw(st.lists(near, min_size=1, max_size=8))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_offset_changes())
+@example(("America/New_York", [dt.datetime(2026, 3, 8, 2, 20), dt.datetime(2026, 11, 1, 1, 30)]))
+@example(("Pacific/Apia", [dt.datetime(2011, 12, 30, 12), dt.datetime(2011, 12, 31, 0)]))
+def test_naive_times_at_offset_changes(data: tuple[str, list[dt.datetime]]) -> None:
+    """Next to an offset change: a key time inside a gap has no canon text (reference and
+    column-wise, same reason); every time, in the time field, is the PEP 495 fold=0 instant
+    (ambiguous: the earlier one; in a gap: the offset in force before it), whether it comes as
+    a Parquet timestamp, naive ISO text, or text mixed with an offset (the per-value path)."""
+    tz, walls = data
+    zone = zoneinfo.ZoneInfo(tz)
+    col = pa.array([*walls, None], pa.timestamp("us"))
+    text, flagged = canon_array(col, tz=tz)
+    expected_text: list[str | None] = []
+    expected_reasons: list[str] = []
+    for w in walls:
+        try:
+            expected_text.append(canon_value(w, tz=tz))
+        except NonexistentLocalTime as exc:
+            expected_text.append(None)
+            expected_reasons.append(str(exc))
+    event(f"a time inside a gap: {bool(expected_reasons)}")
+    assert text.to_pylist() == [*expected_text, None]
+    assert flagged.tolist() == [t is None for t in expected_text] + [False]
+    rows, reasons = nonexistent_times(col, flagged, tz=tz)
+    assert rows.tolist() == [i for i, t in enumerate(expected_text) if t is None]
+    assert reasons == expected_reasons
+    instants = [
+        w.replace(tzinfo=zone, fold=0).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for w in walls
+    ]
+    iso = [w.isoformat() for w in walls]
+    for times in (col, pa.array(iso), pa.array([*iso, "2024-01-01T00:00:00+01:00"])):
+        us, bad = to_epoch_us(times, tz=tz, unit=None)
+        assert not bad.any()
+        got = format_epoch(us, unit="us").to_pylist()[: len(walls)]
+        assert got == instants, times.type
 
 
 @settings(max_examples=150, deadline=None)

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from flows.day_window import outside_window
 from moesif_backfill.errors import MappingError
 from transforms.actions import (
     MAX_ACTION_BYTES,
@@ -31,6 +32,7 @@ from transforms.actions import (
     R_TOO_LARGE,
     ActionBatch,
     build_actions,
+    time_bounds,
 )
 from transforms.mapping import (
     ColumnSource,
@@ -348,7 +350,7 @@ def test_naive_timestamps_in_zone() -> None:
             dt.datetime(2024, 1, 15, 9, 0),  # EST
             dt.datetime(2024, 7, 15, 9, 0),  # EDT
             dt.datetime(2024, 11, 3, 1, 30),  # ambiguous: the earlier instant (EDT)
-            dt.datetime(2024, 3, 10, 2, 30),  # in the gap: first instant after it
+            dt.datetime(2024, 3, 10, 2, 30),  # in the gap: the offset before it (EST)
             dt.datetime(2040, 7, 1, 9, 0),  # after 2037 the zone's rule still applies
             None,
         ],
@@ -358,11 +360,122 @@ def test_naive_timestamps_in_zone() -> None:
         "2024-01-15T14:00:00.000Z",
         "2024-07-15T13:00:00.000Z",
         "2024-11-03T05:30:00.000Z",
-        "2024-03-10T07:00:00.000Z",
+        "2024-03-10T07:30:00.000Z",
         "2040-07-01T13:00:00.000Z",
         None,
     ]
     assert epoch_text(arr.slice(0, 1), tz="UTC") == ["2024-01-15T09:00:00.000Z"]
+
+
+T0_NAIVE = dt.datetime(2024, 5, 1, 8, 0)  # 12:00Z in New York (EDT)
+GAP_REASON = (
+    "nonexistent local time {} in America/New_York (DST gap): set the zone the source really "
+    "used, e.g. a fixed offset"
+)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_dst_gap_time_in_a_key_rejects_the_row(unit: str) -> None:
+    """A naive key time inside the skipped hour has no instant: b96172b read every such time
+    as 03:00 (02:20 and 02:40 shared one ID, so Moesif kept one row), and fold=0 would give
+    02:05 the ID of the real 03:05. Now each is rejected, naming the value and the zone."""
+    walls = [
+        dt.datetime(2026, 3, 8, 2, 20),
+        dt.datetime(2026, 3, 8, 2, 40),
+        dt.datetime(2026, 3, 8, 3, 5),  # EDT: exists
+        dt.datetime(2026, 3, 8, 2, 5),
+        dt.datetime(2026, 11, 1, 1, 30),  # ambiguous: the earlier instant, as before
+        dt.datetime(2040, 3, 11, 2, 30, 15),  # after 2037 (the zoneinfo path)
+    ]
+    spec = spec_of(
+        time={"column": "t", "timezone": NY},
+        transaction_id={"scope": SCOPE, "key": ["id", "t"]},
+    )
+    res = run(spec, {"t": pa.array(walls, pa.timestamp(unit)), "id": ["inv-1"] * len(walls)})
+    assert res.rejected.tolist() == [0, 1, 3, 5]
+    assert res.reasons == [
+        GAP_REASON.format("2026-03-08 02:20"),
+        GAP_REASON.format("2026-03-08 02:40"),
+        GAP_REASON.format("2026-03-08 02:05"),
+        GAP_REASON.format("2040-03-11 02:30:15"),
+    ]
+    sent = records(res)
+    assert [a["transaction_id"] for a in sent] == [
+        tid("inv-1", "2026-03-08T07:05:00.000000Z"),
+        tid("inv-1", "2026-11-01T05:30:00.000000Z"),
+    ]
+    assert [a["request"]["time"] for a in sent] == [
+        "2026-03-08T07:05:00.000Z",
+        "2026-11-01T05:30:00.000Z",
+    ]
+
+
+def test_dst_gap_time_in_a_second_key_column_names_that_value() -> None:
+    spec = spec_of(
+        time={"column": "t", "timezone": NY},
+        transaction_id={"scope": SCOPE, "key": ["id", "paid", "booked"]},
+    )
+    ts = pa.timestamp("us")
+    res = run(
+        spec,
+        {
+            "id": ["a", "b", "c"],
+            "paid": pa.array([dt.datetime(2026, 3, 8, 2, 20, 0, 500), None, None], ts),
+            "booked": pa.array([dt.datetime(2026, 3, 8, 2, 59, 59), None, T0_NAIVE], ts),
+        },
+    )
+    assert res.rejected.tolist() == [0]  # the first key column's value is named
+    assert res.reasons == [GAP_REASON.format("2026-03-08 02:20:00.000500")]
+    assert [a["transaction_id"] for a in records(res)] == [
+        tid("b", None, None),
+        tid("c", None, "2024-05-01T12:00:00.000000Z"),
+    ]
+
+
+@pytest.mark.parametrize("form", ["timestamp", "dictionary_text", "naive_text", "mixed_text"])
+def test_dst_gap_time_only_in_time_uses_the_offset_before_the_gap(form: str) -> None:
+    """Not in the key: the time is sent with the offset in force before the gap (fold=0),
+    02:20 -> 07:20Z (b96172b sent 07:00Z), and the time-window and 30-day checks (which use
+    `time_bounds`) see that same instant."""
+    walls = ["2026-03-08 02:20:00", "2040-03-11 02:30:00", "2026-11-01 01:30:00"]
+    t: pa.Array
+    if form == "timestamp":
+        t = pa.array([dt.datetime.fromisoformat(w) for w in walls], pa.timestamp("ms"))
+    elif form == "dictionary_text":
+        t = pa.array(walls).dictionary_encode()
+    elif form == "naive_text":
+        t = pa.array([w.replace(" ", "T") for w in walls])
+    else:
+        t = pa.array([*walls, "2026-03-08T02:20:00-05:00"])
+    spec = spec_of(time={"column": "t", "timezone": NY})
+    res = run(spec, {"t": t, "id": [f"r{i}" for i in range(len(t))]})
+    assert res.rejected.tolist() == []
+    expected = ["2026-03-08T07:20:00.000Z", "2040-03-11T07:30:00.000Z", "2026-11-01T05:30:00.000Z"]
+    if form == "mixed_text":
+        expected.append("2026-03-08T07:20:00.000Z")
+    assert [a["request"]["time"] for a in records(res)] == expected
+    us, bad = time_bounds(t, spec)
+    assert not bad.any() and us.equals(res.epoch_us)
+    start = 1_772_954_400_000_000  # 2026-03-08T07:20:00Z
+    assert int(us[0].as_py()) == start
+    batch = pa.RecordBatch.from_arrays([t], names=["t"])
+    assert outside_window(batch, spec, (start, start + 1)).tolist()[0] is False
+    assert outside_window(batch, spec, (start + 1, None)).tolist()[0] is True
+
+
+def test_a_date_whose_midnight_is_in_a_gap() -> None:
+    """Sao Paulo moved its clocks from 00:00 to 01:00 on 2018-11-04: a date key is its
+    "YYYY-MM-DD" text (never localized, so never in a gap) and, as the time, midnight with the
+    offset before the gap is the first instant of the day (03:00Z), as before."""
+    day = pa.array([dt.date(2018, 11, 4)], pa.date32())
+    spec = spec_of(
+        time={"column": "t", "timezone": "America/Sao_Paulo"},
+        transaction_id={"scope": SCOPE, "key": ["d"]},
+    )
+    res = run(spec, {"t": day, "d": day})
+    assert [(a["transaction_id"], a["request"]["time"]) for a in records(res)] == [
+        (tid("2018-11-04"), "2018-11-04T03:00:00.000Z")
+    ]
 
 
 @pytest.mark.parametrize("date_type", [pa.date32(), pa.date64()])

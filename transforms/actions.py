@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.canon import canon_array, canon_value
+from transforms.canon import NONEXISTENT_REASON, canon_array, canon_value, nonexistent_times
 from transforms.ids import existing_uuids, id_names, uuid5_array
 from transforms.jsonfrag import (
     Quoted,
@@ -40,6 +40,7 @@ MAX_ACTION_BYTES = 1_000_000
 R_KEY_MISSING = "missing transaction_id key value"
 R_KEY_NONFINITE = "non-finite transaction_id key value (NaN or infinity)"
 R_KEY_OUT_OF_RANGE = "transaction_id key timestamp outside years 0001-9999 in UTC"
+R_KEY_NONEXISTENT = NONEXISTENT_REASON  # a template: {value} and {zone} name the row's time
 R_BAD_UUID = "invalid UUID in transaction_id column"
 R_NAME_MISSING = "missing action_name"
 R_TIME_MISSING = "missing time"
@@ -86,7 +87,7 @@ class Rejects:
     """Accumulates the first reason that applies to each row."""
 
     def __init__(self, n: int) -> None:
-        self.reason = np.full(n, -1, dtype=np.int16)
+        self.reason = np.full(n, -1, dtype=np.int32)
         self.labels: list[str] = []
 
     def add(self, mask: np.ndarray | pa.Array, label: str) -> None:
@@ -96,6 +97,16 @@ class Rejects:
         code = len(self.labels)
         self.labels.append(label)
         self.reason[(self.reason < 0) & m] = code
+
+    def add_each(self, rows: np.ndarray, labels: list[str]) -> None:
+        """A reason of its own for each of `rows` (distinct positions): one naming the row's
+        value. Rows that already have a reason keep it."""
+        free = self.reason[rows] < 0
+        if not free.any():
+            return
+        first = len(self.labels)
+        self.labels.extend(label for label, f in zip(labels, free.tolist(), strict=True) if f)
+        self.reason[rows[free]] = np.arange(first, len(self.labels), dtype=np.int32)
 
     @property
     def ok(self) -> np.ndarray:
@@ -118,12 +129,18 @@ def _transaction_ids(batch: pa.RecordBatch, spec: MappingSpec, rej: Rejects) -> 
     texts, all_null = [], np.ones(n, dtype=bool)
     nonfinite = np.zeros(n, dtype=bool)
     out_of_range = np.zeros(n, dtype=bool)  # a timestamp the ID contract cannot write
+    gap_reason: dict[int, str] = {}  # naive key times inside a DST gap (first key column wins)
     for col in tid.key or []:
         column = batch.column(col)
         text, bad = canon_array(column, tz=spec.time.timezone)
         t = column.type
         if pa.types.is_timestamp(t.value_type if pa.types.is_dictionary(t) else t):
-            out_of_range |= bad
+            gap_rows, reasons = nonexistent_times(column, bad, tz=spec.time.timezone)
+            for row, reason in zip(gap_rows.tolist(), reasons, strict=True):
+                gap_reason.setdefault(row, reason)
+            in_range_bad = bad.copy()
+            in_range_bad[gap_rows] = False
+            out_of_range |= in_range_bad
         else:
             nonfinite |= bad
         all_null &= _np_bool(text.is_null()) & ~bad
@@ -131,6 +148,9 @@ def _transaction_ids(batch: pa.RecordBatch, spec: MappingSpec, rej: Rejects) -> 
     rej.add(all_null, R_KEY_MISSING)
     rej.add(nonfinite, R_KEY_NONFINITE)
     rej.add(out_of_range, R_KEY_OUT_OF_RANGE)
+    if gap_reason:
+        rows = np.fromiter(gap_reason, dtype=np.int64, count=len(gap_reason))
+        rej.add_each(rows, list(gap_reason.values()))
     return uuid5_array(tid.namespace_uuid(), id_names(texts))
 
 

@@ -11,7 +11,8 @@ must agree on every value (a property test checks it).
                  NaN/Inf -> no canonical text (the row is rejected when it is a key)
     decimal   -> plain notation, no exponent, trailing fractional zeros and a bare "." removed,
                  "-0" -> "0"
-    timestamp -> UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ" (naive -> the mapping's time zone)
+    timestamp -> UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ" (naive -> the mapping's time zone;
+                 a naive time inside a DST gap has none: the row is rejected when it is a key)
     date      -> "YYYY-MM-DD"
 """
 
@@ -20,16 +21,23 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
-import zoneinfo
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from moesif_backfill.errors import MappingError
-from transforms.times import format_epoch, to_epoch_us
+from transforms.times import (
+    US_PER_UNIT,
+    format_epoch,
+    is_nonexistent,
+    localize_value,
+    timestamp_epoch_us,
+    wall_text,
+)
 
 _TWO_53 = 2.0**53
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
 
 
 class NoCanonicalText(ValueError):
@@ -42,6 +50,25 @@ class NonFinite(NoCanonicalText):
 
 class OutOfRange(NoCanonicalText):
     """A timestamp whose UTC instant lies outside years 1..9999 has no canonical text."""
+
+
+NONEXISTENT_REASON = (
+    "nonexistent local time {value} in {zone} (DST gap): set the zone the source really used, "
+    "e.g. a fixed offset"
+)
+
+
+class NonexistentLocalTime(NoCanonicalText):
+    """A naive timestamp inside a DST gap of the mapping's time zone: no instant had that
+    wall-clock time, so any instant chosen for it could give two rows one ID."""
+
+    def __init__(self, naive: dt.datetime, tz: str) -> None:
+        super().__init__(nonexistent_reason(naive, tz))
+
+
+def nonexistent_reason(naive: dt.datetime, tz: str) -> str:
+    """The reject reason of a key holding the naive time `naive` inside a DST gap of `tz`."""
+    return NONEXISTENT_REASON.format(value=wall_text(naive), zone=tz)
 
 
 def utc_text(aware: dt.datetime, *, digits: int = 6) -> str:
@@ -70,27 +97,6 @@ def canon_decimal_text(d: decimal.Decimal) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def localize_value(naive: dt.datetime, tz: str) -> dt.datetime:
-    """Place a wall-clock time in `tz`: ambiguous -> the earlier instant; inside a DST gap ->
-    the first instant after the gap (the same rule as `transforms.times`)."""
-    zone = zoneinfo.ZoneInfo(tz)
-    early = naive.replace(tzinfo=zone, fold=0)
-    if early.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) == naive:
-        return early
-    # Nonexistent: the instants for both offsets bracket the transition; find it.
-    lo = naive.replace(tzinfo=zone, fold=1).astimezone(dt.UTC)
-    hi = early.astimezone(dt.UTC)
-    lo, hi = min(lo, hi), max(lo, hi)
-    step = dt.timedelta(microseconds=1)
-    while hi - lo > step:
-        mid = lo + (hi - lo) // 2
-        if mid.astimezone(zone).replace(tzinfo=None) > naive:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
 def canon_value(v: object, *, tz: str = "UTC") -> str:
     """Reference canon() for one Python value (from `pyarrow.Array.to_pylist()`)."""
     if isinstance(v, str):
@@ -108,11 +114,16 @@ def canon_value(v: object, *, tz: str = "UTC") -> str:
     if isinstance(v, decimal.Decimal):
         return canon_decimal_text(v)
     if isinstance(v, dt.datetime):
+        if v.tzinfo is not None:
+            return utc_text(v)
         try:
-            aware = v if v.tzinfo is not None else localize_value(v, tz)
+            text = utc_text(localize_value(v, tz))
+            gap = is_nonexistent(v, tz)
         except OverflowError as exc:
             raise OutOfRange(f"{v.isoformat()} in {tz} is outside years 1..9999 in UTC") from exc
-        return utc_text(aware)
+        if gap:
+            raise NonexistentLocalTime(v, tz)
+        return text
     if isinstance(v, dt.date):
         return v.isoformat()
     raise TypeError(f"no canonical text for {type(v).__name__}")
@@ -122,7 +133,8 @@ def canon_array(arr: pa.Array, *, tz: str) -> tuple[pa.Array, np.ndarray]:
     """canon() over a column: a string array (nulls stay null) and a no-canonical-text mask.
 
     Values without canonical text (NaN/Inf floats; timestamps whose UTC instant is outside
-    years 1..9999) become null and are flagged in the mask.
+    years 1..9999; naive timestamps inside a DST gap, see `nonexistent_times`) become null and
+    are flagged in the mask.
     """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -143,9 +155,39 @@ def canon_array(arr: pa.Array, *, tz: str) -> tuple[pa.Array, np.ndarray]:
     if pa.types.is_decimal(t):
         return _canon_decimal(arr), none
     if pa.types.is_timestamp(t):
-        us, out_of_range = to_epoch_us(arr, tz=tz, unit=None)
-        return format_epoch(us, unit="us"), out_of_range
+        us, out_of_range, gap = timestamp_epoch_us(arr, tz=tz)
+        text = format_epoch(us, unit="us")
+        if gap.any():
+            text = pc.if_else(pa.array(~gap), text, pa.scalar(None, pa.string()))
+        return text, out_of_range | gap
     raise MappingError(f"values of type {t} have no canonical text in ID contract v1")
+
+
+def nonexistent_times(
+    arr: pa.Array, flagged: np.ndarray, *, tz: str
+) -> tuple[np.ndarray, list[str]]:
+    """Among the rows `flagged` by `canon_array` for a timestamp column, those whose naive time
+    lies inside a DST gap of `tz`: (row positions, the reject reason of each).
+
+    Only the flagged rows are looked at again, so this costs nothing when none are flagged.
+    """
+    rows = np.flatnonzero(flagged)
+    if not len(rows):
+        return rows, []
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    subset = arr.take(pa.array(rows))
+    _us, _out_of_range, gap = timestamp_epoch_us(subset, tz=tz)
+    if not gap.any():
+        return rows[:0], []
+    wall = subset.filter(pa.array(gap)).cast(pa.int64()).to_pylist()
+    factor = US_PER_UNIT[arr.type.unit]  # None: nanoseconds, floored like the instant
+    walls = [v * factor if factor else v // 1000 for v in wall]
+    return rows[gap], [
+        nonexistent_reason(_NAIVE_EPOCH + dt.timedelta(microseconds=v), tz) for v in walls
+    ]
 
 
 def _canon_float(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:

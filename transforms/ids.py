@@ -28,7 +28,8 @@ _DASHES = (8, 13, 18, 23)
 
 
 def transaction_id_value(namespace: uuid.UUID, key_values: Sequence[object], *, tz: str) -> str:
-    """Reference implementation for one row (tests, docs); raises NonFinite for NaN/Inf."""
+    """Reference implementation for one row (tests, docs); raises a NoCanonicalText error for
+    a key value without canonical text (NaN/Inf, a naive time inside a DST gap, ...)."""
     name = "v1"
     for v in key_values:
         if v is None:

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.canon import OutOfRange, canon_array, localize_value, utc_text
-from transforms.times import format_epoch, to_epoch_us
+from transforms.canon import OutOfRange, canon_array, utc_text
+from transforms.times import format_epoch, localize_value, to_epoch_us
 
 # A JSON number (RFC 8259); other spellings a CSV reader accepts ("+1", ".5", "1.", "01.5", "inf")
 # are normalized per value.
@@ -105,7 +105,8 @@ def time_text(epoch_us: pa.Array) -> pa.Array:
 def string_field(arr: pa.Array, *, tz: str) -> Quoted:
     """A source column for a string field (company_id, ...) -> JSON string content.
 
-    Non-string values are converted with canon(); NaN/Inf floats count as null.
+    Non-string values are converted with canon(); values without canonical text (NaN/Inf
+    floats, timestamps outside years 1..9999 in UTC, naive times inside a DST gap) count as null.
     """
     text, _nonfinite = canon_array(arr, tz=tz)
     return Quoted(json_inner(text))

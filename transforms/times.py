@@ -2,8 +2,10 @@
 
 Naive wall-clock times are placed in the mapping's IANA time zone with Arrow's
 ``assume_timezone``: an ambiguous time (the repeated hour when DST ends) takes the earlier
-instant; a time that does not exist (the skipped hour when DST starts) moves forward to the
-first instant after the gap. The fast path and the per-value fallback share that one rule.
+instant; a time that does not exist (the skipped hour when DST starts) is read with the UTC
+offset in force before the gap (PEP 495 ``fold=0``: 02:20 in New York on a spring-forward day
+is 07:20Z), and is flagged, since it has no canonical text for a transaction_id key (ID
+contract v1). The fast path and the per-value fallback share that one rule.
 
 Formatting uses integer arithmetic in numpy (Howard Hinnant's days-to-civil algorithm) because
 `pyarrow.compute.strftime` costs microseconds per value.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import zoneinfo
 
 import numpy as np
 import pyarrow as pa
@@ -38,28 +41,72 @@ _BLANK_OFFSET = r"(:\d{2}(?:\.\d+)?)\s+([+-]\d{2}(?::?\d{2})?)$"
 _BLANK_OFFSET_RE = re.compile(_BLANK_OFFSET)
 
 
-def _localize(naive_us: pa.Array, tz: str) -> pa.Array:
-    """Naive wall-clock microseconds (as timestamp[us]) -> UTC epoch microseconds (int64)."""
+def localize_value(naive: dt.datetime, tz: str) -> dt.datetime:
+    """Place a wall-clock time in `tz` (PEP 495 ``fold=0``): ambiguous -> the earlier instant;
+    inside a DST gap -> the offset in force before the gap (the rule of `_localize`)."""
+    return naive.replace(tzinfo=zoneinfo.ZoneInfo(tz), fold=0)
+
+
+def is_nonexistent(naive: dt.datetime, tz: str) -> bool:
+    """True when no instant had the wall-clock time `naive` in `tz` (a DST gap).
+
+    OverflowError when the instant is outside Python's datetime range."""
+    zone = zoneinfo.ZoneInfo(tz)
+    back = naive.replace(tzinfo=zone, fold=0).astimezone(dt.UTC).astimezone(zone)
+    return back.replace(tzinfo=None) != naive.replace(fold=0)
+
+
+def wall_text(naive: dt.datetime) -> str:
+    """A wall-clock time for messages: "2026-03-08 02:20", seconds and fractions when set."""
+    if naive.second == 0 and naive.microsecond == 0:
+        return naive.isoformat(sep=" ", timespec="minutes")
+    return naive.isoformat(sep=" ")
+
+
+def _localize(naive_us: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
+    """Naive wall-clock microseconds (as timestamp[us]) -> (UTC epoch microseconds (int64),
+    mask of the values inside a DST gap)."""
+    wall = naive_us.cast(pa.int64())
     if tz == "UTC":
-        return naive_us.cast(pa.int64())
-    aware = pc.assume_timezone(naive_us, timezone=tz, ambiguous="earliest", nonexistent="latest")
-    out = aware.cast(pa.int64())
+        return wall, np.zeros(len(naive_us), dtype=bool)
+    try:  # the common case, a batch without a gap time: one kernel
+        aware = pc.assume_timezone(naive_us, timezone=tz, ambiguous="earliest", nonexistent="raise")
+        out = aware.cast(pa.int64())
+        gap = np.zeros(len(naive_us), dtype=bool)
+    except pa.ArrowInvalid:
+        aware = pc.assume_timezone(
+            naive_us, timezone=tz, ambiguous="earliest", nonexistent="earliest"
+        )
+        # In a gap, "earliest" is the last instant before it, whose wall time is not the
+        # value's; that instant's offset (its wall time minus itself) is the one in force
+        # before the gap. Elsewhere the wall time round-trips and the sum is the instant.
+        instant = aware.cast(pa.int64())
+        back = pc.local_timestamp(aware).cast(pa.int64())
+        gap = _np_true(pc.not_equal(back, wall))
+        out = pc.add(pc.subtract(wall, back), instant)
     # Arrow's tz library reads only the explicit transitions of the TZif file (they end in 2037)
     # and ignores its POSIX rule for later years (2038-07-01 New York came out as EST): late
     # wall-clock times go through zoneinfo, with the same ambiguous/nonexistent rule.
-    late = pc.fill_null(pc.greater_equal(naive_us.cast(pa.int64()), _LATE_WALL_US), False)
+    late = pc.fill_null(pc.greater_equal(wall, _LATE_WALL_US), False)
     if pc.any(late).as_py():
-        from transforms.canon import localize_value  # noqa: PLC0415 (canon imports this module)
-
-        fixed = []
-        for v in pc.filter(naive_us.cast(pa.int64()), late).to_pylist():
+        fixed, late_gap = [], []
+        for v in pc.filter(wall, late).to_pylist():
+            naive = _NAIVE_EPOCH + dt.timedelta(microseconds=v)
             try:
-                aware_dt = localize_value(_NAIVE_EPOCH + dt.timedelta(microseconds=v), tz)
+                aware_dt = localize_value(naive, tz)
                 fixed.append((aware_dt - _EPOCH) // dt.timedelta(microseconds=1))
+                late_gap.append(is_nonexistent(naive, tz))
             except OverflowError:
                 fixed.append(MAX_US + 1)  # flagged by _range_checked
+                late_gap.append(False)
         out = pc.replace_with_mask(out, late, pa.array(fixed, pa.int64()))
-    return out
+        gap[_np_true(late)] = late_gap
+    return out, gap
+
+
+def _np_true(mask: pa.Array) -> np.ndarray:
+    """A boolean Arrow array as a writable numpy mask; null counts as False."""
+    return np.array(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _to_us(values: pa.Array, unit: str) -> tuple[pa.Array, np.ndarray]:
@@ -107,15 +154,12 @@ def to_epoch_us(arr: pa.Array, *, tz: str, unit: str | None) -> tuple[pa.Array, 
     if pa.types.is_null(t):
         return pa.nulls(n, pa.int64()), no_bad
     if pa.types.is_timestamp(t):
-        us, bad = _to_us(arr.cast(pa.int64()), t.unit)
-        if t.tz is None:
-            local, bad2 = _range_checked(_localize(us.cast(pa.timestamp("us")), tz))
-            return local, bad | bad2
+        us, bad, _gap = timestamp_epoch_us(arr, tz=tz)
         return us, bad
-    if pa.types.is_date(t):
+    if pa.types.is_date(t):  # midnight in `tz` (inside a gap: the offset before it)
         days = arr.cast(pa.date32()).cast(pa.int32()).cast(pa.int64())
         naive = pc.multiply(days, pa.scalar(86_400_000_000, pa.int64()))
-        return _range_checked(_localize(naive.cast(pa.timestamp("us")), tz))
+        return _range_checked(_localize(naive.cast(pa.timestamp("us")), tz)[0])
     if pa.types.is_integer(t):
         return _to_us(arr.cast(pa.int64()), unit or "s")
     if pa.types.is_floating(t):
@@ -123,6 +167,26 @@ def to_epoch_us(arr: pa.Array, *, tz: str, unit: str | None) -> tuple[pa.Array, 
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return _parse_strings(arr.cast(pa.string()), tz)
     raise TypeError(f"unsupported time column type {t}")
+
+
+def timestamp_epoch_us(arr: pa.Array, *, tz: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """A timestamp column -> ``(epoch_us, out_of_range, nonexistent)``.
+
+    `out_of_range` flags values outside years 1..9999 in UTC (null in `epoch_us`);
+    `nonexistent` flags naive values inside a DST gap of `tz`, which `epoch_us` holds read with
+    the offset in force before the gap (see the module docstring).
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    t = arr.type
+    us, bad = _to_us(arr.cast(pa.int64()), t.unit)
+    if t.tz is not None:
+        return us, bad, np.zeros(len(arr), dtype=bool)
+    local, gap = _localize(us.cast(pa.timestamp("us")), tz)
+    local, bad2 = _range_checked(local)
+    return local, bad | bad2, gap & ~bad2
 
 
 def _from_float_epoch(arr: pa.Array, unit: str) -> tuple[pa.Array, np.ndarray]:
@@ -162,7 +226,7 @@ def _parse_strings(s: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
         if n_offset == 0:
             parsed = s.cast(pa.timestamp("ns"))
             us, _ = _to_us(parsed.cast(pa.int64()), "ns")
-            return _range_checked(_localize(us.cast(pa.timestamp("us")), tz))
+            return _range_checked(_localize(us.cast(pa.timestamp("us")), tz)[0])
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     return _parse_strings_slow(s, tz)
@@ -214,7 +278,7 @@ def _parse_strings_slow(s: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
         else:
             aware[i] = value
     if is_naive.any():
-        localized = _localize(pa.array(naive, pa.timestamp("us")), tz).to_numpy()
+        localized = _localize(pa.array(naive, pa.timestamp("us")), tz)[0].to_numpy()
         aware = np.where(is_naive, localized, aware)
     us, out_of_range = _range_checked(pa.array(aware, mask=~ok))
     return us, bad | out_of_range
