@@ -1,17 +1,23 @@
 """Sending records to an Amazon Data Firehose stream (Direct PUT) with PutRecordBatch.
 
 `FirehoseSender.submit` splits a chunk of records into calls of at most 500 records and 4 MiB
-(`connectors.firehose_batching`), sends them on a thread pool, and resolves the chunk's future
-only when EVERY record was acknowledged. The retry loop here is the only one: the boto3 client
-from `make_firehose_client` has botocore retries off, so attempts are never multiplied. Each
-call goes through `connectors.firehose_wire` (the same signed HTTP request as
-``client.put_record_batch``, with a fraction of botocore's CPU per record; the same errors),
-or through ``client.put_record_batch`` itself for a client setting that path cannot honour.
+(`connectors.firehose_batching`), sends them on a thread pool with ``client.put_record_batch``
+of a plain boto3 client, and resolves the chunk's future only when EVERY record was
+acknowledged. The retry loop here is the only one: the client from `make_firehose_client` has
+botocore retries off (public ``Config``: one attempt per call, no parameter validation), so
+attempts are never multiplied.
 
 Error handling, per PutRecordBatch call:
 
-* ``FailedPutCount > 0``: only the failed records (matched to ``RequestResponses`` by index)
-  are resent, after exponential backoff with full jitter.
+* An answer acknowledges a record only through its own ``RequestResponses`` entry (same
+  order as the request) carrying a ``RecordId``. An HTTP 200 answer without one entry per
+  record, with an entry holding neither ``RecordId`` nor ``ErrorCode``, or whose
+  ``FailedPutCount`` disagrees with the entries (e.g. ``{}`` from a proxy) acknowledges
+  NOTHING: the whole call is resent after backoff, like a 5xx (counted in ``server_errors``).
+* ``FailedPutCount > 0``: only the failed records are resent. Records failing with
+  ``ServiceUnavailableException`` are throttling (``throttled_records``): the adaptive rate
+  is lowered and the resend backs off exponentially, like a throttled call. Records failing
+  otherwise (``InternalFailure``) are resent after a short delay (the first backoff step).
 * ``ServiceUnavailableException`` (or a generic ``ThrottlingException``) for the whole call,
   whatever the HTTP status: throughput exceeded; back off and resend the call.
 * HTTP 5xx / ``InternalFailure`` and transport errors (connection refused, closed or reset,
@@ -21,8 +27,11 @@ Error handling, per PutRecordBatch call:
   KMS errors, and any unclassified error) raises `PermanentDeliveryError` at once: a blind
   resend of an error we do not understand could duplicate records for nothing.
 
-When a batch runs out of attempts the chunk's future raises `TransientDeliveryError`; nothing
-is lost, since the caller checkpoints only acknowledged chunks and a rerun resumes.
+Backoff: exponential with full jitter (`RetryPolicy`), its exponent the larger of the attempts
+in a row without progress and the attempts in a row that were throttled (whole call or some
+records). When a batch runs out of attempts (`RetryPolicy.max_attempts` in a row without
+progress) the chunk's future raises `TransientDeliveryError`; nothing is lost, since the caller
+checkpoints only acknowledged chunks and a rerun resumes.
 Messages and logs never include credentials, request headers or the client configuration.
 """
 
@@ -35,9 +44,9 @@ import re
 import threading
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 import urllib3.exceptions
@@ -60,7 +69,6 @@ from connectors.firehose_batching import (
     billable_units_total,
     plan_batches,
 )
-from connectors.firehose_wire import WirePutRecordBatch
 from connectors.rate_limit import RateLimiter, RetryPolicy
 from moesif_backfill.errors import ConfigError, PermanentDeliveryError
 
@@ -68,6 +76,8 @@ __all__ = [
     "FirehoseSender",
     "RetryPolicy",
     "SendStats",
+    "UnusableAnswer",
+    "failed_records",
     "make_firehose_client",
     "redact",
 ]
@@ -119,7 +129,11 @@ class SendStats:
     ``firehose_calls``: PutRecordBatch calls attempted (each retry counts). ``records_sent`` /
     ``bytes_sent``: records and data bytes Firehose acknowledged (a record resent after a
     dropped connection counts each time it was acknowledged). ``records_retried``: record
-    resends (a whole-call retry of 500 records adds 500). ``billable_5kb_units``: sum over
+    resends (a whole-call retry of 500 records adds 500). ``throttled_calls``: calls refused
+    whole for throughput; ``throttled_records``: records that failed with
+    ``ServiceUnavailableException`` inside an answered call. ``server_errors``: 5xx /
+    ``InternalFailure`` calls, and answers that acknowledged nothing (no ``RequestResponses``
+    entry per record). ``billable_5kb_units``: sum over
     acknowledged records of ceil(len / 5120), at least 1 per record, because Firehose bills
     ingestion per record rounded up to the next 5 KB (taken here as 5 * 1024 bytes).
     """
@@ -129,6 +143,7 @@ class SendStats:
         "records_sent",
         "records_retried",
         "throttled_calls",
+        "throttled_records",
         "server_errors",
         "connection_errors",
         "bytes_sent",
@@ -164,14 +179,19 @@ def make_firehose_client(
     read_timeout_s: float = 30,
     session: Any = None,
 ) -> Any:
-    """A boto3 Firehose client with botocore retries OFF and explicit timeouts.
+    """A plain boto3 Firehose client: botocore retries OFF, explicit timeouts and pool size.
 
-    Credentials come from `session` (e.g. a Prefect AwsCredentials block's boto3 session) or
-    else boto3's standard chain (environment, profile, SSO, role...).
+    Public botocore ``Config`` only: ``retries={"total_max_attempts": 1}`` (one attempt per
+    call, the initial one; `FirehoseSender` owns every retry), ``parameter_validation=False``
+    (botocore would walk all 500 records of a call to check types the sender already
+    guarantees: bytes, at most 500 records, at most 4 MiB), connect/read timeouts and the
+    connection pool. Credentials come from `session` (e.g. a Prefect AwsCredentials block's
+    boto3 session) or else boto3's standard chain (environment, profile, SSO, role...).
     *max_pool_connections* should be at least the sender's ``max_in_flight``.
     """
     config = Config(
         retries={"total_max_attempts": 1, "mode": "standard"},
+        parameter_validation=False,
         max_pool_connections=max_pool_connections,
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
@@ -208,14 +228,10 @@ class FirehoseSender:
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
         adaptive_rate: bool = False,
-        lean_wire: bool = True,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._client = client
-        # The same request as client.put_record_batch with far less CPU per record
-        # (connectors.firehose_wire); None: plain boto3 calls (a client setting it cannot honour).
-        self._wire = WirePutRecordBatch.for_client(client) if lean_wire else None
         self.stream_name = stream_name
         self.retry = retry
         self.stats = SendStats()
@@ -304,7 +320,8 @@ class FirehoseSender:
             for index, record in enumerate(records):
                 if not isinstance(record, bytes | bytearray):
                     raise TypeError(f"record {index} is {type(record).__name__}, expected bytes")
-        plan = plan_batches(list(map(len, records)))
+        sizes = list(map(len, records))  # the only place record sizes are measured
+        plan = plan_batches(sizes)
         outer: Future[int] = Future()
         outer.set_running_or_notify_cancel()
         if not plan:
@@ -317,7 +334,9 @@ class FirehoseSender:
             total=len(records),
             batches=len(plan),
         )
-        futures = [self._executor.submit(self._send_batch, records[s:e]) for s, e in plan]
+        futures = [
+            self._executor.submit(self._send_batch, records[s:e], sizes[s:e]) for s, e in plan
+        ]
         tracker.futures = futures
         for (start, end), future in zip(plan, futures, strict=True):
             future.add_done_callback(functools.partial(tracker.batch_done, size=end - start))
@@ -331,40 +350,45 @@ class FirehoseSender:
         records, nbytes = self._limiter.rates  # the limiter of a sender has two dimensions
         return (records, nbytes)
 
-    def _shape(self, batch: Sequence[bytes]) -> None:
+    def _shape(self, records: int, nbytes: int) -> None:
         if self._adaptive is not None:
             self._adaptive.tick()
         if self._limiter is not None and self._limiter.rates != (None, None):
-            self._limiter.acquire((len(batch), sum(len(r) for r in batch)))
+            self._limiter.acquire((records, nbytes))
 
-    def _send_batch(self, batch: Sequence[bytes]) -> int:
-        """Send one batch until every record is acknowledged.
+    def _send_batch(self, batch: Sequence[bytes], sizes: Sequence[int]) -> int:
+        """Send one batch (records and their sizes) until every record is acknowledged.
 
         The retry budget counts consecutive attempts that delivered nothing: an attempt that
         got some records acknowledged (a partial failure) starts the count again, so a batch
         under steady per-record failures still converges, while a stream that takes nothing
-        gives up after `max_attempts` calls.
+        gives up after `max_attempts` calls. The backoff's exponent is the larger of that count
+        and the attempts in a row that were throttled (the whole call, or some of its records
+        with ``ServiceUnavailableException``): throttling backs off exponentially even while
+        some records get through; other partial failures are resent after the first step.
         """
-        pending = list(batch)
+        pending, pending_sizes = list(batch), list(sizes)
         max_attempts = self.retry.max_attempts
         reason = ""
-        attempt = 0  # consecutive attempts without progress
+        attempt = 0  # consecutive attempts without progress: the retry budget
+        throttled = 0  # consecutive throttled attempts: the backoff
         retries = 0
         while True:
             if self._aborted.is_set():
                 raise BatchFailed(len(pending), "the sender was closed", permanent=False)
-            self._shape(pending)
+            self._shape(len(pending), sum(pending_sizes))
             before = len(pending)
-            pending, reason = self._attempt(pending)
+            result = self._attempt(pending, pending_sizes)
+            pending, pending_sizes, reason = result.records, result.sizes, result.reason
             if not pending:
                 return len(batch)
             attempt = 0 if len(pending) < before else attempt + 1
+            throttled = throttled + 1 if result.throttled else 0
             if attempt >= max_attempts:
                 break
             retries += 1
-            attempt_for_delay = max(attempt, 1)
             with self._rng_lock:
-                delay = self.retry.delay(attempt_for_delay, self._rng)
+                delay = self.retry.delay(max(attempt, throttled, 1), self._rng)
             self.stats.add(records_retried=len(pending))
             logger.debug(
                 "retrying %d records to %s in %.3fs (retry %d, %d of %d without progress): %s",
@@ -386,16 +410,13 @@ class FirehoseSender:
         )
         raise BatchFailed(len(pending), reason, permanent=False)
 
-    def _attempt(self, pending: list[bytes]) -> tuple[list[bytes], str]:
-        """One PutRecordBatch call: (records still to send, why); raises if not retryable."""
+    def _attempt(self, pending: list[bytes], sizes: list[int]) -> _Attempt:
+        """One PutRecordBatch call: what is still to send, and why; raises if not retryable."""
         self.stats.add(firehose_calls=1)
         try:
-            if self._wire is not None:
-                response = self._wire.put_record_batch(self.stream_name, pending)
-            else:
-                response = self._client.put_record_batch(
-                    DeliveryStreamName=self.stream_name, Records=[{"Data": r} for r in pending]
-                )
+            response = self._client.put_record_batch(
+                DeliveryStreamName=self.stream_name, Records=[{"Data": r} for r in pending]
+            )
         except ClientError as exc:
             code = _error_code(exc)
             reason = f"{code}: {redact(_error_message(exc), 200)}"
@@ -403,20 +424,21 @@ class FirehoseSender:
                 self.stats.add(throttled_calls=1)
                 if self._adaptive is not None:
                     self._adaptive.on_throttled()
-            elif code in SERVER_ERROR_CODES or (
+                return _Attempt(pending, sizes, reason, throttled=True)
+            if code in SERVER_ERROR_CODES or (
                 _http_status(exc) >= 500 and code not in CREDENTIAL_CODES
             ):
                 self.stats.add(server_errors=1)
-            else:
-                message = (
-                    f"Firehose stream {self.stream_name!r} rejected a PutRecordBatch call: "
-                    f"{reason}. {_advice(code, self)}"
-                )
-                raise BatchFailed(len(pending), message, permanent=True) from exc
-            return pending, reason
+                return _Attempt(pending, sizes, reason, throttled=False)
+            message = (
+                f"Firehose stream {self.stream_name!r} rejected a PutRecordBatch call: "
+                f"{reason}. {_advice(code, self)}"
+            )
+            raise BatchFailed(len(pending), message, permanent=True) from exc
         except TRANSPORT_ERRORS as exc:
             self.stats.add(connection_errors=1)
-            return pending, f"connection error ({type(exc).__name__}) talking to {self.endpoint}"
+            reason = f"connection error ({type(exc).__name__}) talking to {self.endpoint}"
+            return _Attempt(pending, sizes, reason, throttled=False)
         except (NoCredentialsError, PartialCredentialsError) as exc:
             message = (
                 "no usable AWS credentials for Firehose: configure them (AWS_PROFILE, "
@@ -430,42 +452,36 @@ class FirehoseSender:
                 "blind resend could duplicate records: investigate, then rerun"
             )
             raise BatchFailed(len(pending), message, permanent=True) from exc
-        acked, failed, codes = self._split_response(pending, response)
-        if acked:
-            self._count_acked(acked)
-        if not failed:
-            return [], ""
-        return failed, f"{len(failed)} records failed ({', '.join(sorted(codes))})"
-
-    def _split_response(
-        self, pending: list[bytes], response: dict[str, Any]
-    ) -> tuple[list[bytes], list[bytes], set[str]]:
-        """(acknowledged, failed, error codes), matching RequestResponses to records by index."""
-        if not response.get("FailedPutCount"):
-            return pending, [], set()
-        entries = response.get("RequestResponses") or []
-        if len(entries) != len(pending):
-            raise BatchFailed(
-                len(pending),
-                f"Firehose answered {len(entries)} RequestResponses for {len(pending)} records; "
-                "cannot tell which failed, not resending blindly: investigate, then rerun",
-                permanent=True,
+        try:
+            failed, codes = failed_records(response, len(pending))
+        except UnusableAnswer as exc:
+            self.stats.add(server_errors=1)
+            status = _http_status_of(response)
+            reason = (
+                f"Firehose stream {self.stream_name!r} answered HTTP {status} without "
+                f"acknowledging each record ({exc}), so nothing of that call counts as "
+                f"delivered; if this persists, check what answers at {self.endpoint} (a proxy "
+                "or gateway in between, or not a Firehose endpoint)"
             )
-        acked: list[bytes] = []
-        failed: list[bytes] = []
-        codes: set[str] = set()
-        for record, entry in zip(pending, entries, strict=True):
-            if entry.get("ErrorCode"):
-                failed.append(record)
-                codes.add(str(entry["ErrorCode"]))
-            else:
-                acked.append(record)
-        return acked, failed, codes
+            return _Attempt(pending, sizes, reason, throttled=False)
+        if not failed:
+            self._count_acked(sizes)
+            return _Attempt([], [], "", throttled=False)
+        lost = set(failed)
+        self._count_acked([n for i, n in enumerate(sizes) if i not in lost])
+        throttled = sum(n for code, n in codes.items() if code in THROTTLING_CODES)
+        if throttled:
+            self.stats.add(throttled_records=throttled)
+            if self._adaptive is not None:
+                self._adaptive.on_throttled()  # after counting this call's acknowledged records
+        reason = f"{len(failed)} records failed ({', '.join(sorted(codes))})"
+        return _Attempt(
+            [pending[i] for i in failed], [sizes[i] for i in failed], reason, bool(throttled)
+        )
 
-    def _count_acked(self, acked: list[bytes]) -> None:
-        sizes = list(map(len, acked))
+    def _count_acked(self, sizes: list[int]) -> None:
         self.stats.add(
-            records_sent=len(acked),
+            records_sent=len(sizes),
             bytes_sent=sum(sizes),
             billable_5kb_units=billable_units_total(sizes),
         )
@@ -501,6 +517,57 @@ def _error_message(exc: ClientError) -> str:
 
 def _http_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _http_status_of(response: Mapping[str, Any]) -> int:
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+class _Attempt(NamedTuple):
+    """What one call left to send: records, their sizes, why, and whether it was throttled."""
+
+    records: list[bytes]
+    sizes: list[int]
+    reason: str
+    throttled: bool
+
+
+class UnusableAnswer(Exception):
+    """A PutRecordBatch answer that does not acknowledge each record on its own."""
+
+
+def failed_records(response: Mapping[str, Any], count: int) -> tuple[list[int], dict[str, int]]:
+    """Indexes of the records that failed, and how many failed with each ``ErrorCode``.
+
+    A record is acknowledged only by its own ``RequestResponses`` entry (same order as the
+    request) with a ``RecordId``. Raises `UnusableAnswer` when the answer cannot say, record
+    by record, what was stored: not one entry per record (``{}`` from a proxy, a truncated
+    list), an entry with neither ``RecordId`` nor ``ErrorCode``, or a ``FailedPutCount``
+    missing or not equal to the entries carrying an ``ErrorCode``.
+    """
+    entries = response.get("RequestResponses")
+    if not isinstance(entries, list) or len(entries) != count:
+        got = len(entries) if isinstance(entries, list) else "no"
+        raise UnusableAnswer(f"{got} RequestResponses entries for {count} records")
+    failed_count = response.get("FailedPutCount")
+    if type(failed_count) is not int:
+        raise UnusableAnswer(f"FailedPutCount is {failed_count!r}, not a count")
+    failed: list[int] = []
+    codes: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise UnusableAnswer(f"RequestResponses[{index}] is not an object")
+        code = entry.get("ErrorCode")
+        if code:
+            failed.append(index)
+            codes[str(code)] = codes.get(str(code), 0) + 1
+        elif not entry.get("RecordId"):
+            raise UnusableAnswer(f"RequestResponses[{index}] has neither RecordId nor ErrorCode")
+    if len(failed) != failed_count:
+        raise UnusableAnswer(
+            f"FailedPutCount is {failed_count} but {len(failed)} entries carry an ErrorCode"
+        )
+    return failed, codes
 
 
 def _advice(code: str, sender: FirehoseSender) -> str:

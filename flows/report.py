@@ -22,7 +22,9 @@ class RunSummary:
     rows_outside_window: int = 0  # time outside the run's window (nightly time mode): not sent
     firehose_calls: int = 0
     records_retried: int = 0
-    throttled_calls: int = 0
+    throttled_calls: int = 0  # PutRecordBatch calls refused whole for throughput
+    # records refused with ServiceUnavailableException inside an answered call (throttling too)
+    throttled_records: int = 0
     server_errors: int = 0
     connection_errors: int = 0
     bytes_sent: int = 0
@@ -75,6 +77,7 @@ class RunSummary:
             "firehose_calls",
             "records_retried",
             "throttled_calls",
+            "throttled_records",
             "server_errors",
             "connection_errors",
             "bytes_sent",

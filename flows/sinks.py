@@ -126,6 +126,7 @@ class FirehoseSink:
                 "records": s.get("records_sent", 0),
                 "calls": s.get("firehose_calls", 0),
                 "throttled": s.get("throttled_calls", 0),
+                "throttled_records": s.get("throttled_records", 0),
                 "records_retried": s.get("records_retried", 0),
                 "bytes": s.get("bytes_sent", 0),
             }

@@ -252,7 +252,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"  skipped        {summary['rows_skipped']:>12,}  (delivered by an earlier run)",
         f"  firehose calls {summary['firehose_calls']:>12,}  retried records "
         f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}, "
-        f"5xx {summary['server_errors']:,}, connection errors {summary['connection_errors']:,}",
+        f"throttled records {summary.get('throttled_records', 0):,}, "
+        f"server errors {summary['server_errors']:,}, "
+        f"connection errors {summary['connection_errors']:,}",
         f"  bytes          {summary['bytes_sent']:>12,}  billable 5 KB units "
         f"{summary['billable_5kb_units']:,}",
         f"  duration       {summary['duration_s']:>11.1f}s  "
@@ -270,7 +272,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for name, c in streams.items():
             lines.append(
                 f"  stream {name}: {c['records']:,} records, {c['calls']:,} calls, "
-                f"{c['throttled']:,} throttled"
+                f"{c['throttled']:,} throttled calls, {c.get('throttled_records', 0):,} "
+                "throttled records"
             )
     quota = _quota_line(summary)
     if quota and mode == "send":

@@ -78,6 +78,11 @@ CASES = [
     Case("record_failure_10pct", {"record_failure_rate": 0.10}),
     # The budget counts attempts that delivered nothing, so steady partial failures converge.
     Case("record_failure_50pct", {"record_failure_rate": 0.50}, rows=10_000),
+    # Records refused with ServiceUnavailableException inside a 200 answer: throttling.
+    Case(
+        "record_throttling_20pct",
+        {"record_failure_rate": 0.20, "record_failure_code": "ServiceUnavailableException"},
+    ),
     Case(
         "record_failure_100pct",
         {"record_failure_rate": 1.0},
@@ -235,6 +240,7 @@ def test_fault_matrix(
         "calls": summary.firehose_calls,
         "records_retried": summary.records_retried,
         "throttled_calls": summary.throttled_calls,
+        "throttled_records": summary.throttled_records,
         "server_errors": stats["server_errors"],
         "connection_errors": stats["connection_errors"],
         "http_statuses": {str(k): v for k, v in sorted(probe.statuses.items())},
@@ -293,6 +299,13 @@ def test_fault_matrix(
         assert counters["failed_records"] > 0 and dupes == 0  # partial failures never duplicate
         # only failed records are resent, once per failure (not after the last attempt)
         assert summary.records_retried <= counters["failed_records"]
+        assert summary.throttled_records == counters["throttled_records"]
+        assert summary.streams[stream]["throttled_records"] == summary.throttled_records
+        if faults.get("record_failure_code") == "ServiceUnavailableException":
+            assert summary.throttled_records == counters["failed_records"] > 0
+            assert summary.throttled_calls == 0  # no call was refused whole
+            table = {row["metric"]: row["value"] for row in summary.table_rows()}
+            assert table["throttled_records"] == str(summary.throttled_records)
         if err is None:
             assert summary.records_retried == counters["failed_records"]
             assert counters["records_received"] == case.rows + summary.records_retried
@@ -329,6 +342,43 @@ def test_fault_matrix(
         assert calls_seen["not_found"] > 0 and dupes == 0
     figures["seconds"] = round(time.monotonic() - started, 2)
     report[case.name] = figures
+
+
+@pytest.mark.parametrize("kind", ["empty", "short", "miscounted"])
+def test_unacknowledging_answers_commit_nothing(
+    kind: str, *, tmp_path: Path, strict_firehose: StrictFirehose, firehose_stream: str
+) -> None:
+    """HTTP 200 answers without one RequestResponses entry per record (a proxy's ``{}``, a
+    short list, a FailedPutCount that disagrees): the records may well be on the server, but
+    nothing was acknowledged, so nothing is committed; the run fails naming the stream and
+    the answer, and a rerun once the answers are whole sends every row."""
+    server, stream = strict_firehose, firehose_stream
+    rows = 2_000
+    src = write_payments(tmp_path / "payments.parquet", 1, rows)
+    settings = settings_for(
+        tmp_path,
+        [src],
+        stream=stream,
+        endpoint_url=server.endpoint_url,
+        chunk_rows=1_000,
+        retry_attempts=3,
+        adaptive_rate=False,
+    )
+    server.configure(bad_answer_rate=1.0, bad_answer=kind)
+    summary, err = run_plain(settings)
+    assert isinstance(err, TransientDeliveryError), err
+    assert stream in str(err) and "without acknowledging each record" in str(err)
+    assert summary.status == "failed" and summary.accounted
+    assert summary.actions_sent == 0 and summary.chunks_committed == 0
+    assert committed_chunks(settings, src) == (set(), 0)
+    assert summary.server_errors == server.stream_counters(stream)["bad_answers"] > 0
+    assert server.transaction_ids(stream), "the records did reach the server"
+
+    server.reset_faults()
+    rerun, err2 = run_plain(settings)
+    assert err2 is None, err2
+    assert rerun.actions_sent == rows and rerun.rows_skipped == 0
+    assert set(server.transaction_ids(stream)) == expected_ids(1, rows)
 
 
 def _ranges(chunks: set[int]) -> list[list[int]]:

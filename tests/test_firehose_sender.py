@@ -11,11 +11,12 @@ from concurrent.futures import Future, wait
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.firehose import (
+    TRANSPORT_ERRORS,
     FirehoseSender,
     RetryPolicy,
     SendStats,
@@ -213,6 +214,8 @@ def test_partial_failure_resends_only_failed_records(
     assert stats["records_retried"] == counters["failed_records"] > 0
     assert counters["records_received"] == 1_000 + stats["records_retried"]
     assert stats["throttled_calls"] == 0
+    assert stats["throttled_records"] == counters["throttled_records"] > 0
+    assert stats["bytes_sent"] == sum(map(len, records))  # each acknowledged byte once
 
 
 @pytest.mark.integration
@@ -373,3 +376,171 @@ def test_close_with_cancel_resolves_every_future(
     assert any(isinstance(e, TransientDeliveryError) for e in outcomes)
     with pytest.raises(RuntimeError, match="closed"):
         sender.submit([b"x"])
+
+
+# -- the client: plain boto3, public configuration -------------------------------------------------
+
+
+@pytest.mark.integration
+def test_client_has_retries_off_and_no_parameter_validation(
+    strict_firehose: StrictFirehose, firehose_stream: str
+) -> None:
+    client = make_firehose_client(
+        region="us-east-1",
+        endpoint_url=strict_firehose.endpoint_url,
+        max_pool_connections=12,
+        connect_timeout_s=2,
+        read_timeout_s=7,
+    )
+    config = client.meta.config
+    assert config.retries == {"total_max_attempts": 1, "mode": "standard"}
+    assert (config.max_pool_connections, config.connect_timeout, config.read_timeout) == (12, 2, 7)
+    # botocore does not check the request (an empty Records list fails its validation): the
+    # server answers instead, once.
+    before = strict_firehose.counters["calls"]
+    with pytest.raises(ClientError) as excinfo:
+        client.put_record_batch(DeliveryStreamName=firehose_stream, Records=[])
+    assert excinfo.value.response["Error"]["Code"] == "ValidationException"
+    assert "at least one record" in str(excinfo.value)
+    assert strict_firehose.counters["calls"] == before + 1
+
+
+@pytest.mark.integration
+def test_transport_errors_are_the_senders_transport_errors(
+    strict_firehose: StrictFirehose, strict_firehose_client: Any, firehose_stream: str
+) -> None:
+    """What plain boto3 raises for a dropped connection or a refused one is retried."""
+    strict_firehose.configure(drop_before_store_rate=1.0)
+    with pytest.raises(TRANSPORT_ERRORS):
+        strict_firehose_client.put_record_batch(
+            DeliveryStreamName=firehose_stream, Records=[{"Data": b"a"}]
+        )
+    closed = make_firehose_client(
+        region="us-east-1", endpoint_url="http://127.0.0.1:9", connect_timeout_s=1
+    )
+    with pytest.raises(EndpointConnectionError):
+        closed.put_record_batch(DeliveryStreamName=firehose_stream, Records=[{"Data": b"a"}])
+    assert issubclass(EndpointConnectionError, TRANSPORT_ERRORS)
+
+
+@pytest.mark.integration
+def test_sender_counts_what_the_server_saw(
+    strict_firehose: StrictFirehose, firehose_stream: str, sender_for: Any
+) -> None:
+    strict_firehose.configure(record_failure_rate=0.2, throttle_rate=0.2)
+    records = [b'{"n": %d}' % i for i in range(2_000)]
+    sender = sender_for()
+    assert sender.submit(records).result(timeout=60) == len(records)
+    assert sorted(strict_firehose.records(firehose_stream)) == sorted(records)
+    stats = sender.stats.snapshot()
+    counters = strict_firehose.stream_counters(firehose_stream)
+    assert stats["records_sent"] == len(records)
+    assert stats["firehose_calls"] == counters["put_calls"]
+    assert stats["throttled_calls"] == counters["throttled"] > 0
+    assert stats["throttled_records"] == counters["throttled_records"] > 0
+
+
+# -- issue 10, item 11: an answer acknowledges a record only through its own entry ---------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        ("empty", "no RequestResponses entries for 500 records"),
+        ("short", "499 RequestResponses entries for 500 records"),
+        ("miscounted", "FailedPutCount is 0 but 1 entries carry an ErrorCode"),
+    ],
+)
+def test_answer_without_an_entry_per_record_acknowledges_nothing(
+    strict_firehose: StrictFirehose, firehose_stream: str, sender_for: Any, kind: str, what: str
+) -> None:
+    """HTTP 200 with ``{}`` (a proxy), too few entries, or a FailedPutCount that disagrees:
+    nothing counts as delivered; the whole call is resent within the budget, then the chunk
+    fails, naming the stream and what was wrong."""
+    strict_firehose.configure(bad_answer_rate=1.0, bad_answer=kind)
+    sender = sender_for(
+        max_in_flight=1,  # the 500-record call gives up first: its reason is in the message
+        retry=RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.002),
+    )
+    future = sender.submit(_actions(700))  # two calls: 500 + 200
+    with pytest.raises(TransientDeliveryError) as excinfo:
+        future.result(timeout=30)
+    message = str(excinfo.value)
+    assert "700 of 700 records" in message and firehose_stream in message
+    assert "without acknowledging each record" in message and what in message
+    stats = sender.stats.snapshot()
+    assert stats["records_sent"] == stats["bytes_sent"] == stats["billable_5kb_units"] == 0
+    counters = strict_firehose.stream_counters(firehose_stream)
+    assert counters["put_calls"] == stats["firehose_calls"] == 2 * 3  # resent whole, in budget
+    assert stats["server_errors"] == counters["bad_answers"] == 6
+    assert stats["records_retried"] == 2 * (500 + 200)
+
+
+@pytest.mark.integration
+def test_unusable_answers_now_and_then_lose_nothing(
+    strict_firehose: StrictFirehose, firehose_stream: str, sender_for: Any
+) -> None:
+    """A miscounted answer hides a record that was not stored: it must be resent."""
+    strict_firehose.configure(bad_answer_rate=0.3, bad_answer="miscounted")
+    sender = sender_for(max_in_flight=4)
+    records = _actions(3_000)
+    assert _submit_chunks(sender, records, chunk=250) == 3_000
+    stored = _tids(strict_firehose.records(firehose_stream))
+    assert set(stored) == set(_tids(records))  # nothing lost; the resends duplicate the rest
+    counters = strict_firehose.stream_counters(firehose_stream)
+    assert counters["bad_answers"] > 0
+    assert sender.stats.server_errors == counters["bad_answers"]
+
+
+# -- issue 10, item 12: per-record throttling is throttling ----------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("code", ["ServiceUnavailableException", "InternalFailure"])
+def test_per_record_throttling_backs_off_like_a_throttled_call(
+    strict_firehose: StrictFirehose, firehose_stream: str, sender_for: Any, code: str
+) -> None:
+    """Records refused with ServiceUnavailableException in a 200 answer are counted in
+    throttled_records and back off exponentially (each retry's cap doubles while the retries
+    stay throttled); InternalFailure records keep the short first-step delay."""
+    strict_firehose.configure(record_failure_rate=0.5, record_failure_code=code)
+    base = 0.05
+    delays: list[float] = []
+    sender = sender_for(
+        max_in_flight=1,
+        retry=RetryPolicy(max_attempts=30, base_delay_s=base, max_delay_s=5.0),
+        sleep=delays.append,  # the delays the sender chose; no time is spent waiting
+    )
+    records = _actions(500)
+    assert sender.submit(records).result(timeout=30) == 500
+    assert sorted(strict_firehose.records(firehose_stream)) == sorted(records)
+    stats = sender.stats.snapshot()
+    counters = strict_firehose.stream_counters(firehose_stream)
+    assert stats["throttled_calls"] == 0  # no call was refused whole
+    assert len(delays) == stats["firehose_calls"] - 1 >= 5
+    if code == "ServiceUnavailableException":
+        for retry, delay in enumerate(delays, start=1):
+            assert delay <= min(5.0, base * 2 ** (retry - 1))
+        assert max(delays) > 4 * base, delays  # not the <= 50 ms of a partial retry
+        assert stats["throttled_records"] == counters["failed_records"] > 0
+    else:
+        assert max(delays) <= base, delays
+        assert stats["throttled_records"] == 0 and counters["failed_records"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("code", ["ServiceUnavailableException", "InternalFailure"])
+def test_per_record_throttling_lowers_the_adaptive_rate(
+    strict_firehose: StrictFirehose, firehose_stream: str, sender_for: Any, code: str
+) -> None:
+    strict_firehose.configure(record_failure_rate=0.3, record_failure_code=code)
+    sender = sender_for(adaptive_rate=True)
+    assert sender.rate_limits == (None, None)  # unlimited until Firehose throttles
+    assert sender.submit(_actions(1_000)).result(timeout=30) == 1_000
+    assert sender.stats.throttled_calls == 0
+    records_per_s, bytes_per_s = sender.rate_limits
+    if code == "ServiceUnavailableException":
+        assert records_per_s is not None and bytes_per_s is not None  # AIMD decreased
+    else:
+        assert (records_per_s, bytes_per_s) == (None, None)

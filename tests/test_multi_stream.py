@@ -130,6 +130,7 @@ def test_two_streams_each_id_in_exactly_one_the_same_on_a_rerun(
             "records": len(first[stream]),
             "calls": counters["put_calls"],
             "throttled": 0,
+            "throttled_records": 0,
             "records_retried": 0,
             "bytes": counters["bytes_stored"],
         }

@@ -157,6 +157,67 @@ def test_record_failures_are_reported_per_record_and_not_stored(
     assert stored == [r for r in records if r not in failed]
 
 
+@pytest.mark.parametrize("code", ["ServiceUnavailableException", "InternalFailure"])
+def test_record_failure_code_sets_every_failed_records_code(
+    strict_firehose: StrictFirehose, strict_firehose_client: Any, firehose_stream: str, code: str
+) -> None:
+    strict_firehose.configure(record_failure_rate=0.5, record_failure_code=code)
+    response = _put(strict_firehose_client, firehose_stream, [b"r"] * 100)
+    codes = [e["ErrorCode"] for e in response["RequestResponses"] if "ErrorCode" in e]
+    assert codes and set(codes) == {code} and response["FailedPutCount"] == len(codes)
+    counters = strict_firehose.stream_counters(firehose_stream)
+    assert counters["failed_records"] == len(codes)
+    assert counters["throttled_records"] == (len(codes) if code[0] == "S" else 0)
+    with pytest.raises(ValueError, match="record_failure_code"):
+        strict_firehose.configure(record_failure_code="Nope")
+
+
+def test_bad_answers_do_not_acknowledge_each_record(
+    strict_firehose: StrictFirehose, strict_firehose_client: Any, firehose_stream: str
+) -> None:
+    """What a proxy in between might answer, read by plain boto3: HTTP 200 every time."""
+    records = [b"r%d" % i for i in range(10)]
+    answers = {}
+    for kind in ("empty", "short", "miscounted"):
+        strict_firehose.configure(bad_answer_rate=1.0, bad_answer=kind)
+        answers[kind] = _put(strict_firehose_client, firehose_stream, records)
+        assert answers[kind]["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert "RequestResponses" not in answers["empty"]
+    assert "FailedPutCount" not in answers["empty"]
+    assert answers["short"]["FailedPutCount"] == 0
+    assert len(answers["short"]["RequestResponses"]) == 9
+    assert answers["miscounted"]["FailedPutCount"] == 0
+    entries = answers["miscounted"]["RequestResponses"]
+    assert len(entries) == 10 and entries[-1]["ErrorCode"] == "InternalFailure"
+    assert all("RecordId" in e for e in entries[:-1])
+    # "empty" and "short" stored every record; "miscounted" all but the last one
+    assert strict_firehose.records(firehose_stream) == records * 2 + records[:-1]
+    counters = strict_firehose.stream_counters(firehose_stream)
+    assert counters["bad_answers"] == 3 and counters["failed_records"] == 1
+    with pytest.raises(ValueError, match="bad_answer"):
+        strict_firehose.configure(bad_answer="garbled")
+
+
+def test_success_answer_is_the_json_botocore_expects(
+    strict_firehose: StrictFirehose, strict_firehose_client: Any, firehose_stream: str
+) -> None:
+    """The stand-in's fast, pre-serialised success answer: the same JSON as json.dumps would
+    give, unique RecordIds across calls, and botocore's own parser reads it."""
+    body = json.dumps(
+        {"DeliveryStreamName": firehose_stream, "Records": [{"Data": "YQ=="}] * 3}
+    ).encode()
+    status, answer = strict_firehose.handle_api("Firehose_20150804.PutRecordBatch", body, True)
+    assert status == 200
+    parsed = json.loads(answer)
+    assert json.dumps(parsed).encode() == answer
+    assert parsed["FailedPutCount"] == 0 and parsed["Encrypted"] is False
+    via_boto = _put(strict_firehose_client, firehose_stream, [b"b"] * 500)
+    assert via_boto["FailedPutCount"] == 0
+    ids = [e["RecordId"] for e in parsed["RequestResponses"] + via_boto["RequestResponses"]]
+    assert len(ids) == len(set(ids)) == 503
+    assert strict_firehose.records(firehose_stream) == [b"a"] * 3 + [b"b"] * 500
+
+
 def test_same_seed_gives_same_faults() -> None:
     patterns = []
     for _ in range(2):

@@ -29,8 +29,8 @@ Limits (PutRecordBatch / PutRecord), checked on the *decoded* record data:
 Faults (`Faults`, set with `StrictFirehose.configure` or ``POST /_strict/faults``) apply to
 PutRecord/PutRecordBatch only, and are drawn from one ``random.Random(seed)`` in a fixed order
 per call (throttle, server error, drop before store, per-record failures, drop after store,
-latency spike), so a single-threaded client sees the same faults on every run. With several
-client threads the interleaving, hence the outcome per call, varies.
+bad answer, latency spike), so a single-threaded client sees the same faults on every run.
+With several client threads the interleaving, hence the outcome per call, varies.
 
 * ``throttle_rate``: whole call → ``ServiceUnavailableException`` (HTTP ``throttle_http_status``,
   400 by default), nothing stored.
@@ -39,10 +39,20 @@ client threads the interleaving, hence the outcome per call, varies.
   Nothing stored.
 * ``drop_before_store_rate``: the connection is closed without an answer, nothing stored.
 * ``record_failure_rate``: each record fails independently; its ``RequestResponses`` entry holds
-  ``ErrorCode`` (``ServiceUnavailableException`` or ``InternalFailure``) and ``ErrorMessage``
-  instead of ``RecordId``, ``FailedPutCount`` counts them, failed records are not stored.
+  ``ErrorCode`` and ``ErrorMessage`` instead of ``RecordId``, ``FailedPutCount`` counts them,
+  failed records are not stored. The code is ``record_failure_code`` when set
+  (``ServiceUnavailableException``: the stream's throughput exceeded, or ``InternalFailure``),
+  else ``ServiceUnavailableException`` for even and ``InternalFailure`` for odd indexes.
 * ``drop_after_store_rate``: the accepted records ARE stored, then the connection is closed
   without an answer: the client sees a connection error, resends, and duplicates appear.
+* ``bad_answer_rate`` (PutRecordBatch only): the call is processed as usual, then its HTTP 200
+  answer is replaced by one that does not acknowledge each record, as a proxy or gateway in
+  between might send (counted in ``bad_answers``); ``bad_answer`` says which:
+  ``"empty"``: ``{}`` (every accepted record stored); ``"short"``: the last
+  ``RequestResponses`` entry missing (every accepted record stored); ``"miscounted"``: the last
+  record fails with ``InternalFailure`` and is NOT stored, while ``FailedPutCount`` leaves it
+  out (``0`` when no other record failed). A client that takes any of these for an
+  acknowledgement loses records or cannot tell which were stored.
 * ``latency_s`` always, plus ``latency_spike_s`` with probability ``latency_spike_rate``: sleep
   before answering.
 * ``delete_stream_after_calls``: the stream is deleted after that many successful put calls
@@ -67,8 +77,9 @@ Python API: ``StrictFirehose(seed=0).start()`` (or ``with StrictFirehose() as fh
 ``.endpoint_url``, ``.create_stream(name)``, ``.configure(**faults)``, ``.reset_faults()``,
 ``.reseed(seed)``, ``.faults``, ``.records(stream)``, ``.transaction_ids(stream)``,
 ``.counters`` (whole server), ``.stream_counters(stream)`` (put calls naming that stream:
-``put_calls``, ``records_received``, ``records_stored``, ``failed_records``, ``throttled``,
-``quota_throttled``, ``server_errors``, ``dropped*``, ``invalid_requests``,
+``put_calls``, ``records_received``, ``records_stored``, ``failed_records``,
+``throttled_records`` (failed with ``ServiceUnavailableException``), ``throttled``,
+``quota_throttled``, ``server_errors``, ``dropped*``, ``bad_answers``, ``invalid_requests``,
 ``max_batch_records``, ``max_batch_bytes``), ``.stats()`` (both, and the ``quota``), ``.stop()``.
 
 Control API for another process
@@ -122,8 +133,11 @@ _RATE_FIELDS = (
     "server_error_rate",
     "drop_after_store_rate",
     "drop_before_store_rate",
+    "bad_answer_rate",
     "latency_spike_rate",
 )
+RECORD_FAILURE_CODES = ("ServiceUnavailableException", "InternalFailure")
+BAD_ANSWERS = ("empty", "short", "miscounted")
 
 
 @dataclasses.dataclass
@@ -131,11 +145,14 @@ class Faults:
     """Fault settings; every rate is a probability in [0, 1]."""
 
     record_failure_rate: float = 0.0
+    record_failure_code: str | None = None  # None: alternate (see the module docstring)
     throttle_rate: float = 0.0
     throttle_http_status: int = 400
     server_error_rate: float = 0.0
     drop_after_store_rate: float = 0.0
     drop_before_store_rate: float = 0.0
+    bad_answer_rate: float = 0.0
+    bad_answer: str = "empty"  # one of BAD_ANSWERS
     latency_s: float = 0.0
     latency_spike_rate: float = 0.0
     latency_spike_s: float = 0.0
@@ -155,6 +172,13 @@ class Faults:
             raise ValueError("delete_stream_after_calls must be >= 0")
         if self.quota_records_per_second < 0 or self.quota_mib_per_second < 0:
             raise ValueError("quotas must not be negative (0 means no quota)")
+        if self.record_failure_code not in (None, *RECORD_FAILURE_CODES):
+            raise ValueError(
+                f"record_failure_code must be one of {RECORD_FAILURE_CODES} or None, "
+                f"got {self.record_failure_code!r}"
+            )
+        if self.bad_answer not in BAD_ANSWERS:
+            raise ValueError(f"bad_answer must be one of {BAD_ANSWERS}, got {self.bad_answer!r}")
 
 
 _FAULT_NAMES = frozenset(f.name for f in dataclasses.fields(Faults))
@@ -166,12 +190,14 @@ _COUNTER_NAMES = (
     "records_stored",
     "bytes_stored",
     "failed_records",
+    "throttled_records",
     "throttled",
     "quota_throttled",
     "server_errors",
     "dropped",
     "dropped_before_store",
     "dropped_after_store",
+    "bad_answers",
     "invalid_requests",
     "not_found",
     "auth_errors",
@@ -189,12 +215,14 @@ _STREAM_COUNTER_NAMES = (
     "records_stored",
     "bytes_stored",
     "failed_records",
+    "throttled_records",
     "throttled",
     "quota_throttled",
     "server_errors",
     "dropped",
     "dropped_before_store",
     "dropped_after_store",
+    "bad_answers",
     "invalid_requests",
     "max_batch_records",
     "max_batch_bytes",
@@ -265,6 +293,7 @@ class _Decision:
     drop_before: bool = False
     failed: frozenset[int] = frozenset()
     drop_after: bool = False
+    bad_answer: bool = False
     sleep_s: float = 0.0
 
 
@@ -567,17 +596,30 @@ class StrictFirehose(StartStop):
         if decision.sleep_s:
             time.sleep(decision.sleep_s)
         self._fail_whole_call(stream, decision, faults, single=single)
+        bad = faults.bad_answer if decision.bad_answer and not single else None
         failed = decision.failed
+        if bad == "miscounted":
+            failed = failed | {len(data) - 1}
+        codes = {i: faults.record_failure_code or RECORD_FAILURE_CODES[i % 2] for i in failed}
+        if bad == "miscounted":
+            codes[len(data) - 1] = "InternalFailure"
         kept = [r for i, r in enumerate(data) if i not in failed] if failed else data
         call = self._store(stream, kept, faults, failed=len(failed))
+        throttled = sum(1 for code in codes.values() if code == "ServiceUnavailableException")
+        if throttled:
+            self._count("throttled_records", throttled, stream=stream)
         if decision.drop_after:
             with self._lock:
                 self._bump_locked(stream, dropped=1, dropped_after_store=1)
             raise _Drop
+        if bad is not None:
+            self._count("bad_answers", stream=stream)
+            if bad == "empty":
+                return {}
         # RecordIds: unique per stored record (this call's sequence number + the index).
         prefix = f"{call:024x}"
         suffixes = _ID_SUFFIXES[: len(data)]
-        if serialized and not failed:
+        if serialized and not failed and bad is None:
             # Exactly json.dumps of the dict below, with one join instead of 500 dicts.
             ids = ('"}, {"RecordId": "' + prefix).join(suffixes)
             return _Serialized(
@@ -585,14 +627,15 @@ class StrictFirehose(StartStop):
                 f'[{{"RecordId": "{prefix}{ids}"}}]}}'.encode()
             )
         responses: list[dict[str, str]] = [{"RecordId": prefix + suffix} for suffix in suffixes]
-        for index in failed:
-            responses[index] = (
-                {"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "Slow down."}
-                if index % 2 == 0
-                else {"ErrorCode": "InternalFailure", "ErrorMessage": "Internal service failure."}
-            )
+        for index, code in codes.items():
+            responses[index] = {"ErrorCode": code, "ErrorMessage": _FAILURE_MESSAGES[code]}
+        failed_put_count = len(failed)
+        if bad == "short":
+            responses = responses[:-1]
+        elif bad == "miscounted":
+            failed_put_count -= 1
         return {
-            "FailedPutCount": len(decision.failed),
+            "FailedPutCount": failed_put_count,
             "Encrypted": False,
             "RequestResponses": responses,
         }
@@ -715,6 +758,7 @@ class StrictFirehose(StartStop):
                 rate = faults.record_failure_rate
                 decision.failed = frozenset(i for i in range(count) if rng.random() < rate)
             decision.drop_after = draw(faults.drop_after_store_rate)
+            decision.bad_answer = draw(faults.bad_answer_rate)
         if draw(faults.latency_spike_rate):
             decision.sleep_s += faults.latency_spike_s
             self._counters["latency_spikes"] += 1
@@ -967,6 +1011,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _request_ids = itertools.count(1)
+_FAILURE_MESSAGES = {
+    "ServiceUnavailableException": "Slow down.",
+    "InternalFailure": "Internal service failure.",
+}
 _ID_SUFFIXES = [f"{i:08x}" for i in range(MAX_RECORDS_PER_CALL + 1)]
 
 
@@ -984,7 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     for field in dataclasses.fields(Faults):
         flag = "--" + field.name.replace("_", "-")
-        if field.name == "auth_error":
+        if field.name in {"auth_error", "record_failure_code", "bad_answer"}:
             parser.add_argument(flag, default=None)
         elif field.name in {"delete_stream_after_calls", "throttle_http_status"}:
             parser.add_argument(flag, type=int, default=None)
