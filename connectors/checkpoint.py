@@ -498,6 +498,11 @@ class CheckpointStore(ABC):
         """
         return None
 
+    def _current_state(self, job: str) -> bytes | None:
+        """The bytes of the current state.json, to keep as the previous generation (a backend
+        that knows them without reading, S3, says so here)."""
+        return self._read(job, STATE_NAME)
+
     def _where(self, job: str, name: str) -> str:
         return f"{self.describe()}/{job}/{name}"
 
@@ -513,7 +518,7 @@ class CheckpointStore(ABC):
         A damaged state.json (we resumed from state.prev.json) must not overwrite the good
         previous generation.
         """
-        current = self._read(job, STATE_NAME)
+        current = self._current_state(job)
         if current is None:
             return
         try:

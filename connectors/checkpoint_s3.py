@@ -20,11 +20,18 @@ The lease (``lease.json``) holds ``{"owner": <uuid>, "host", "pid", "expires_at"
 * **release**: ``DeleteObject(IfMatch=<our ETag>)`` so a lease that is no longer ours is never
   deleted.
 
-A zombie run (one that lost its lease without noticing yet) is fenced three ways before it could
-overwrite a newer run's checkpoint: every commit first checks that the lease is still within its
-local (monotonic) deadline and that ``lease.json`` still carries our ETag; and ``state.json`` is
-written with ``IfMatch`` on the ETag read just before (``IfNoneMatch="*"`` if it was absent), so a
-state changed by anyone else meanwhile is never overwritten.
+A zombie run (one that lost its lease without noticing yet) is fenced before it could overwrite
+a newer run's checkpoint: every commit first checks that the lease is still within its local
+(monotonic) deadline and that ``lease.json`` still carries our ETag; and, whatever the timing of
+a takeover against those checks, ``state.prev.json`` and ``state.json`` are written with
+``IfMatch`` on the ETag of **this run's own last write** of each (before its first write: the
+ETag seen when the run loaded the checkpoint, or ``IfNoneMatch="*"`` if the object did not exist
+then). Nothing is read just before writing, so the condition never adopts another run's write: a
+run that took over and wrote anything makes every later write of the old run fail with 412, and
+the old run stops (lease lost). The previous generation is copied from the bytes this run last
+wrote (or loaded), which also saves a GET per commit. A run that took over but has not written
+yet loses instead when the old run commits first: its first write then fails, nothing is
+overwritten, and the checkpoint holds exactly what the old run delivered.
 
 Expiry compares the holder's ``expires_at`` (its wall clock) with the reader's wall clock, so hosts
 need roughly synchronised clocks (NTP). Skew can only make a takeover early, and an early takeover
@@ -61,7 +68,13 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from connectors.checkpoint import STATE_NAME, CheckpointStore, JobState, validate_job_name
+from connectors.checkpoint import (
+    PREV_NAME,
+    STATE_NAME,
+    CheckpointStore,
+    JobState,
+    validate_job_name,
+)
 from moesif_backfill.errors import CheckpointError, ConfigError, JobLockedError
 
 __all__ = ["LEASE_NAME", "S3CheckpointStore", "parse_s3_url"]
@@ -76,6 +89,8 @@ _JOIN_TIMEOUT_S: Final = 10.0
 _PRECONDITION: Final = frozenset({"PreconditionFailed", "412"})
 _CONFLICT: Final = frozenset({"ConditionalRequestConflict", "409"})
 _MISSING: Final = frozenset({"NoSuchKey", "404", "NotFound"})
+# the objects whose writes are conditional on this run's own last write (or its load)
+_FENCED: Final = frozenset({STATE_NAME, PREV_NAME})
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -256,7 +271,9 @@ class S3CheckpointStore(CheckpointStore):
         self.lease_lost = threading.Event()
         self._leases: dict[str, _Lease] = {}
         self._lost: dict[str, str] = {}
-        self._state_etags: dict[str, str | None] = {}  # job -> ETag of state.json last seen
+        # (job, state.json | state.prev.json) -> (ETag, or None when absent; state.json's bytes)
+        # as this store last wrote them, else as it loaded them: what the next write expects.
+        self._known: dict[tuple[str, str], tuple[str | None, bytes | None]] = {}
 
     def _make_client(self, endpoint_url: str | None, region: str | None) -> Any:
         # a renewal stuck in one request must not outlive the lease
@@ -314,28 +331,66 @@ class S3CheckpointStore(CheckpointStore):
         )
         return str(response.get("ETag", ""))
 
+    def _head_etag(self, key: str) -> str | None:
+        """The object's ETag, or None if it does not exist."""
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as e:
+            if _is_client_error(e) and _code(e) in _MISSING:
+                return None
+            raise self._error("read", key, e) from e
+        return str(response.get("ETag", ""))
+
     def _read(self, job: str, name: str) -> bytes | None:
         found = self._get(self._key(job, name))
-        if name == STATE_NAME:
-            self._state_etags[job] = None if found is None else found[1]
+        if name in _FENCED:  # the first read since the load is what the first write expects
+            etag, data = (None, None) if found is None else (found[1], found[0])
+            self._known.setdefault((job, name), (etag, data if name == STATE_NAME else None))
         return None if found is None else found[0]
+
+    def _expected(self, job: str, name: str) -> tuple[str | None, bytes | None]:
+        """What ``name`` holds as far as this run knows: its own last write, else the load.
+
+        A store that commits without loading first (not the flows: they load after taking the
+        lock) learns it now.
+        """
+        known = self._known.get((job, name))
+        if known is None:
+            if name == STATE_NAME:
+                self._read(job, name)
+            else:
+                self._known[(job, name)] = (self._head_etag(self._key(job, name)), None)
+            known = self._known[(job, name)]
+        return known
+
+    def load(self, job: str) -> JobState | None:
+        """As :meth:`CheckpointStore.load`; also notes the ETags of ``state.json`` and
+        ``state.prev.json`` as loaded: this run's first commit is conditional on them."""
+        validate_job_name(job)
+        for name in _FENCED:
+            self._known.pop((job, name), None)
+        state = super().load(job)
+        self._expected(job, PREV_NAME)  # one HeadObject unless the load read it
+        return state
+
+    def _current_state(self, job: str) -> bytes | None:
+        return self._expected(job, STATE_NAME)[1]
 
     def _write_atomic(self, job: str, name: str, data: bytes) -> None:
         key = self._key(job, name)
         condition: dict[str, str] = {}
-        if name == STATE_NAME:
+        if name in _FENCED:
             self._check_deadline(job)
-            if job in self._state_etags:
-                seen = self._state_etags[job]
-                condition = {"IfNoneMatch": "*"} if seen is None else {"IfMatch": seen}
+            expected = self._expected(job, name)[0]
+            condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
         try:
             etag = self._put(key, data, **condition)
         except Exception as e:
             if condition and _precondition_failed(e):
-                self._state_etags.pop(job, None)
+                # the expectation stays: every later write fails too, until a new load
                 reason = (
-                    f"{self._url(key)} was changed by another run since this run read it "
-                    f"({_code(e)})"
+                    f"{self._url(key)} was changed by another run since this run loaded or "
+                    f"last wrote it ({_code(e)})"
                 )
                 lease = self._leases.get(job)
                 if lease is None:
@@ -346,8 +401,8 @@ class S3CheckpointStore(CheckpointStore):
                 self._mark_lost(lease, reason)
                 raise self._lost_error(job, reason) from e
             raise self._error("write", key, e) from e
-        if name == STATE_NAME:
-            self._state_etags[job] = etag
+        if name in _FENCED:
+            self._known[(job, name)] = (etag, data if name == STATE_NAME else None)
 
     def _delete(self, job: str, name: str) -> None:
         key = self._key(job, name)
@@ -355,8 +410,8 @@ class S3CheckpointStore(CheckpointStore):
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except Exception as e:
             raise self._error("delete", key, e) from e
-        if name == STATE_NAME:
-            self._state_etags[job] = None
+        if name in _FENCED:
+            self._known[(job, name)] = (None, None)
 
     # -- guarded public operations -----------------------------------------------------------
 

@@ -226,7 +226,13 @@ def _valid(arr: pa.Array) -> bool:
 
 def _open_parquet(src: SourceFile) -> pq.ParquetFile:
     try:
-        return storage.open_parquet(src.path, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
+        return storage.open_parquet(
+            src.path,
+            etag=src.etag,
+            size=src.size,
+            buffer_size=PARQUET_BUFFER_BYTES,
+            pre_buffer=False,
+        )
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(
             f"{src.path}: not a readable Parquet file ({one_line(exc)}). It may be truncated, "

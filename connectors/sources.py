@@ -101,10 +101,15 @@ class SourceFile:
 
 
 def open_input(src: SourceFile) -> pa.NativeFile:
-    """Open `src` as a sequential, decompressed byte stream (caller closes it)."""
+    """Open `src` as a sequential, decompressed byte stream (caller closes it). An S3 object
+    is read as it was listed: SourceChangedError if it was replaced since."""
     try:
         return storage.open_stream(
-            src.path, compression=src.compression, buffer_size=IO_BUFFER_BYTES
+            src.path,
+            compression=src.compression,
+            buffer_size=IO_BUFFER_BYTES,
+            etag=src.etag,
+            size=src.size,
         )
     except OSError as exc:
         raise SourceError(

@@ -4,25 +4,35 @@
     configure_s3(*, endpoint_url=None, region=None, session=None)    process-wide settings
     list_s3(spec) -> list[ObjectInfo]          s3://b/prefix/, s3://b/prefix/*.parquet, s3://b/key
     discover_s3(spec) -> list[SourceFile]      list_s3 + format detection (a few in parallel)
-    open_random_access(path) -> pa.NativeFile  seekable (Parquet footers and column chunks)
-    open_stream(path, *, compression, buffer_size) -> pa.NativeFile   sequential, decompressed
-    open_parquet(path, **kwargs) -> pq.ParquetFile                     closes its file on close()
+    open_random_access(path, *, etag, size) -> pa.NativeFile  seekable (Parquet footer, chunks)
+    open_stream(path, *, compression, buffer_size, etag, size) -> pa.NativeFile   sequential
+    open_parquet(path, *, etag, size, **kwargs) -> pq.ParquetFile      closes its file on close()
     read_head(path, n) -> bytes                first bytes, for content sniffing
-    prefetch_hint(paths, index)                start reading paths[index + 1] in the background
+    prefetch_hint(files, index)                start reading files[index + 1] in the background
 
-Listing uses boto3 (``list_objects_v2`` paginator: any number of objects, sorted by key); reading
-uses ``pyarrow.fs.S3FileSystem`` built from the credentials boto3 resolves through its standard
-chain (environment, profile, SSO, instance/task role), or from the boto3 session given to
-`configure_s3` (e.g. ``AwsCredentials.get_boto3_session()`` from a prefect-aws block). Objects are
-read in ranged GETs of at most ``S3_STREAM_BUFFER_BYTES`` (sequential) or the reader's buffer
-size (Parquet): memory stays bounded whatever the object's size; nothing is downloaded whole.
+Everything goes through one boto3 S3 client, built from boto3's standard credential chain
+(environment, profile, SSO, instance/task role) or from the boto3 session given to
+`configure_s3` (e.g. ``AwsCredentials.get_boto3_session()`` from a prefect-aws block). Listing
+uses the ``list_objects_v2`` paginator (any number of objects, sorted by key). Objects are read
+with ranged GETs (``get_object(Range=...)``) of at most ``S3_STREAM_BUFFER_BYTES`` (sequential)
+or the reader's buffer size (Parquet): memory stays bounded whatever the object's size; nothing
+is downloaded whole.
+
+Reads are pinned to the object as it was listed when the run was planned: every GET carries
+``If-Match: <the listed ETag>`` (the `etag` the readers pass from `SourceFile.etag`; without one,
+the ETag of the first answer). An object overwritten or replaced during the run answers 412 and
+the read raises `SourceChangedError` naming the URL, so bytes of a new version are never read
+under the identity (ETag + size) the checkpoint records. The answer's ETag is compared too, for
+S3-compatible stores that ignore If-Match. With the size known from the listing no HeadObject is
+needed; a Parquet footer comes with one ranged GET of the object's last ``PARQUET_TAIL_BYTES``,
+and footers already read (per URL and ETag) are reused, so planning and reading an object read
+its footer once.
 
 Endpoint: ``configure_s3(endpoint_url=...)`` (the CLI's ``--s3-endpoint-url``), else the
 environment variable ``MOESIF_BACKFILL_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3`` /
-``AWS_ENDPOINT_URL`` (boto3's own variables, passed on to pyarrow too), else AWS. Region: on AWS
-the bucket's own region (from the listing, or asked with HeadBucket), so a bucket in another
-region than the Firehose stream works; with a custom endpoint the configured region, boto3's, or
-us-east-1.
+``AWS_ENDPOINT_URL`` (boto3's own variables), else AWS. Region: with a custom endpoint the
+configured region, boto3's, or us-east-1; on AWS boto3 follows S3's redirect to the bucket's own
+region, so a bucket in another region than the Firehose stream works.
 
 Listing rules match local discovery (`connectors.sources`): a prefix (``s3://b/p/`` or ``s3://b/p``
 when no object is named exactly ``p``) is recursive; a glob matches the key after its literal
@@ -39,7 +49,6 @@ never contain credentials.
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import os
 import re
@@ -56,7 +65,6 @@ from urllib.parse import urlsplit
 
 import boto3
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from botocore.config import Config
 from botocore.exceptions import (
@@ -64,15 +72,18 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     NoCredentialsError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
 from connectors import sources
-from moesif_backfill.errors import SourceError
+from moesif_backfill.errors import SourceChangedError, SourceError
 
 __all__ = [
     "ENDPOINT_ENV",
+    "PARQUET_TAIL_BYTES",
     "PREFETCH_BYTES",
     "S3_STREAM_BUFFER_BYTES",
     "ObjectInfo",
@@ -93,13 +104,19 @@ ENDPOINT_ENV = "MOESIF_BACKFILL_S3_ENDPOINT_URL"
 S3_STREAM_BUFFER_BYTES = 8 << 20
 #: What the prefetcher holds at most: the beginning (and a Parquet footer) of the next object.
 PREFETCH_BYTES = 8 << 20
+#: One ranged GET of an object's end brings its size, its ETag and (Parquet) its footer: 64 KiB
+#: is what pyarrow's Parquet reader asks for first, so the footer read is served from it.
+PARQUET_TAIL_BYTES = 64 << 10
 LOCAL_BUFFER_BYTES = 1 << 20
 _DETECT_WORKERS = 16
 _HEAD_CACHE_ENTRIES = 64
 _HEAD_CACHE_MAX_BYTES = 128 << 10  # format detection reads up to 64 KiB
-_FS_CACHE_ENTRIES = 8
+_FOOTER_CACHE_ENTRIES = 256
+_FOOTER_CACHE_MAX_BYTES = 16 << 20  # all cached footers together (serialized size)
+_FOOTER_MAX_BYTES = 1 << 20  # a bigger footer is not kept
+_READ_ATTEMPTS = 3  # a GET whose body broke off is made again (botocore retries the request)
 _PARQUET_MAGIC = b"PAR1"
-_AWS_ERROR = re.compile(r"AWS Error (?:\[code \d+\]: )?([A-Z_]+)")
+_PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412"})
 
 
 def is_s3(path: str) -> bool:
@@ -131,9 +148,9 @@ class _Settings:
 _lock = threading.RLock()
 _settings = _Settings()
 _state: dict[str, Any] = {}  # "session", "client": built lazily from _settings
-_bucket_regions: dict[str, str] = {}
-_filesystems: OrderedDict[tuple[str, str, str], pafs.S3FileSystem] = OrderedDict()
 _heads: OrderedDict[str, tuple[bytes, bool]] = OrderedDict()  # url -> (first bytes, whole obj)
+# (url, etag) -> the Parquet footer read for that version of the object
+_footers: OrderedDict[tuple[str, str], pq.FileMetaData] = OrderedDict()
 
 
 def configure_s3(
@@ -143,15 +160,14 @@ def configure_s3(
 
     `session`: a boto3 Session whose credentials to use instead of boto3's standard chain (for
     a prefect-aws ``AwsCredentials`` block: ``block.get_boto3_session()``). Clears every cache
-    (clients, filesystems, prefetched data).
+    (client, prefetched data, footers).
     """
     global _settings  # noqa: PLW0603 - process-wide settings are the point of this function
     with _lock:
         _settings = _Settings(endpoint_url or None, region or None, session)
         _state.clear()
-        _bucket_regions.clear()
-        _filesystems.clear()
         _heads.clear()
+        _footers.clear()
     _PREFETCHER.clear()
 
 
@@ -201,92 +217,12 @@ def _client() -> Any:
         return _state["client"]
 
 
-def _credentials(url: str) -> tuple[str, str, str | None]:
-    try:
-        creds = _session().get_credentials()
-        frozen = creds.get_frozen_credentials() if creds is not None else None
-    except BotoCoreError as exc:
-        raise SourceError(f"{url}: cannot load AWS credentials ({type(exc).__name__}).") from exc
-    if frozen is None or not frozen.access_key or not frozen.secret_key:
-        raise SourceError(_no_credentials_message(url))
-    return frozen.access_key, frozen.secret_key, frozen.token or None
-
-
 def _no_credentials_message(url: str) -> str:
     return (
         f"{url}: no AWS credentials found to read it; configure boto3's standard chain "
         "(AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, SSO, or an instance/task "
         "role)."
     )
-
-
-def _region_for(bucket: str) -> str:
-    """The region to sign requests for `bucket` with."""
-    if _endpoint_url():
-        return _settings.region or _session().region_name or "us-east-1"
-    with _lock:
-        known = _bucket_regions.get(bucket)
-    if known:
-        return known
-    region = None
-    try:
-        response = _client().head_bucket(Bucket=bucket)
-        region = _region_header(response)
-    except ClientError as exc:  # S3 names the region even when it refuses the request
-        region = _region_header(exc.response)
-    except BotoCoreError:
-        region = None
-    region = region or _settings.region or _session().region_name or "us-east-1"
-    with _lock:
-        _bucket_regions[bucket] = region
-    return region
-
-
-def _region_header(response: Any) -> str | None:
-    headers = (response or {}).get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    region = headers.get("x-amz-bucket-region")
-    return str(region) if region else None
-
-
-def _filesystem(url: str) -> pafs.S3FileSystem:
-    """The pyarrow S3 filesystem for `url`'s bucket (cached per region, endpoint, credentials).
-
-    boto3's frozen credentials are asked for each time (cheap), so refreshed temporary
-    credentials (assumed roles, SSO) give a new filesystem instead of expired requests.
-    """
-    bucket, _ = _split(url)
-    access, secret, token = _credentials(url)
-    region = _region_for(bucket)
-    endpoint = _endpoint_url() or ""
-    digest = hashlib.sha256("\0".join([access, secret, token or ""]).encode()).hexdigest()
-    key = (region, endpoint, digest)
-    with _lock:
-        fs = _filesystems.get(key)
-        if fs is not None:
-            _filesystems.move_to_end(key)
-            return fs
-    kwargs: dict[str, Any] = {
-        "access_key": access,
-        "secret_key": secret,
-        "session_token": token,
-        "region": region,
-        "connect_timeout": 10,
-        "request_timeout": 60,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5),
-    }
-    if endpoint:
-        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs["scheme"] = parts.scheme or "https"
-        kwargs["endpoint_override"] = parts.netloc + parts.path.rstrip("/")
-    try:
-        fs = pafs.S3FileSystem(**kwargs)
-    except (OSError, pa.ArrowException) as exc:
-        raise SourceError(f"{url}: cannot set up S3 access ({_arrow_code(exc)}).") from exc
-    with _lock:
-        _filesystems[key] = fs
-        while len(_filesystems) > _FS_CACHE_ENTRIES:
-            _filesystems.popitem(last=False)
-    return fs
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,11 +240,6 @@ def _split(url: str) -> tuple[str, str]:
             "s3://bucket/prefix/*.parquet or s3://bucket/key."
         )
     return bucket, key
-
-
-def _arrow_path(url: str) -> str:
-    bucket, key = _split(url)
-    return f"{bucket}/{key}"
 
 
 def _client_error_message(url: str, exc: BaseException, *, listing: bool) -> str:
@@ -331,9 +262,9 @@ def _client_error_message(url: str, exc: BaseException, *, listing: bool) -> str
 
 
 def _code_message(url: str, bucket: str, key: str, code: str, *, listing: bool, at: str) -> str:
-    if code in {"NoSuchBucket", "NO_SUCH_BUCKET"}:
+    if code == "NoSuchBucket":
         return f"{url}: the bucket {bucket!r} does not exist{at} (NoSuchBucket); check the URL."
-    if code in {"AccessDenied", "ACCESS_DENIED", "AllAccessDisabled", "403", "Forbidden"}:
+    if code in {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}:
         if listing:
             need = f"s3:ListBucket on arn:aws:s3:::{bucket}"
         else:
@@ -345,44 +276,20 @@ def _code_message(url: str, bucket: str, key: str, code: str, *, listing: bool, 
             f"{url}: access denied ({code}); the AWS credentials in use need {need}, and a "
             "bucket policy or KMS key policy that allows it."
         )
-    if code in {"NoSuchKey", "NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "404", "NotFound"}:
+    if code in {"NoSuchKey", "404", "NotFound"}:
         return (
             f"{url}: the object does not exist{at} (deleted or renamed since it was listed?); "
             "check the URL or list the inputs again."
         )
-    if code in {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "INVALID_ACCESS_KEY_ID",
-        "SIGNATURE_DOES_NOT_MATCH",
-        "EXPIRED_TOKEN",
-    }:
+    if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}:
         return (
             f"{url}: the AWS credentials were rejected ({code}); check the profile, environment "
             "variables or role in use, or refresh an expired session."
         )
-    if code in {"NETWORK_CONNECTION", "INTERNAL_FAILURE"}:
-        return f"{url}: cannot reach the S3 endpoint{at} ({code}); check the network and rerun."
-    if code in {"SlowDown", "ServiceUnavailable", "InternalError", "SLOW_DOWN", "503", "500"}:
+    if code in {"SlowDown", "ServiceUnavailable", "InternalError", "503", "500"}:
         return f"{url}: S3{at} is throttling or unavailable ({code}); rerun later."
     action = "list objects under it" if listing else "read it"
     return f"{url}: cannot {action} ({code or 'unknown S3 error'})."
-
-
-def _arrow_code(exc: BaseException) -> str:
-    m = _AWS_ERROR.search(str(exc))
-    return m.group(1) if m else type(exc).__name__
-
-
-def _arrow_error(url: str, exc: BaseException) -> SourceError:
-    bucket, key = _split(url)
-    at = f" at {_shown_endpoint()}" if _shown_endpoint() else ""
-    code = "NO_SUCH_KEY" if isinstance(exc, FileNotFoundError) else _arrow_code(exc)
-    if code == "OSError" and "403" in str(exc):
-        code = "ACCESS_DENIED"
-    return SourceError(_code_message(url, bucket, key, code, listing=False, at=at))
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +324,6 @@ def _exact_object(spec: str, bucket: str, key: str) -> ObjectInfo | None:
         return _head_object(spec, bucket, key)
     except BotoCoreError as exc:
         raise SourceError(_client_error_message(spec, exc, listing=True)) from exc
-    _remember_region(bucket, response)
     for item in response.get("Contents", []):
         if item["Key"] == key:
             return _info(bucket, item)
@@ -451,7 +357,6 @@ def _list_prefix(spec: str, bucket: str, prefix: str) -> list[ObjectInfo]:
         for page in paginator.paginate(
             Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}
         ):
-            _remember_region(bucket, page)
             found.extend(
                 _info(bucket, item)
                 for item in page.get("Contents", [])
@@ -503,13 +408,6 @@ def _info(bucket: str, item: dict[str, Any]) -> ObjectInfo:
         str(item.get("ETag", "")).strip('"'),
         item.get("LastModified"),
     )
-
-
-def _remember_region(bucket: str, response: Any) -> None:
-    region = _region_header(response)
-    if region and not _endpoint_url():
-        with _lock:
-            _bucket_regions[bucket] = region
 
 
 def _code(exc: ClientError) -> str:
@@ -582,64 +480,95 @@ def read_head(path: str, n: int) -> bytes:
     return data[:n]
 
 
-def open_random_access(path: str) -> pa.NativeFile:
-    """A seekable file (caller closes it). Local: an OS file; S3: ranged GETs on demand,
-    served from the prefetched beginning/footer when `prefetch_hint` read them already."""
+def open_random_access(
+    path: str, *, etag: str | None = None, size: int | None = None
+) -> pa.NativeFile:
+    """A seekable file (caller closes it). Local: an OS file. S3: ranged GETs on demand, each
+    pinned to `etag` (the ETag listed at planning; None: the ETag of the first answer), served
+    from the prefetched beginning/footer when `prefetch_hint` read them already. `size` (from
+    the listing) saves a request; without it the object's size, ETag and last
+    ``PARQUET_TAIL_BYTES`` are read now, in one GET."""
     if not is_s3(path):
         return pa.OSFile(path, "r")
-    prefetched = _PREFETCHER.take(path)
-    if prefetched is not None:
-        return pa.PythonFile(_CachedObject(path, prefetched, stream=False), mode="r")
-    return _open_s3_file(path)
+    obj = _S3Object(path, etag=etag, size=size, prefetched=_PREFETCHER.take(path, etag))
+    obj.size()
+    return pa.PythonFile(obj, mode="r")
 
 
 def open_stream(
-    path: str, *, compression: str | None = None, buffer_size: int = LOCAL_BUFFER_BYTES
+    path: str,
+    *,
+    compression: str | None = None,
+    buffer_size: int = LOCAL_BUFFER_BYTES,
+    etag: str | None = None,
+    size: int | None = None,
 ) -> pa.NativeFile:
     """A sequential, decompressed byte stream (caller closes it). S3 objects are read in
-    ranged GETs of max(buffer_size, S3_STREAM_BUFFER_BYTES); local files as before
-    (OSError for the caller to explain)."""
+    ranged GETs of max(buffer_size, S3_STREAM_BUFFER_BYTES), each pinned to `etag` as in
+    `open_random_access`; local files as before (OSError for the caller to explain)."""
     if not is_s3(path):
         return pa.input_stream(path, compression=compression, buffer_size=buffer_size)
-    prefetched = _PREFETCHER.take(path)
-    raw: pa.NativeFile
-    if prefetched is not None:
-        raw = pa.PythonFile(_CachedObject(path, prefetched, stream=True), mode="r")
-    else:
-        raw = _open_s3_file(path)
+    obj = _S3Object(
+        path, etag=etag, size=size, prefetched=_PREFETCHER.take(path, etag), stream=True
+    )
     return pa.input_stream(
-        raw, compression=compression, buffer_size=max(buffer_size, S3_STREAM_BUFFER_BYTES)
+        pa.PythonFile(obj, mode="r"),
+        compression=compression,
+        buffer_size=max(buffer_size, S3_STREAM_BUFFER_BYTES),
     )
 
 
-def open_parquet(path: str, **kwargs: Any) -> pq.ParquetFile:
-    """``pq.ParquetFile`` over `open_random_access(path)` that closes the file when it is
-    closed (ParquetFile leaves a file it was given open otherwise)."""
-    source = open_random_access(path)
+def open_parquet(
+    path: str, *, etag: str | None = None, size: int | None = None, **kwargs: Any
+) -> pq.ParquetFile:
+    """``pq.ParquetFile`` over `open_random_access(path, etag=..., size=...)` that closes the
+    file when it is closed (ParquetFile leaves a file it was given open otherwise). The footer
+    of an S3 object is read once per ETag: later opens reuse it."""
+    key = (path, etag) if is_s3(path) and etag else None
+    with _lock:
+        metadata = _footers.get(key) if key is not None else None
+    source = open_random_access(path, etag=etag, size=size)
     try:
-        pf = pq.ParquetFile(source, **kwargs)
+        pf = pq.ParquetFile(source, metadata=metadata, **kwargs)
     except BaseException:
         source.close()
         raise
     pf._close_source = True  # ParquetFile.close() then closes `source` too
+    if key is not None and metadata is None:
+        _keep_footer(key, pf.metadata)
     return pf
 
 
-def _open_s3_file(path: str) -> pa.NativeFile:
-    fs = _filesystem(path)
-    try:
-        return fs.open_input_file(_arrow_path(path))
-    except (OSError, pa.ArrowException) as exc:
-        raise _arrow_error(path, exc) from exc
+def _keep_footer(key: tuple[str, str], metadata: pq.FileMetaData) -> None:
+    if metadata.serialized_size > _FOOTER_MAX_BYTES:
+        return
+    with _lock:
+        _footers[key] = metadata
+        total = sum(m.serialized_size for m in _footers.values())
+        while len(_footers) > _FOOTER_CACHE_ENTRIES or total > _FOOTER_CACHE_MAX_BYTES:
+            total -= _footers.popitem(last=False)[1].serialized_size
+
+
+def _changed_message(url: str, etag: str | None) -> str:
+    listed = f" (ETag {etag})" if etag else ""
+    return (
+        f"{url}: the object changed during the run: S3 no longer has the version{listed} that "
+        "was listed when the run was planned; it was overwritten or replaced while the run "
+        "read it. Nothing of the new version was sent under the old version's identity, and "
+        "the checkpoint holds what was delivered. Rerun to read the new version; if part of "
+        "the old one was delivered already, the rerun stops saying the file changed since it "
+        f"was (partly) delivered: then rerun with --reprocess {url}."
+    )
 
 
 # --------------------------------------------------------------------------------------------
-# prefetching the next object
+# one S3 object, pinned to one version
 
 
 @dataclass(frozen=True)
 class _Prefetched:
     size: int
+    etag: str | None
     head: bytes  # bytes [0, len(head))
     tail: bytes  # bytes [size - len(tail), size): a Parquet footer, or b""
 
@@ -648,21 +577,41 @@ class _Prefetched:
         return len(self.head) >= self.size
 
 
-class _CachedObject(io.RawIOBase):
-    """An S3 object whose beginning (and Parquet footer) are in memory; the rest is fetched
-    with ranged GETs through pyarrow, opened only when a read needs it. As a stream, the
-    beginning is let go once read past."""
+class _S3Object(io.RawIOBase):
+    """An S3 object read with ranged GETs, every one pinned to the same version: it sends
+    ``If-Match: <etag>`` (`etag` None: the ETag of the first answer) and checks the answer's
+    ETag, so a replaced object raises SourceChangedError instead of giving the new bytes.
 
-    def __init__(self, url: str, data: _Prefetched, *, stream: bool) -> None:
+    Bytes already in memory (the prefetched beginning and Parquet footer, or the end read to
+    learn an unknown size) are served from there; as a stream, the beginning is let go once
+    read past. Thread-safety: pyarrow's PythonFile serialises the calls.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        etag: str | None,
+        size: int | None,
+        prefetched: _Prefetched | None = None,
+        stream: bool = False,
+    ) -> None:
         super().__init__()
         self._url = url
-        self._size = data.size
-        self._head = data.head
-        self._tail = data.tail
-        self._tail_start = data.size - len(data.tail)
+        self._bucket, self._key = _split(url)
+        self._etag = etag
+        self._size = size
+        self._head = self._tail = b""
+        if prefetched is not None:
+            self._size = prefetched.size
+            self._etag = self._etag or prefetched.etag
+            self._head, self._tail = prefetched.head, prefetched.tail
         self._stream = stream
         self._pos = 0
-        self._file: pa.NativeFile | None = None
+
+    @property
+    def etag(self) -> str | None:
+        return self._etag
 
     def readable(self) -> bool:
         return True
@@ -673,26 +622,49 @@ class _CachedObject(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
+    def size(self) -> int:
+        """The object's size; when unknown, one GET of its last PARQUET_TAIL_BYTES (kept)."""
+        if self._size is None:
+            got = self._get(f"bytes=-{PARQUET_TAIL_BYTES}")
+            if self._size is None:  # an empty object answers 416 (or 200 without a range)
+                self._size = 0 if got is None else len(got)
+            if got is not None and len(got) <= self._size:
+                self._tail = got
+        return self._size
+
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if whence == io.SEEK_SET:
+            base = 0
+        elif whence == io.SEEK_CUR:
+            base = self._pos
+        else:
+            base = self.size()
         if base + offset < 0:
             raise OSError(f"{self._url}: negative seek position {base + offset}")
         self._pos = base + offset
         return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
+        if self._size is None and size is not None and size >= 0:
+            # a stream of unknown size: the first GET's Content-Range tells it, no extra request
+            data = self.read_range(self._pos, self._pos + size)
+            if self._size is None:  # past the end (416), or an answer without Content-Range
+                self._size = self._pos + len(data)
+            self._pos += len(data)
+            return data
+        total = self.size()
         start = self._pos
-        end = self._size if size is None or size < 0 else min(self._size, start + size)
+        end = total if size is None or size < 0 else min(total, start + size)
+        tail_start = total - len(self._tail)
         pieces: list[bytes] = []
         pos = start
         while pos < end:
             if pos < len(self._head):
                 piece = self._head[pos : min(end, len(self._head))]
-            elif self._tail and pos >= self._tail_start:
-                piece = self._tail[pos - self._tail_start : end - self._tail_start]
+            elif self._tail and pos >= tail_start:
+                piece = self._tail[pos - tail_start : end - tail_start]
             else:
-                stop = min(end, self._tail_start) if self._tail else end
-                piece = self._remote().read_at(stop - pos, pos)
+                piece = self.read_range(pos, min(end, tail_start) if self._tail else end)
             if not piece:
                 break
             pieces.append(piece)
@@ -707,105 +679,165 @@ class _CachedObject(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
-    def _remote(self) -> pa.NativeFile:
-        if self._file is None:
-            self._file = _open_s3_file(self._url)
-        return self._file
+    def read_range(self, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) in one ranged GET (fewer at the object's end)."""
+        if stop <= start:
+            return b""
+        return self._get(f"bytes={start}-{stop - 1}") or b""
+
+    def _get(self, byte_range: str) -> bytes | None:
+        """One pinned ranged GET; None when the range is past the end (416)."""
+        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._key, "Range": byte_range}
+        if self._etag:
+            kwargs["IfMatch"] = f'"{self._etag}"'
+        for attempt in range(1, _READ_ATTEMPTS + 1):
+            try:
+                response = _client().get_object(**kwargs)
+            except ClientError as exc:
+                code = _code(exc)
+                if code in _PRECONDITION_FAILED:
+                    raise SourceChangedError(_changed_message(self._url, self._etag)) from None
+                if code in {"InvalidRange", "416"}:
+                    return None
+                raise SourceError(_client_error_message(self._url, exc, listing=False)) from exc
+            except BotoCoreError as exc:
+                raise SourceError(_client_error_message(self._url, exc, listing=False)) from exc
+            self._check_version(response)
+            try:
+                data: bytes = response["Body"].read()
+            except (ResponseStreamingError, IncompleteReadError, ReadTimeoutError) as exc:
+                response["Body"].close()
+                if attempt == _READ_ATTEMPTS:
+                    raise SourceError(
+                        f"{self._url}: the connection broke off while reading it "
+                        f"({type(exc).__name__}, {_READ_ATTEMPTS} attempts); rerun later."
+                    ) from exc
+                continue
+            return data
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_version(self, response: dict[str, Any]) -> None:
+        """Pin to the answer's ETag (or check it: a store may ignore If-Match) and learn the
+        size from Content-Range."""
+        etag = str(response.get("ETag") or "").strip('"') or None
+        if self._etag is None:
+            self._etag = etag
+        elif etag is not None and etag != self._etag:
+            response["Body"].close()
+            raise SourceChangedError(_changed_message(self._url, self._etag))
+        total = str(response.get("ContentRange") or "").rpartition("/")[2]
+        if total.isdigit():
+            if self._size is not None and int(total) != self._size:
+                response["Body"].close()
+                raise SourceChangedError(_changed_message(self._url, self._etag))
+            self._size = int(total)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
         self._head = self._tail = b""
         super().close()
 
 
-class Prefetcher:
-    """Reads the beginning of the next S3 object in a background thread.
+# --------------------------------------------------------------------------------------------
+# prefetching the next object
 
-    At most one object ahead and at most `budget` bytes held (plus what readers that opened
-    the object still reference). `hint(paths, index)` says file `index` is being processed
-    now; `take(url)` hands the prefetched bytes to a reader (waiting for a read in flight,
-    which does the same requests the reader would), or None.
+_Key = tuple[str, str | None, int]  # (url, etag, size) of a planned SourceFile
+
+
+def _key_of(src: sources.SourceFile) -> _Key:
+    return (src.path, src.etag, src.size)
+
+
+class Prefetcher:
+    """Reads the beginning of the next S3 object in a background thread, pinned to the ETag
+    it was planned with (a replaced object is not prefetched: the reader's own read then
+    reports it).
+
+    `hint(files, index)` says file `index` is being processed now: the next file is fetched,
+    and what was fetched for file `index` stays for its readers (a CSV or NDJSON file is opened
+    twice: types, then rows) until the next hint. So at most one object ahead, and at most
+    `budget` bytes per object held (two objects: the current one and the next). `take(url,
+    etag)` gives the prefetched bytes to a reader (waiting for a read in flight, which does the
+    requests the reader would), or None.
     """
 
     def __init__(self, budget: int = PREFETCH_BYTES) -> None:
         self.budget = budget
         self._lock = threading.Lock()
-        self._url: str | None = None
-        self._future: Future[_Prefetched] | None = None
+        self._entries: OrderedDict[_Key, Future[_Prefetched]] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
 
-    def hint(self, paths: Sequence[str], index: int) -> None:
-        following = paths[index + 1] if 0 <= index + 1 < len(paths) else None
-        if following is None or not is_s3(following):
-            self.clear()
-            return
+    def hint(self, files: Sequence[sources.SourceFile], index: int) -> None:
+        current = _key_of(files[index]) if 0 <= index < len(files) else None
+        following = None
+        if 0 <= index + 1 < len(files) and is_s3(files[index + 1].path):
+            following = _key_of(files[index + 1])
         with self._lock:
-            if self._url == following:
+            for key in [k for k in self._entries if k not in (current, following)]:
+                self._entries.pop(key).cancel()  # still queued: never started
+            if following is None or following in self._entries:
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, "s3-prefetch")
-            self._url = following
-            self._future = self._pool.submit(self._fetch, following)
+            self._entries[following] = self._pool.submit(self._fetch, following)
 
     def clear(self) -> None:
         with self._lock:
-            self._url, self._future = None, None
+            for future in self._entries.values():
+                future.cancel()
+            self._entries.clear()
 
     def peek(self, url: str) -> _Prefetched | None:
         """The prefetched data for `url` if it is already there (never waits)."""
         with self._lock:
-            future = self._future if self._url == url else None
-        if future is None or not future.done() or future.exception() is not None:
-            return None
-        return future.result()
+            futures = [f for k, f in self._entries.items() if k[0] == url]
+        for future in futures:
+            if future.done() and future.exception() is None:
+                return future.result()
+        return None
 
-    def take(self, url: str) -> _Prefetched | None:
+    def take(self, url: str, etag: str | None) -> _Prefetched | None:
         with self._lock:
-            future = self._future if self._url == url else None
+            key = next((k for k in self._entries if k[0] == url and k[1] == etag), None)
+            future = self._entries.get(key) if key is not None else None
         if future is None:
             return None
         try:
             return future.result()
         except Exception:
-            return None  # the reader's own open reports the problem
+            return None  # the reader's own read reports the problem
 
-    def _fetch(self, url: str) -> _Prefetched:
-        with self._lock:
-            if self._url != url:  # superseded while queued
-                raise _Superseded
-        with _open_s3_file(url) as f:
-            size = int(f.size())
-            tail = b""
-            if size > self.budget and url.lower().endswith((".parquet", ".pq")):
-                tail = self._footer(f, size)
-            head = f.read_at(min(size, self.budget - len(tail)), 0)
-            if not tail and size > len(head) and head.startswith(_PARQUET_MAGIC):
-                tail = self._footer(f, size)
-                head = head[: max(0, self.budget - len(tail))]
-        return _Prefetched(size, head, tail)
+    def _fetch(self, key: _Key) -> _Prefetched:
+        url, etag, size = key
+        obj = _S3Object(url, etag=etag, size=size)
+        size = obj.size()
+        tail = b""
+        if size > self.budget and url.lower().endswith((".parquet", ".pq")):
+            tail = self._footer(obj, size)
+        head = obj.read_range(0, min(size, self.budget - len(tail)))
+        if not tail and size > len(head) and head.startswith(_PARQUET_MAGIC):
+            tail = self._footer(obj, size)
+            head = head[: max(0, self.budget - len(tail))]
+        return _Prefetched(size, obj.etag, head, tail)
 
-    def _footer(self, f: pa.NativeFile, size: int) -> bytes:
-        """The Parquet footer (metadata + length + magic) if it fits in half the budget."""
-        if size < 12:
+    def _footer(self, obj: _S3Object, size: int) -> bytes:
+        """The object's end, holding the whole Parquet footer (metadata + length + magic), in
+        one GET (two for a footer over PARQUET_TAIL_BYTES), if it fits in half the budget."""
+        end = obj.read_range(max(0, size - PARQUET_TAIL_BYTES), size)
+        if len(end) < 12 or end[-4:] != _PARQUET_MAGIC:
             return b""
-        trailer = f.read_at(8, size - 8)
-        length = int.from_bytes(trailer[:4], "little")
-        if trailer[4:] != _PARQUET_MAGIC or length + 8 > self.budget // 2 or length + 8 > size:
+        need = int.from_bytes(end[-8:-4], "little") + 8
+        if need > self.budget // 2 or need > size:
             return b""
-        data: bytes = f.read_at(length + 8, size - length - 8)
-        return data
-
-
-class _Superseded(Exception):
-    """A queued prefetch whose object is no longer the next one."""
+        if need > len(end):
+            end = obj.read_range(size - need, size - len(end)) + end
+        return end
 
 
 _PREFETCHER = Prefetcher()
 
 
-def prefetch_hint(paths: Sequence[str], index: int) -> None:
-    """File `index` of `paths` is being processed now: start reading `paths[index + 1]` (S3
-    only) so that its first bytes are in memory when the reader gets to it."""
-    _PREFETCHER.hint(paths, index)
+def prefetch_hint(files: Sequence[sources.SourceFile], index: int) -> None:
+    """File `index` of `files` is being processed now: start reading `files[index + 1]` (S3
+    only, pinned to its planned ETag) so that its first bytes are in memory when the reader
+    gets to it."""
+    _PREFETCHER.hint(files, index)

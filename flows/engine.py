@@ -196,7 +196,7 @@ class FileRunner:
             log.info("%s: already delivered by an earlier run (%d rows)", self.fp.src.key, n)
             return self.counts
         # Start fetching the next object while this one is read and sent (S3: no idle network).
-        storage.prefetch_hint([f.src.path for f in self.plan.files], self.index)
+        storage.prefetch_hint([f.src for f in self.plan.files], self.index)
         self.sink.open_file(self.index, self.fp.src.path)
         try:
             self._stream()

@@ -8,6 +8,7 @@
     │   ├── CheckpointMismatchError   inputs or mapping changed since the checkpoint was written
     │   └── JobLockedError            another run of the same job holds the lock
     ├── SourceError                   an input file cannot be listed or read
+    │   ├── SourceChangedError        an S3 object was replaced while the run read it
     │   ├── MissingDayError           a day's inputs (nightly/range) are not there
     │   └── EmptyDayError             a day's inputs hold no row of that day
     ├── CheckpointError               the checkpoint is unreadable or from a newer version
@@ -70,6 +71,12 @@ class JobLockedError(ConfigError):
 
 class SourceError(BackfillError):
     """An input could not be found, listed or read."""
+
+
+class SourceChangedError(SourceError):
+    """An S3 object no longer has the ETag it was listed with when the run was planned: it was
+    overwritten or replaced during the run. Nothing of the new bytes was read or sent; the
+    checkpoint holds what was delivered from the old ones. Not retried: a rerun plans again."""
 
 
 class MissingDayError(SourceError):

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 
+from connectors import checkpoint_s3
 from connectors.checkpoint import FileProgress, JobState
 from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.checkpoint_local import LocalCheckpointStore
@@ -657,3 +658,123 @@ def test_factory(tmp_path: Path, moto_firehose: LocalFirehose) -> None:
     assert isinstance(make_checkpoint_store(str(tmp_path / "c2")), LocalCheckpointStore)
     with pytest.raises(ConfigError, match="gs://"):
         make_checkpoint_store("gs://bucket/prefix/")
+
+
+# -- the fence: state.json and state.prev.json are written conditionally on this run's own -----
+# -- last write (or, before its first write, on what it loaded), never on a fresh read -------
+
+
+@pytest.mark.parametrize("after", ["_check_lease", "_keep_previous"])
+def test_takeover_right_before_a_commit_writes_is_fenced(
+    make_store: MakeStore, s3: Any, bucket: str, after: str
+) -> None:
+    """Run A holds the lease. Run B takes it over (A's lease looks expired to B: B's clock runs
+    ahead, or A was paused) and commits right after A checked its lease (or right after A
+    kept its previous generation), before A writes. Whatever A could have read at that point
+    would look fine; A's writes are conditional on the ETags of its own last writes, so they
+    fail with 412: B's state.json and state.prev.json stay exactly as B wrote them."""
+    a = make_store(lease_seconds=30)
+    release_a = a._acquire(JOB)
+    assert a.load(JOB) is None
+    a_state = _commit_two(a)  # generation 2, previous generation 1
+    _freeze(a)  # no renewal: only the writes themselves can notice the takeover
+
+    b = make_store(lease_seconds=30)
+    written: dict[str, bytes] = {}
+
+    def b_takes_over_and_commits() -> None:
+        real_now = checkpoint_s3._wall_now
+        with pytest.MonkeyPatch.context() as mp:  # B's clock is an hour ahead of A's
+            mp.setattr(checkpoint_s3, "_wall_now", lambda: real_now() + timedelta(hours=1))
+            b._acquire(JOB)
+        b_state = b.load(JOB)
+        assert b_state is not None and b_state.generation == 2
+        b_state.files[FILE].mark_done(2, sent=5, rejected=0)
+        b.commit(b_state)
+        written.update(
+            state=_get(s3, bucket, "state.json"), prev=_get(s3, bucket, "state.prev.json")
+        )
+
+    real = getattr(a, after)
+
+    def then_b(job: str) -> None:
+        real(job)
+        if not written:
+            b_takes_over_and_commits()
+
+    setattr(a, after, then_b)
+    a_state.files[FILE].mark_done(3, sent=5, rejected=0)
+    lost = r"^lease lost for job job-a: .*changed by another run"
+    with pytest.raises(CheckpointError, match=lost):
+        a.commit(a_state)
+    assert written and a.lease_lost.is_set() and a_state.generation == 2
+    assert _get(s3, bucket, "state.json") == written["state"]
+    assert _get(s3, bucket, "state.prev.json") == written["prev"]
+    assert json.loads(written["state"])["body"]["generation"] == 3
+    assert json.loads(written["prev"])["body"]["generation"] == 2
+    release_a()  # must not delete B's lease
+    assert _lease_info(s3, bucket)["owner"] == b._leases[JOB].owner
+    assert not b.lease_lost.is_set()
+
+
+@pytest.mark.parametrize("existed", [False, True], ids=["absent-at-load", "present-at-load"])
+def test_first_commit_of_a_run_is_conditional_on_what_it_loaded(
+    make_store: MakeStore, s3: Any, bucket: str, existed: bool
+) -> None:
+    """A run's first commit has no own write to be conditional on: it expects state.json (and
+    state.prev.json) as the run loaded them: IfMatch on the ETag seen at load, IfNoneMatch="*"
+    when absent. Another run writing between the load and the first commit (the previous
+    holder, still running without having noticed the takeover) makes that commit fail instead
+    of being overwritten: the checkpoint keeps what the other run delivered."""
+    if existed:
+        make_store().commit(_state())  # generation 1; no previous generation yet
+    b = make_store(lease_seconds=30)
+    with b.lock(JOB):
+        loaded = b.load(JOB)
+        assert (loaded is not None) is existed
+        other = _state()
+        other.generation = 40
+        other.files[FILE].mark_done(0, sent=5, rejected=0)
+        make_store().commit(other)  # lands after B's load
+        theirs = _get(s3, bucket, "state.json")
+        state = loaded if loaded is not None else _state()
+        with pytest.raises(CheckpointError, match=r"lease lost.*changed by another run"):
+            b.commit(state)
+        assert b.lease_lost.is_set()
+    assert _get(s3, bucket, "state.json") == theirs
+    assert json.loads(theirs)["body"]["generation"] == 41
+
+
+def test_commits_keep_their_own_last_write_as_the_previous_generation(
+    make_store: MakeStore, s3: Any, bucket: str
+) -> None:
+    """A resumed run keeps exactly the generation before as state.prev.json (the bytes it
+    loaded, then the bytes it last wrote), without reading state.json again: a commit is a
+    lease check (GET lease.json) and two conditional PUTs."""
+    _commit_two(make_store())
+    resumed = make_store(own_client=True, lease_seconds=30)
+    calls: list[tuple[str, str]] = []
+
+    def seen(model: Any, params: dict[str, Any], **_: Any) -> None:
+        headers = params.get("headers", {})
+        condition = "If-Match" if "If-Match" in headers else headers.get("If-None-Match", "")
+        calls.append((model.name, params["url_path"].rsplit("/", 1)[-1] + f" {condition}"))
+
+    resumed.client.meta.events.register("before-call.s3", seen)
+    with resumed.lock(JOB):
+        state = resumed.load(JOB)
+        assert state is not None and state.generation == 2
+        for chunk in (2, 3):
+            before = _get(s3, bucket, "state.json")
+            calls.clear()
+            state.files[FILE].mark_done(chunk, sent=5, rejected=0)
+            resumed.commit(state)
+            assert calls == [
+                ("GetObject", "lease.json "),
+                ("PutObject", "state.prev.json If-Match"),
+                ("PutObject", "state.json If-Match"),
+            ]
+            assert _get(s3, bucket, "state.prev.json") == before
+            current = json.loads(_get(s3, bucket, "state.json"))["body"]
+            assert current["generation"] == state.generation == chunk + 1
+    assert make_store().load(JOB) == state

@@ -1,10 +1,12 @@
-"""Sources on S3 (moto server): listing, globs, identity, reading, errors, memory, prefetch."""
+"""Sources on S3 (moto server): listing, globs, identity, reading, errors, memory, prefetch, and
+objects replaced during the run (every read pinned to the ETag listed at planning)."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 
-from connectors import storage
+from connectors import ndjson, readers, sources, storage
+from connectors.checkpoint_local import LocalCheckpointStore
 from connectors.readers import iter_batches, read_schema
 from connectors.sources import SourceFile, discover_sources
-from moesif_backfill.errors import SourceError
-from moesif_backfill.standins.moto_firehose import LocalFirehose
+from flows.run import Run
+from moesif_backfill.errors import CheckpointMismatchError, SourceChangedError, SourceError
+from moesif_backfill.standins.moto_firehose import LocalFirehose, StreamHandle
+from tests.datasets import expected_ids, write_payments
+from tests.runner import run_plain, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +96,28 @@ def _keep(pool: Any) -> Any:
 
 def read_all(src: SourceFile, **kwargs: Any) -> pa.Table:
     return pa.Table.from_batches(list(iter_batches(src, **kwargs)))
+
+
+class Gets:
+    """The GetObject calls connectors.storage makes (seen through botocore's event hooks on
+    its real client): the Range asked for and the bytes answered, in order."""
+
+    def __init__(self) -> None:
+        self.ranges: list[str] = []
+        self.sizes: list[int] = []
+        events = storage._client().meta.events
+        events.register("before-call.s3.GetObject", self._asked)
+        events.register("after-call.s3.GetObject", self._answered)
+
+    def _asked(self, params: dict[str, Any], **_: Any) -> None:
+        self.ranges.append(params["headers"].get("Range", ""))
+
+    def _answered(self, parsed: dict[str, Any], **_: Any) -> None:
+        self.sizes.append(int(parsed.get("ContentLength") or 0))
+
+    def clear(self) -> None:
+        self.ranges.clear()
+        self.sizes.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,8 +269,8 @@ def test_open_parquet_closes_its_file(bucket: Bucket) -> None:
     opened: list[pa.NativeFile] = []
     real = storage.open_random_access
 
-    def spy(path: str) -> pa.NativeFile:
-        opened.append(real(path))
+    def spy(path: str, **kwargs: Any) -> pa.NativeFile:
+        opened.append(real(path, **kwargs))
         return opened[-1]
 
     with pytest.MonkeyPatch.context() as mp:
@@ -261,59 +289,49 @@ def test_large_csv_streams_with_bounded_memory(bucket: Bucket) -> None:
     del data
     [src] = discover_sources([url])
 
-    reads: list[int] = []  # size of every read from S3 (each one ranged GET)
-    real_open = storage._open_s3_file
+    gets = Gets()  # every read from S3 is one ranged GET
+    reads = gets.sizes
 
-    class Counting(io.RawIOBase):
-        def __init__(self, f: pa.NativeFile) -> None:
-            self.f = f
-
-        def readable(self) -> bool:
-            return True
-
-        def read(self, n: int | None = -1) -> bytes:
-            out: bytes = self.f.read(n if n is not None and n >= 0 else None)
-            reads.append(len(out))
-            return out
-
-        def close(self) -> None:
-            self.f.close()
-            super().close()
-
+    # the storage layer: the first bytes come after one ranged GET, and it holds about one
+    # GET's worth of memory whatever the object's size
     previous = pa.default_memory_pool()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(storage, "_open_s3_file", lambda p: pa.PythonFile(Counting(real_open(p))))
+    pool = _keep(pa.proxy_memory_pool(previous))
+    pa.set_memory_pool(pool)
+    try:
+        total = 0
+        with storage.open_stream(url) as stream:
+            while chunk := stream.read(1 << 20):
+                if total == 0:
+                    assert reads == [storage.S3_STREAM_BUFFER_BYTES]
+                total += len(chunk)
+                del chunk
+    finally:
+        pa.set_memory_pool(previous)
+    assert total == size
+    assert pool.max_memory() <= 3 * storage.S3_STREAM_BUFFER_BYTES, pool.max_memory()
+    assert all(r.startswith("bytes=") for r in gets.ranges)
 
-        # the storage layer: the first bytes come after one ranged GET, and it holds about one
-        # GET's worth of memory whatever the object's size
-        pool = _keep(pa.proxy_memory_pool(previous))
-        pa.set_memory_pool(pool)
-        try:
-            total = 0
-            with storage.open_stream(url) as stream:
-                while chunk := stream.read(1 << 20):
-                    if total == 0:
-                        assert sum(reads) <= storage.S3_STREAM_BUFFER_BYTES
-                    total += len(chunk)
-                    del chunk
-        finally:
-            pa.set_memory_pool(previous)
-        assert total == size
-        assert pool.max_memory() <= 3 * storage.S3_STREAM_BUFFER_BYTES, pool.max_memory()
-
-        # the readers stream it in batches over ranged GETs of bounded size. (pyarrow's CSV
-        # reader reads up to 32 blocks ahead in the background: its own memory bound, on top.)
-        reads.clear()
-        rows = 0
-        for batch in iter_batches(src, text_columns=["id"], batch_rows=50_000):
-            assert batch.num_rows <= 50_000
-            rows += batch.num_rows
+    # the readers stream it in batches over ranged GETs of bounded size. (pyarrow's CSV
+    # reader reads up to 32 blocks ahead in the background: its own memory bound, on top.)
+    gets.clear()
+    rows = 0
+    for batch in iter_batches(src, text_columns=["id"], batch_rows=50_000):
+        assert batch.num_rows <= 50_000
+        rows += batch.num_rows
     assert rows == 700_000
     assert max(reads) <= storage.S3_STREAM_BUFFER_BYTES and len(reads) > size // max(reads)
 
 
 # ---------------------------------------------------------------------------------------------
 # prefetch
+
+
+def _settle(prefetcher: storage.Prefetcher, *urls: str) -> None:
+    """Wait until the prefetches of `urls` are done."""
+    deadline = time.monotonic() + 30
+    while any(prefetcher.peek(url) is None for url in urls):
+        assert time.monotonic() < deadline, "prefetch did not finish"
+        time.sleep(0.01)
 
 
 def test_prefetch_serves_the_next_object(bucket: Bucket) -> None:
@@ -326,34 +344,61 @@ def test_prefetch_serves_the_next_object(bucket: Bucket) -> None:
         bucket.put("p/2.parquet", big_parquet),
         bucket.put("p/3.jsonl", NDJSON_TEXT),
     ]
+    files = discover_sources([bucket.url("p/")])
+    assert [f.path for f in files] == urls
+    gets = Gets()
     prefetcher = storage.Prefetcher(budget=1 << 20)  # smaller than the objects
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(storage, "_PREFETCHER", prefetcher)
-        storage.prefetch_hint(urls, 0)
-        got = prefetcher.take(urls[1])
+        storage.prefetch_hint(files, 0)
+        got = prefetcher.take(urls[1], files[1].etag)
         assert got is not None and got.size == len(big_csv) and len(got.head) == 1 << 20
-        assert got.tail == b""
-        with storage.open_stream(urls[1]) as stream:
+        assert got.tail == b"" and got.etag == files[1].etag
+        assert prefetcher.take(urls[1], files[1].etag) is got  # for every reader of file 1
+        assert prefetcher.take(urls[1], "another-etag") is None  # pinned to the planned ETag
+        assert gets.ranges == [f"bytes=0-{(1 << 20) - 1}"]  # size known: no HeadObject
+
+        # the engine hints file i when it starts it, then opens it: what was prefetched for
+        # file i stays until its reader takes it, while file i + 1 is fetched
+        storage.prefetch_hint(files, 0)
+        storage.prefetch_hint(files, 1)
+        _settle(prefetcher, urls[1], urls[2])
+        gets.clear()
+        with storage.open_stream(urls[1], etag=files[1].etag, size=files[1].size) as stream:
             assert stream.read() == big_csv
+        assert gets.ranges == [f"bytes={1 << 20}-{len(big_csv) - 1}"]  # only the rest
         with storage.open_random_access(urls[1]) as f:
             assert f.read_at(10, len(big_csv) - 10) == big_csv[-10:]
 
-        storage.prefetch_hint(urls, 1)
-        got = prefetcher.take(urls[2])
+        got = prefetcher.take(urls[2], files[2].etag)
         assert got is not None and got.tail.endswith(b"PAR1") and 0 < len(got.head) < 1 << 20
-        assert prefetcher.take(urls[1]) is None  # one object ahead only
-        [src] = discover_sources([urls[2]])
-        assert read_all(src).equals(pq.read_table(io.BytesIO(big_parquet)))
+        assert len(got.tail) == storage.PARQUET_TAIL_BYTES  # the footer in one GET
+        storage.prefetch_hint(files, 2)
+        assert prefetcher.take(urls[1], files[1].etag) is None  # one object ahead only
+        storage.prefetch_hint(files, 1)
+        _settle(prefetcher, urls[2])
+        gets.clear()
+        assert read_all(files[2]).equals(pq.read_table(io.BytesIO(big_parquet)))
+        tail_range = f"bytes={len(big_parquet) - storage.PARQUET_TAIL_BYTES}-"
+        assert gets.ranges and not any(r.startswith(("bytes=0-", tail_range)) for r in gets.ranges)
 
-        storage.prefetch_hint(urls, 2)
-        got = prefetcher.take(urls[3])
+        storage.prefetch_hint(files, 2)
+        got = prefetcher.take(urls[3], files[3].etag)
         assert got is not None and got.whole and got.head == NDJSON_TEXT
-        [src] = discover_sources([urls[3]])
-        assert read_all(src).num_rows == 2
-        storage.prefetch_hint(urls, 3)  # the last one: nothing to prefetch
-        assert prefetcher.take(urls[3]) is None
-        storage.prefetch_hint(["/local/a.csv", "/local/b.csv"], 0)  # local: nothing to do
-        assert prefetcher.take("/local/b.csv") is None
+        storage.prefetch_hint(files, 1)
+        storage.prefetch_hint(files, 2)
+        _settle(prefetcher, urls[2], urls[3])
+        gets.clear()
+        assert read_all(files[3]).num_rows == 2
+        assert gets.ranges == []  # the whole object was in memory
+        gets.clear()
+        storage.prefetch_hint(files, 3)  # the last one: nothing more to prefetch
+        assert prefetcher.take(urls[3], files[3].etag) is not None  # its own: kept for it
+        local = [SourceFile(f"/local/{n}.csv", "csv", None, 10, 1) for n in "ab"]
+        storage.prefetch_hint(local, 0)  # local: nothing to do, the S3 object is let go
+        assert prefetcher.take("/local/b.csv", None) is None
+        assert prefetcher.take(urls[3], files[3].etag) is None
+        assert gets.ranges == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,11 +464,15 @@ def test_access_denied_names_the_permission(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(SourceError) as info:
         storage.read_head("s3://locked/one.csv", 4)
     assert "s3:GetObject on arn:aws:s3:::locked/one.csv" in str(info.value)
-    error = storage._arrow_error(
-        "s3://locked/one.csv",
-        OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body."),
-    )
-    assert "s3:GetObject" in str(error) and "s3://locked/one.csv" in str(error)
+    with pytest.raises(SourceError) as info:
+        storage.open_random_access("s3://locked/one.csv")
+    assert "s3:GetObject on arn:aws:s3:::locked/one.csv" in str(info.value)
+    with (
+        pytest.raises(SourceError) as info,
+        storage.open_stream("s3://locked/one.csv", etag="abc", size=10) as stream,
+    ):
+        stream.read()
+    assert "s3:GetObject on arn:aws:s3:::locked/one.csv" in str(info.value)
 
 
 def test_no_credentials(
@@ -444,3 +493,208 @@ def test_no_credentials(
     with pytest.raises(SourceError, match="no AWS credentials"):
         storage.open_random_access(url)
     assert "testing" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# objects replaced during the run: every read is pinned to the ETag listed at planning
+
+
+def _assert_changed(exc: BaseException, url: str) -> None:
+    """The error a replaced object gives: its own type (not retried, exit 1), the URL, what
+    happened and what to do."""
+    assert isinstance(exc, SourceChangedError), repr(exc)
+    assert exc.exit_code == 1
+    message = str(exc)
+    assert message.startswith(f"{url}: the object changed during the run")
+    assert "Nothing of the new version was sent" in message
+    assert "the checkpoint holds what was delivered" in message
+    assert f"--reprocess {url}" in message
+
+
+def _ids_parquet(first: int, n: int = 50_000) -> bytes:
+    """Fixed-width columns, no dictionary, compression or statistics: two versions with other
+    values have the same layout, byte for byte, so stray reads of a new version would decode."""
+    table = pa.table({"id": pa.array(range(first, first + n), pa.int64()), "n": range(n)})
+    return parquet_bytes(
+        table,
+        row_group_size=5_000,
+        use_dictionary=False,
+        compression="NONE",
+        write_statistics=False,
+    )
+
+
+@pytest.mark.parametrize("when", ["before", "while"])
+def test_parquet_object_replaced_during_the_run_stops_that_file(bucket: Bucket, when: str) -> None:
+    """Random access (footer, then column chunks): once the object is replaced, the next GET
+    fails (412) instead of reading the new version's bytes at the old footer's offsets."""
+    old, new = _ids_parquet(0), _ids_parquet(1_000_000)
+    assert len(old) == len(new)
+    url = bucket.put("r/p.parquet", old)
+    [src] = discover_sources([url])  # planned: the ETag and size of `old`
+    if when == "before":
+        bucket.put("r/p.parquet", new)
+    seen: list[int] = []
+    with pytest.raises(SourceError) as info:
+        for batch in iter_batches(src, batch_rows=5_000):
+            seen.extend(batch.column("id").to_pylist())
+            if when == "while" and len(seen) == 5_000:
+                bucket.put("r/p.parquet", new)
+    _assert_changed(info.value, url)
+    assert seen == list(range(len(seen)))  # only rows of the planned version
+    assert len(seen) == (0 if when == "before" else 5_000)
+
+
+def _text_rows(fmt: str, first: int, n: int) -> bytes:
+    if fmt == "ndjson":
+        return b"".join(b'{"id": "%09d", "n": "%06d"}\n' % (first + i, i) for i in range(n))
+    return b"id,n\n" + b"".join(b"%09d,%06d\n" % (first + i, i) for i in range(n))
+
+
+@pytest.mark.parametrize("when", ["before", "while"])
+@pytest.mark.parametrize("name", ["r/u.csv", "r/u.jsonl", "r/u.csv.gz"])
+def test_text_object_replaced_during_the_run_stops_that_file(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch, name: str, when: str
+) -> None:
+    """Sequential reads (one ranged GET per buffer, through decompression and pyarrow's
+    background block reader): after the object is replaced, the next GET fails."""
+    small = 64 << 10  # small GETs and blocks, so most of the object is read after batch 1
+    monkeypatch.setattr(storage, "S3_STREAM_BUFFER_BYTES", small)
+    monkeypatch.setattr(sources, "IO_BUFFER_BYTES", small)
+    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", small)
+    monkeypatch.setattr(readers, "CSV_STREAM_BLOCK_BYTES", small)
+    monkeypatch.setattr(ndjson, "NDJSON_BLOCK_BYTES", small)
+    fmt = "ndjson" if ".jsonl" in name else "csv"
+    rows = 200_000
+    old, new = _text_rows(fmt, 0, rows), _text_rows(fmt, 500_000_000, rows)
+    if name.endswith(".gz"):
+        old, new = gzip.compress(old, 1), gzip.compress(new, 1)
+    url = bucket.put(name, old)
+    [src] = discover_sources([url])
+    if when == "before":
+        bucket.put(name, new)
+    seen: list[int] = []
+    with pytest.raises(SourceError) as info:
+        for batch in iter_batches(src, text_columns=["id"], batch_rows=10_000):
+            seen.extend(int(v) for v in batch.column("id").to_pylist())
+            if when == "while" and len(seen) >= 10_000 and len(seen) - batch.num_rows < 10_000:
+                bucket.put(name, new)
+    _assert_changed(info.value, url)
+    assert seen == list(range(len(seen)))  # only rows of the planned version
+    assert len(seen) < rows
+    if when == "while":
+        assert len(seen) >= 10_000
+
+
+@pytest.mark.parametrize("when", ["before the prefetch", "after the prefetch"])
+def test_prefetched_next_object_is_pinned_to_its_planned_etag(bucket: Bucket, when: str) -> None:
+    """The prefetcher reads the next object with the planned ETag too: an object replaced
+    before it is fetched is not prefetched (the reader's own read reports it), and one
+    replaced after its beginning was fetched fails at the first GET past that beginning
+    instead of joining the old beginning to the new rest."""
+    old, new = _ids_parquet(0), _ids_parquet(1_000_000)
+    urls = [bucket.put("n/0.csv", CSV_TEXT), bucket.put("n/1.parquet", old)]
+    files = discover_sources([bucket.url("n/")])
+    assert [f.path for f in files] == urls
+    prefetcher = storage.Prefetcher(budget=len(old) // 3)  # the beginning and the footer
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(storage, "_PREFETCHER", prefetcher)
+        if when == "before the prefetch":
+            bucket.put("n/1.parquet", new)
+        storage.prefetch_hint(files, 0)
+        if when == "after the prefetch":
+            got = prefetcher.take(urls[1], files[1].etag)  # waits for the prefetch
+            assert got is not None and len(got.head) > 4 and got.tail.endswith(b"PAR1")
+            bucket.put("n/1.parquet", new)
+        storage.prefetch_hint(files, 1)  # the engine starts file 1
+        seen: list[int] = []
+        with pytest.raises(SourceError) as info:
+            for batch in iter_batches(files[1], batch_rows=5_000):
+                seen.extend(batch.column("id").to_pylist())
+    _assert_changed(info.value, urls[1])
+    assert seen == list(range(len(seen))) and len(seen) < 50_000
+
+
+def test_object_replaced_after_a_whole_prefetch_is_read_as_planned(bucket: Bucket) -> None:
+    """A small object prefetched whole before it was replaced is read entirely from memory:
+    the planned version, consistent with the identity the checkpoint records."""
+    urls = [bucket.put("w/0.csv", CSV_TEXT), bucket.put("w/1.csv", CSV_TEXT)]
+    files = discover_sources([bucket.url("w/")])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(storage, "_PREFETCHER", storage.Prefetcher())
+        storage.prefetch_hint(files, 0)
+        _settle(storage._PREFETCHER, urls[1])
+        bucket.put("w/1.csv", b"id,amount,note\n999,9,other\n")
+        storage.prefetch_hint(files, 1)
+        table = read_all(files[1], text_columns=["id"])
+    assert table.column("id").to_pylist() == ["000123", "000124"]
+
+
+class _ReplaceAfter:
+    """A progress listener that replaces an object once `rows` rows were committed."""
+
+    def __init__(self, rows: int, replace: Any) -> None:
+        self.rows, self.replace, self.done = rows, replace, 0
+
+    def rows_done(self, n: int) -> None:
+        before, self.done = self.done, self.done + n
+        if before < self.rows <= self.done:
+            self.replace()
+
+
+def test_run_stops_at_an_object_replaced_mid_read_and_the_rerun_says_what_to_do(
+    bucket: Bucket,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    moto_firehose: LocalFirehose,
+    moto_firehose_stream: StreamHandle,
+) -> None:
+    """The whole chain through the pipeline: file b is replaced after its first chunk was
+    delivered. The run delivers a, stops b with SourceChangedError (exit 1, not retried) and
+    commits only b's chunks of the planned version; the rerun stops before sending, saying b
+    changed since it was partly delivered; --reprocess b then sends the new version."""
+    a = write_payments(tmp_path / "a.parquet", 1, 3_000)
+    b_old = write_payments(tmp_path / "b_old.parquet", 10_001, 40_000)  # 8 row groups
+    b_new = write_payments(tmp_path / "b_new.parquet", 100_001, 40_000)
+    bucket.put("in/a.parquet", a.read_bytes())
+    b_url = bucket.put("in/b.parquet", b_old.read_bytes())
+    # b is prefetched while a is sent, but only its first quarter (a smaller budget than b)
+    monkeypatch.setattr(storage, "_PREFETCHER", storage.Prefetcher(b_old.stat().st_size // 4))
+    s = settings_for(
+        tmp_path,
+        [bucket.url("in/")],  # type: ignore[list-item]
+        stream=moto_firehose_stream.stream,
+        endpoint_url=moto_firehose_stream.endpoint_url,
+        s3_endpoint_url=moto_firehose.endpoint_url,
+    )
+    replace = _ReplaceAfter(3_000 + 1_000, lambda: bucket.put("in/b.parquet", b_new.read_bytes()))
+    run = Run(s, progress=replace)
+    error: BaseException | None = None
+    try:
+        plan = run.prepare()
+        for i in range(len(plan.files)):
+            run.process_file(i)
+    except Exception as exc:
+        error = exc
+    summary = run.finish(error)
+    assert error is not None
+    _assert_changed(error, b_url)
+    old_ids = expected_ids(1, 3_000) | expected_ids(10_001, 40_000)
+    delivered = moto_firehose_stream.receiver.transaction_ids()
+    assert expected_ids(1, 3_000) <= delivered <= old_ids  # nothing of the new version
+    state = LocalCheckpointStore(tmp_path / "ckpt").load("test-job")
+    assert state is not None
+    prog = state.files[b_url]
+    assert not prog.complete and 1_000 <= prog.rows_sent == summary.actions_sent - 3_000 < 40_000
+    assert prog.identity["etag"] == plan.files[1].src.etag  # the version its rows came from
+
+    summary, error = run_plain(s)
+    assert isinstance(error, CheckpointMismatchError) and error.exit_code == 2
+    assert "changed since they were (partly) delivered" in str(error) and b_url in str(error)
+    assert "--reprocess" in str(error) and summary.actions_sent == 0
+
+    summary, error = run_plain(s.model_copy(update={"reprocess": [b_url]}))
+    assert error is None, error
+    delivered = moto_firehose_stream.receiver.transaction_ids()
+    assert expected_ids(100_001, 40_000) <= delivered
+    assert delivered <= old_ids | expected_ids(100_001, 40_000)
