@@ -21,7 +21,7 @@ from connectors import storage
 from connectors.readers import iter_batches, read_schema
 from connectors.sources import SourceFile, discover_sources
 from moesif_backfill.errors import SourceError
-from moesif_backfill.standins.moto_firehose import LocalFirehose
+from tests.standins.moto_firehose import LocalFirehose
 
 pytestmark = pytest.mark.integration
 
