@@ -98,7 +98,7 @@ class StandIn:
     """The strict Firehose stand-in in its own process (its own GIL), on 127.0.0.1."""
 
     def __init__(self, streams: list[str], **faults: float) -> None:
-        cmd = [sys.executable, "-m", "moesif_backfill.standins.strict_firehose", "--port", "0"]
+        cmd = [sys.executable, "-m", "tests.standins.strict_firehose", "--port", "0"]
         for name in streams:
             cmd += ["--stream", name]
         for key, value in faults.items():

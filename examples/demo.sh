@@ -15,11 +15,11 @@ export PREFECT_LOGGING_LEVEL=WARNING
 export AWS_ACCESS_KEY_ID=demo-key-id AWS_SECRET_ACCESS_KEY=demo-secret AWS_DEFAULT_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN || true
 
-"$PY" -m moesif_backfill.standins down --state-file "$STATE" >/dev/null 2>&1 || true
+"$PY" -m tests.standins down --state-file "$STATE" >/dev/null 2>&1 || true
 rm -rf "$DEMO/checkpoints" "$DEMO"/summary-*.json
-"$PY" -m moesif_backfill.standins up --state-file "$STATE" >"$DEMO/standins.log" 2>&1 &
-trap '"$PY" -m moesif_backfill.standins down --state-file "$STATE" >/dev/null 2>&1 || true' EXIT
-"$PY" -m moesif_backfill.standins wait --state-file "$STATE" --timeout 60 >/dev/null
+"$PY" -m tests.standins up --state-file "$STATE" >"$DEMO/standins.log" 2>&1 &
+trap '"$PY" -m tests.standins down --state-file "$STATE" >/dev/null 2>&1 || true' EXIT
+"$PY" -m tests.standins wait --state-file "$STATE" --timeout 60 >/dev/null
 ENDPOINT=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['endpoint_url'])" "$STATE")
 STREAM=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['stream'])" "$STATE")
 "$PY" examples/make_sample.py --out "$DEMO/payments.csv"
@@ -32,7 +32,7 @@ for n in 1 2; do
     --job demo-payments --summary-json "$DEMO/summary-$n.json" --quiet
 done
 echo "== receiver (what Moesif would have received)"
-"$PY" -m moesif_backfill.standins stats --state-file "$STATE"
+"$PY" -m tests.standins stats --state-file "$STATE"
 "$PY" - "$DEMO" <<'PYEOF'
 import json, sys
 d = sys.argv[1]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from connectors.firehose import make_firehose_client
-from moesif_backfill.standins.strict_firehose import StrictFirehose
+from tests.standins.strict_firehose import StrictFirehose
 
 
 @pytest.fixture(scope="session")

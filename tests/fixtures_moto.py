@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from moesif_backfill.standins.moto_firehose import LocalFirehose, StreamHandle
+from tests.standins.moto_firehose import LocalFirehose, StreamHandle
 
 
 @pytest.fixture(scope="session")

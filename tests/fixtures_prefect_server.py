@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from moesif_backfill.standins.prefect_server import PrefectServer
+from tests.standins.prefect_server import PrefectServer
 
 
 @pytest.fixture(scope="session")

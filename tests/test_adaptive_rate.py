@@ -16,7 +16,7 @@ import pytest
 from connectors.adaptive_rate import AdaptiveRate, AimdPolicy
 from connectors.firehose import FirehoseSender, RetryPolicy
 from connectors.rate_limit import RateLimiter
-from moesif_backfill.standins.strict_firehose import StrictFirehose
+from tests.standins.strict_firehose import StrictFirehose
 
 
 class FakeClock:

@@ -30,7 +30,7 @@ from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.checkpoint_local import LocalCheckpointStore
 from connectors.checkpoint_s3 import S3CheckpointStore, _Holder, parse_s3_url
 from moesif_backfill.errors import CheckpointError, ConfigError, JobLockedError
-from moesif_backfill.standins.moto_firehose import LocalFirehose, aws_client, ensure_bucket
+from tests.standins.moto_firehose import LocalFirehose, aws_client, ensure_bucket
 
 pytestmark = pytest.mark.integration
 

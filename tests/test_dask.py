@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from moesif_backfill.standins.prefect_server import PrefectServer
 from tests.datasets import expected_ids, write_mapping, write_payments
 from tests.runner import run_plain, strict_settings
+from tests.standins.prefect_server import PrefectServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -39,8 +39,8 @@ from typing import Any
 import pytest
 import yaml
 
-from moesif_backfill.standins.prefect_server import PrefectServer
 from tests.datasets import expected_ids, write_mapping, write_payments
+from tests.standins.prefect_server import PrefectServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = "deployments/prefect.yaml"

@@ -51,9 +51,9 @@ from connectors.firehose import FirehoseSender, RetryPolicy
 from flows.report import RunSummary
 from flows.settings import RunSettings
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
-from moesif_backfill.standins.strict_firehose import StrictFirehose
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, settings_for
+from tests.standins.strict_firehose import StrictFirehose
 
 pytestmark = pytest.mark.integration
 

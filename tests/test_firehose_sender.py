@@ -32,7 +32,7 @@ from connectors.firehose_batching import (
     split_batches,
 )
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
-from moesif_backfill.standins.strict_firehose import StrictFirehose
+from tests.standins.strict_firehose import StrictFirehose
 
 FAST = RetryPolicy(max_attempts=40, base_delay_s=0.001, max_delay_s=0.01)
 MIB = 1024 * 1024

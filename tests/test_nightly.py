@@ -196,7 +196,7 @@ def test_path_mode_needs_a_per_day_placeholder(tmp_path: Path) -> None:
 def test_watermark_document_local_and_s3(tmp_path: Path, moto_firehose: Any) -> None:
     """Atomic, checksummed, refused when damaged; in S3 refused once the lease is lost."""
     from connectors.checkpoint_s3 import S3CheckpointStore
-    from moesif_backfill.standins.moto_firehose import ensure_bucket
+    from tests.standins.moto_firehose import ensure_bucket
 
     local = LocalCheckpointStore(tmp_path / "ckpt")
     wm = Watermark.first("usage", D(2026, 11, 1), "UTC", "path").advanced(D(2026, 11, 5))
@@ -562,7 +562,7 @@ def test_nightly_on_s3_partitions_and_s3_checkpoint(
 ) -> None:
     """Day prefixes and the checkpoint (with the watermark) in S3: a missing day prefix fails
     loudly; once uploaded, the next run delivers it and moves the watermark."""
-    from moesif_backfill.standins.moto_firehose import ensure_bucket
+    from tests.standins.moto_firehose import ensure_bucket
 
     s3 = moto_firehose.s3_client()
     bucket = f"nightly-{uuid.uuid4().hex[:10]}"

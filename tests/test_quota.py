@@ -19,9 +19,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from connectors.firehose import FirehoseSender, RetryPolicy, make_firehose_client
-from moesif_backfill.standins.strict_firehose import StrictFirehose
 from tests.datasets import expected_ids, write_mapping, write_payments
+from tests.standins.strict_firehose import StrictFirehose
 
+ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
 
@@ -95,7 +96,7 @@ def test_quota_through_the_control_api_and_the_cli(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "moesif_backfill.standins.strict_firehose",
+            "tests.standins.strict_firehose",
             "--stream",
             "q",
             "--quota-records-per-second",
@@ -105,6 +106,7 @@ def test_quota_through_the_control_api_and_the_cli(tmp_path: Path) -> None:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=ROOT,  # `-m tests.standins...` resolves from the repository root
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

@@ -25,7 +25,7 @@ from connectors.readers import iter_batches, read_schema
 from connectors.sources import SourceFile, discover_sources
 from flows.run import Run
 from moesif_backfill.errors import CheckpointMismatchError, SourceChangedError, SourceError
-from moesif_backfill.standins.moto_firehose import LocalFirehose, StreamHandle
+from tests.standins.moto_firehose import LocalFirehose, StreamHandle
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, settings_for
 

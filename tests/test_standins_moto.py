@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from moesif_backfill.standins.moto_firehose import LocalFirehose, StreamHandle, aws_client
-from moesif_backfill.standins.receiver import ACCESS_KEY_HEADER, FirehoseReceiver
+from tests.standins.moto_firehose import LocalFirehose, StreamHandle, aws_client
+from tests.standins.receiver import ACCESS_KEY_HEADER, FirehoseReceiver
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -257,7 +257,7 @@ def test_http_views_and_reset(keyed_receiver: FirehoseReceiver) -> None:
 # -- the CLI, as `make demo` uses it ------------------------------------------------------------
 def _run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "moesif_backfill.standins", *args],
+        [sys.executable, "-m", "tests.standins", *args],
         cwd=REPO_ROOT,
         env=_cli_env(),
         capture_output=True,
@@ -280,7 +280,7 @@ def test_cli_up_stats_down_round_trip(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "moesif_backfill.standins",
+            "tests.standins",
             "up",
             "--state-file",
             str(state_file),

@@ -9,16 +9,18 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
 
 from connectors.firehose import make_firehose_client
-from moesif_backfill.standins.strict_firehose import StrictFirehose
+from tests.standins.strict_firehose import StrictFirehose
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
 
@@ -345,7 +347,7 @@ def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
         [
             sys.executable,
             "-m",
-            "moesif_backfill.standins.strict_firehose",
+            "tests.standins.strict_firehose",
             "--port",
             "0",
             "--stream",
@@ -357,6 +359,7 @@ def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=ROOT,  # `-m tests.standins...` resolves from the repository root
         env=env,
     )
     try:

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from moesif_backfill.standins.lifecycle import StartStop
+from tests.standins.lifecycle import StartStop
 
 
 def free_port() -> int:

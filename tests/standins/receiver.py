@@ -68,7 +68,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-from moesif_backfill.standins.lifecycle import StartStop
+from tests.standins.lifecycle import StartStop
 
 __all__ = [
     "ACCESS_KEY_HEADER",

@@ -1,20 +1,20 @@
 """Run the local Firehose stand-ins from a shell (used by ``make demo``).
 
-    python -m moesif_backfill.standins up    --state-file PATH [--stream NAME] [--region R]
-    python -m moesif_backfill.standins wait  --state-file PATH [--timeout S]
-    python -m moesif_backfill.standins stats --state-file PATH [--transaction-ids]
-    python -m moesif_backfill.standins down  --state-file PATH [--timeout S]
+    python -m tests.standins up    --state-file PATH [--stream NAME] [--region R]
+    python -m tests.standins wait  --state-file PATH [--timeout S]
+    python -m tests.standins stats --state-file PATH [--transaction-ids]
+    python -m tests.standins down  --state-file PATH [--timeout S]
 
 ``up`` starts the receiver and moto (Firehose + S3) on 127.0.0.1, creates the bucket and the
 stream, then writes ``{"endpoint_url", "region", "stream", "receiver_url", "delivery_url",
 "bucket", "pid"}`` as JSON to the state file (atomically, only once everything answers) and
 serves until SIGTERM/SIGINT; on the way out it removes the state file. Typical shell use::
 
-    python -m moesif_backfill.standins up --state-file .demo/standins.json &
-    python -m moesif_backfill.standins wait --state-file .demo/standins.json
+    python -m tests.standins up --state-file .demo/standins.json &
+    python -m tests.standins wait --state-file .demo/standins.json
     ... send with endpoint_url/stream from the state file ...
-    python -m moesif_backfill.standins stats --state-file .demo/standins.json
-    python -m moesif_backfill.standins down --state-file .demo/standins.json
+    python -m tests.standins stats --state-file .demo/standins.json
+    python -m tests.standins down --state-file .demo/standins.json
 
 Exit codes: 0 ok, 1 failure (not ready in time, already running, receiver unreachable),
 2 usage error.
@@ -35,8 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-_PROG = "python -m moesif_backfill.standins"
-_CMDLINE_MARK = b"moesif_backfill.standins"
+_PROG = "python -m tests.standins"
+_CMDLINE_MARK = b"tests.standins"
 
 
 def _err(message: str) -> None:
@@ -107,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     # Imported here so that `wait`, `stats` and `down` stay fast (no boto3/moto import).
-    from moesif_backfill.standins.moto_firehose import LocalFirehose  # noqa: PLC0415
+    from tests.standins.moto_firehose import LocalFirehose
 
     options = {"stream": args.stream, "region": args.region}
     local = LocalFirehose(

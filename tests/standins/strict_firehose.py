@@ -91,7 +91,7 @@ contain newlines or are not UTF-8), ``GET /_strict/transaction_ids?stream=NAME``
 ``POST /_strict/faults`` (JSON object of fault settings; ``"reset": true`` clears the others
 first), ``POST /_strict/streams`` (``{"name": NAME}``: create a stream).
 
-CLI: ``python -m moesif_backfill.standins.strict_firehose --port P --stream NAME [--seed S]
+CLI: ``python -m tests.standins.strict_firehose --port P --stream NAME [--seed S]
 [--throttle-rate R ...]`` prints its endpoint URL and serves until SIGTERM/SIGINT.
 """
 
@@ -117,7 +117,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from moesif_backfill.standins.lifecycle import StartStop
+from tests.standins.lifecycle import StartStop
 
 logger = logging.getLogger(__name__)
 
@@ -1023,7 +1023,7 @@ _ID_SUFFIXES = [f"{i:08x}" for i in range(MAX_RECORDS_PER_CALL + 1)]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m moesif_backfill.standins.strict_firehose",
+        prog="python -m tests.standins.strict_firehose",
         description="Serve a strict local Firehose endpoint until SIGTERM/SIGINT.",
     )
     parser.add_argument("--host", default="127.0.0.1")

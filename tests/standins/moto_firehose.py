@@ -39,8 +39,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from moesif_backfill.standins.lifecycle import StartStop
-from moesif_backfill.standins.receiver import FirehoseReceiver
+from tests.standins.lifecycle import StartStop
+from tests.standins.receiver import FirehoseReceiver
 
 __all__ = [
     "DEFAULT_BUCKET",

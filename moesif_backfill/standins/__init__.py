@@ -1,1 +1,0 @@
-"""moesif_backfill/standins"""
