@@ -25,9 +25,9 @@ from connectors.readers import iter_batches, read_schema
 from connectors.sources import SourceFile, discover_sources
 from flows.run import Run
 from moesif_backfill.errors import CheckpointMismatchError, SourceChangedError, SourceError
-from tests.standins.moto_firehose import LocalFirehose, StreamHandle
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, settings_for
+from tests.standins.moto_firehose import LocalFirehose, StreamHandle
 
 pytestmark = pytest.mark.integration
 
