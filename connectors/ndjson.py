@@ -67,7 +67,10 @@ def infer_schema(src: SourceFile, text_columns: Collection[str] = ()) -> Inferre
     for field in raw:
         if field.name in text:
             t = field.type
-            slow = slow or not (pa.types.is_string(t) or pa.types.is_null(t))
+            # pyarrow reads a JSON string into a string column (also one it took for a
+            # timestamp), but not a number or a boolean: those need the slow path
+            as_json_string = pa.types.is_string(t) or pa.types.is_timestamp(t)
+            slow = slow or not (as_json_string or pa.types.is_null(t))
             fields.append(field.with_type(pa.string()))
         else:
             fields.append(field.with_type(_no_null(field.type)))
@@ -77,9 +80,16 @@ def infer_schema(src: SourceFile, text_columns: Collection[str] = ()) -> Inferre
 
 
 def ndjson_batches(
-    src: SourceFile, columns: Sequence[str] | None, text_columns: Collection[str], batch_rows: int
+    src: SourceFile,
+    columns: Sequence[str] | None,
+    text_columns: Collection[str],
+    batch_rows: int,
+    *,
+    number_columns: Collection[str] = (),
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    inferred = infer_schema(src, text_columns)
+    """`number_columns` are read like text columns (a number as the text it was written as),
+    and each of their values must be a JSON number (or null): SourceError naming the line."""
+    inferred = infer_schema(src, [*text_columns, *number_columns])
     schema = inferred.schema
     if columns is not None:
         missing = [c for c in columns if schema.get_field_index(c) < 0]
@@ -91,8 +101,9 @@ def ndjson_batches(
                 "a field that only appears in later lines can be read as a key/text column."
             )
         schema = pa.schema([schema.field(c) for c in columns])
-    if inferred.slow:
-        return schema, _slow_batches(src, schema, 0, batch_rows)
+    numbers = frozenset(c for c in number_columns if c in schema.names)
+    if inferred.slow or numbers:  # pyarrow cannot give the text of a number
+        return schema, _slow_batches(src, schema, 0, batch_rows, numbers)
     return schema, _fast_batches(src, schema, batch_rows)
 
 
@@ -219,7 +230,11 @@ def _fast_batches(src: SourceFile, schema: pa.Schema, batch_rows: int) -> Iterat
 
 
 def _slow_batches(
-    src: SourceFile, schema: pa.Schema, skip_rows: int, batch_rows: int
+    src: SourceFile,
+    schema: pa.Schema,
+    skip_rows: int,
+    batch_rows: int,
+    numbers: frozenset[str] = frozenset(),
 ) -> Iterator[pa.RecordBatch]:
     """Bounded Python reader: at most batch_rows rows / ~SLOW_BATCH_BYTES per batch."""
     seen = 0
@@ -234,20 +249,28 @@ def _slow_batches(
         pending.append((lineno, line))
         size += len(line) + 1
         if len(pending) >= batch_rows or size >= SLOW_BATCH_BYTES:
-            yield _build(src, schema, pending)
+            yield _build(src, schema, pending, numbers)
             pending, size = [], 0
     if pending:
-        yield _build(src, schema, pending)
+        yield _build(src, schema, pending, numbers)
 
 
-def _build(src: SourceFile, schema: pa.Schema, lines: list[tuple[int, bytes]]) -> pa.RecordBatch:
+def _build(
+    src: SourceFile,
+    schema: pa.Schema,
+    lines: list[tuple[int, bytes]],
+    numbers: frozenset[str] = frozenset(),
+) -> pa.RecordBatch:
     text_names = [f.name for f in schema if pa.types.is_string(f.type)]
     typed = pa.schema([f for f in schema if not pa.types.is_string(f.type)])
     texts: dict[str, list[str | None]] = {name: [] for name in text_names}
     for lineno, line in lines:
         obj = _parse(src, lineno, line)
         for name in text_names:
-            texts[name].append(_to_text(obj.get(name)))
+            value = obj.get(name)
+            if name in numbers and not (value is None or isinstance(value, _Int | _Float)):
+                raise _not_a_number(src, lineno, name, value)
+            texts[name].append(_to_text(value))
     arrays: dict[str, pa.Array] = {n: pa.array(v, pa.string()) for n, v in texts.items()}
     if len(typed):
         try:
@@ -262,6 +285,17 @@ def _build(src: SourceFile, schema: pa.Schema, lines: list[tuple[int, bytes]]) -
         for name in typed.names:
             arrays[name] = table.column(name).combine_chunks()
     return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+
+def _not_a_number(src: SourceFile, lineno: int, name: str, value: Any) -> SourceError:
+    return SourceError(
+        f"{src.path}: line {lineno}: field {name!r} has the value "
+        f"{json.dumps(_restore(value), ensure_ascii=False)[:200]}, which is not a JSON number; "
+        f"its values are numbers in the first {size_text(NDJSON_BLOCK_BYTES)} of the file and "
+        "are sent as numbers with their digits. Fix the value, or send every value of the "
+        "field as text with type: string in the mapping (metadata: {NAME: {column: "
+        f"{name}, type: string}}}})."
+    )
 
 
 def _parse(src: SourceFile, lineno: int, line: bytes) -> dict[str, Any]:
