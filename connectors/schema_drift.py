@@ -32,11 +32,17 @@ first block of each file, so they are guesses:
     inferred type); one that holds text next to a declared non-string type is an error;
   - inferred types never conflict among themselves: when they cannot be unified the column is
     read as text, as written, in every text file;
-  - a CSV metadata column inferred as floating point is read as the text of each number (every
-    digit kept, see flows.plan) and fits any number type of the other files.
+  - number text (`FileColumns.number_text`: a text file's metadata column whose values are all
+    JSON numbers, read as the digits written, see flows.plan) is typed by its own file: it
+    stays numbers next to any number or string type of the other files, and never changes
+    theirs; next to any other type (timestamp, date, boolean, nested) it is an error.
 
 A column missing from some files is read as null there (`flows.plan` decides which columns may be
 missing).
+
+`as_is` columns (flows.plan passes those only string fields or metadata fields with a `type:`
+read) are not unified: their values are sent as text (or the forced type) whatever each file's
+type, so no cast is needed and no type conflicts.
 
 Key columns (`transaction_id.key`) and the time column are never cast: the ID contract's canon()
 gives the same text for int32 and int64, for decimal(10,2) and decimal(12,4) values, and for any

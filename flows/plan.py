@@ -1,8 +1,10 @@
 """Preflight: everything that can be checked before the first record is sent.
 
-`make_plan` loads the mapping, lists the inputs, binds the mapping to each file's schema, loads
-the job's checkpoint and compares it with the inputs and the mapping, and (unless allowed)
-checks Moesif's 30-day window. Any problem is a `ConfigError` (exit 2) raised here, when
+`make_plan` loads the mapping, lists the inputs, loads the job's checkpoint and compares it with
+the inputs and the mapping, binds the mapping to each file's schema (text files: which columns
+are read as text and which metadata columns go out as numbers, decided from the whole file before
+its first row is sent, see `_type_text_columns`), and (unless allowed) checks Moesif's 30-day
+window. Any problem is a `ConfigError` (exit 2) raised here, when
 nothing has been sent yet.
 """
 

@@ -302,6 +302,46 @@ def test_ndjson_metadata_numbers_keep_their_digits(tmp_path: Path) -> None:
     ]
 
 
+TRICKY_NUMBER_LINES = [
+    # (line, the amount as written, whether the column-wise path may take it)
+    ('{"amount":12.50,"note":"x"}', "12.50", True),
+    ('{"amount" : -0 }', "-0", True),
+    ('{"amount":null}', None, True),
+    ('{"other":1}', None, True),
+    ('{"meta":{"amount":5.0},"amount":5}', "5", False),  # the key twice
+    ('{"meta":{"amount":5.0}}', None, False),  # only nested
+    ('{"note":"\\"amount\\": 9","amount":9.0}', "9.0", True),  # inside a string
+    ('{"x\\"amount":3.0,"amount":3}', "3", False),  # a key ending in "amount
+    ('{"\\u0061mount":7.10}', "7.10", False),  # the key written with an escape
+    ('{"amount":1e-45}', "1e-45", False),  # more digits than a decimal holds
+    ('{"amount":123456789012345678901234567890123456789012}', "1234567890" * 4 + "12", False),
+]
+
+
+@pytest.mark.parametrize(("line", "written", "columnwise"), TRICKY_NUMBER_LINES)
+def test_ndjson_number_text_is_the_top_level_value_as_written(
+    tmp_path: Path, line: str, written: str | None, columnwise: bool
+) -> None:
+    """The text of a number field comes column-wise from the raw line when the key occurs once
+    and the text has the exact value pyarrow read; anything else takes the per-line path.
+    Either way the value is the top-level field's, as written."""
+    import pyarrow as pa
+
+    from connectors import ndjson
+    from connectors.sources import discover_sources
+
+    src_path = write(tmp_path / "one.ndjson", line + "\n")
+    [src] = discover_sources([str(src_path)])
+    schema = pa.schema([("amount", pa.string())])
+    lines = [(1, line.encode())]
+    quick = ndjson._build_numbers(src, schema, lines, frozenset({"amount"}))
+    assert (quick is not None) == columnwise
+    if quick is not None:
+        assert quick.column(0).to_pylist() == [written]
+    full = ndjson._build(src, schema, lines, frozenset({"amount"}))
+    assert full.column(0).to_pylist() == [written]
+
+
 def test_ndjson_text_in_a_number_field_says_how_to_send_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
