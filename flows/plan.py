@@ -282,8 +282,9 @@ def _bind(spec: MappingSpec, s: _Seen, unified: dict[str, pa.DataType]) -> FileP
     src = s.src
     types: dict[str, pa.DataType] = {}
     fields = {f.name: f for f in s.schema}
-    text_cols = list(dict.fromkeys(s.columns[n] for n in [*s.text, *s.as_text]))
-    number_cols = [s.columns[n] for n in s.number_text]
+    names = [n for n in spec.referenced_columns() if n in s.columns]  # a stable order
+    text_cols = list(dict.fromkeys(s.columns[n] for n in names if n in s.text | s.as_text))
+    number_cols = list(dict.fromkeys(s.columns[n] for n in names if n in s.number_text))
     for name in spec.referenced_columns():
         target = unified.get(name)
         phys = s.columns.get(name)

@@ -472,6 +472,9 @@ def test_late_fractional_seconds_beyond_the_first_4_mb_load(tmp_path: Path) -> N
     first = json.loads(records[0])
     assert first["request"]["time"] == "2024-06-01T00:00:00.000Z"
     assert first["company_id"] == "cus_00000"
+    # the preflight (validate reads the time column of every row) refused it the same way
+    summary, err = run_plain(settings(tmp_path, [src], mapping, mode="validate", out=None))
+    assert err is None and summary.actions_sent == n and summary.rows_rejected == 0, err
 
 
 def test_ndjson_time_column_beyond_the_first_block(
