@@ -12,6 +12,13 @@ string columns are taken from ``json.loads(line, parse_int=..., parse_float=...)
 number comes back as its text exactly as written ("1.50" stays "1.50"), and the other columns are
 parsed by pyarrow from the same lines (identical types and conversions to the fast path).
 A file whose text columns hold numbers in the first block goes straight to the slow path.
+
+Number columns (`number_columns`: metadata fields whose values are JSON numbers) come back as
+the text each number was written as ("12.50", "12345678901234567890", "1e5"), never through a
+double. They take the slow path's line blocks, but column-wise: pyarrow reads every field (the
+number fields as exact decimals) and a regex takes each number's text from its line, checked
+against that exact value; a block where any row does not check out is read line by line in
+Python instead, which also reports a value that is not a JSON number, naming the line.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from connectors.sources import IO_BUFFER_BYTES, SourceFile, one_line, open_input
@@ -67,7 +75,10 @@ def infer_schema(src: SourceFile, text_columns: Collection[str] = ()) -> Inferre
     for field in raw:
         if field.name in text:
             t = field.type
-            slow = slow or not (pa.types.is_string(t) or pa.types.is_null(t))
+            # pyarrow reads a JSON string into a string column (also one it took for a
+            # timestamp), but not a number or a boolean: those need the slow path
+            as_json_string = pa.types.is_string(t) or pa.types.is_timestamp(t)
+            slow = slow or not (as_json_string or pa.types.is_null(t))
             fields.append(field.with_type(pa.string()))
         else:
             fields.append(field.with_type(_no_null(field.type)))
@@ -77,9 +88,16 @@ def infer_schema(src: SourceFile, text_columns: Collection[str] = ()) -> Inferre
 
 
 def ndjson_batches(
-    src: SourceFile, columns: Sequence[str] | None, text_columns: Collection[str], batch_rows: int
+    src: SourceFile,
+    columns: Sequence[str] | None,
+    text_columns: Collection[str],
+    batch_rows: int,
+    *,
+    number_columns: Collection[str] = (),
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    inferred = infer_schema(src, text_columns)
+    """`number_columns` are read like text columns (a number as the text it was written as),
+    and each of their values must be a JSON number (or null): SourceError naming the line."""
+    inferred = infer_schema(src, [*text_columns, *number_columns])
     schema = inferred.schema
     if columns is not None:
         missing = [c for c in columns if schema.get_field_index(c) < 0]
@@ -91,8 +109,9 @@ def ndjson_batches(
                 "a field that only appears in later lines can be read as a key/text column."
             )
         schema = pa.schema([schema.field(c) for c in columns])
-    if inferred.slow:
-        return schema, _slow_batches(src, schema, 0, batch_rows)
+    numbers = frozenset(c for c in number_columns if c in schema.names)
+    if inferred.slow or numbers:  # pyarrow cannot give the text of a number
+        return schema, _slow_batches(src, schema, 0, batch_rows, numbers)
     return schema, _fast_batches(src, schema, batch_rows)
 
 
@@ -219,7 +238,11 @@ def _fast_batches(src: SourceFile, schema: pa.Schema, batch_rows: int) -> Iterat
 
 
 def _slow_batches(
-    src: SourceFile, schema: pa.Schema, skip_rows: int, batch_rows: int
+    src: SourceFile,
+    schema: pa.Schema,
+    skip_rows: int,
+    batch_rows: int,
+    numbers: frozenset[str] = frozenset(),
 ) -> Iterator[pa.RecordBatch]:
     """Bounded Python reader: at most batch_rows rows / ~SLOW_BATCH_BYTES per batch."""
     seen = 0
@@ -234,21 +257,25 @@ def _slow_batches(
         pending.append((lineno, line))
         size += len(line) + 1
         if len(pending) >= batch_rows or size >= SLOW_BATCH_BYTES:
-            yield _build(src, schema, pending)
+            yield _build(src, schema, pending, numbers)
             pending, size = [], 0
     if pending:
-        yield _build(src, schema, pending)
+        yield _build(src, schema, pending, numbers)
 
 
-def _build(src: SourceFile, schema: pa.Schema, lines: list[tuple[int, bytes]]) -> pa.RecordBatch:
+def _build(
+    src: SourceFile,
+    schema: pa.Schema,
+    lines: list[tuple[int, bytes]],
+    numbers: frozenset[str] = frozenset(),
+) -> pa.RecordBatch:
+    if numbers:  # JSON numbers as written come from Python, the rest from pyarrow if it can
+        quick = _build_numbers(src, schema, lines, numbers)
+        if quick is not None:
+            return quick
     text_names = [f.name for f in schema if pa.types.is_string(f.type)]
     typed = pa.schema([f for f in schema if not pa.types.is_string(f.type)])
-    texts: dict[str, list[str | None]] = {name: [] for name in text_names}
-    for lineno, line in lines:
-        obj = _parse(src, lineno, line)
-        for name in text_names:
-            texts[name].append(_to_text(obj.get(name)))
-    arrays: dict[str, pa.Array] = {n: pa.array(v, pa.string()) for n, v in texts.items()}
+    arrays = _python_texts(src, lines, text_names, numbers)
     if len(typed):
         try:
             table = _read_typed(lines, typed)
@@ -262,6 +289,78 @@ def _build(src: SourceFile, schema: pa.Schema, lines: list[tuple[int, bytes]]) -
         for name in typed.names:
             arrays[name] = table.column(name).combine_chunks()
     return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+
+def _python_texts(
+    src: SourceFile, lines: list[tuple[int, bytes]], names: list[str], numbers: frozenset[str]
+) -> dict[str, pa.Array]:
+    """`names` as text from Python's JSON parser (numbers as written); every line is decoded,
+    so bytes that are not UTF-8 and invalid JSON are reported with their line number."""
+    texts: dict[str, list[str | None]] = {name: [] for name in names}
+    for lineno, line in lines:
+        obj = _parse(src, lineno, line)
+        for name in names:
+            value = obj.get(name)
+            if name in numbers and not (value is None or isinstance(value, _Int | _Float)):
+                raise _not_a_number(src, lineno, name, value)
+            texts[name].append(_to_text(value))
+    return {n: pa.array(v, pa.string()) for n, v in texts.items()}
+
+
+# Number fields are read with their exact value too, to check the text taken from the line.
+_EXACT = pa.decimal256(76, 38)
+_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+
+
+def _build_numbers(
+    src: SourceFile, schema: pa.Schema, lines: list[tuple[int, bytes]], numbers: frozenset[str]
+) -> pa.RecordBatch | None:
+    """Column-wise: pyarrow reads every field (number fields as exact decimals), and each
+    number field's text is taken from the raw line by a regex, kept only when the field's key
+    occurs once in the line and the text has exactly the value pyarrow read. None when any row
+    does not fit (a string in a number field, more than 38 integer or fractional digits, a key
+    written with escapes, bytes that are not UTF-8, ...): the caller's per-line Python path
+    then reads the batch, and names the line of a bad value."""
+    try:
+        raw = pa.array([line for _, line in lines], pa.binary()).cast(pa.string())
+        exact = pa.schema([f.with_type(_EXACT) if f.name in numbers else f for f in schema])
+        table = _read_typed(lines, exact)
+        if table.num_rows != len(lines):
+            return None
+        arrays = []
+        for field in schema:
+            column = table.column(field.name).combine_chunks()
+            if field.name in numbers:
+                text = _number_text(raw, field.name, column)
+                if text is None:
+                    return None
+                column = text
+            column.validate(full=True)
+            arrays.append(column)
+    except pa.ArrowException:
+        return None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _number_text(raw: pa.Array, name: str, exact: pa.Array) -> pa.Array | None:
+    """The text of field `name` in each line, or None unless every row checks out."""
+    key = re.escape(json.dumps(name, ensure_ascii=False)) + r"\s*:"
+    found = pc.extract_regex(raw, pattern=f"{key}\\s*(?P<n>{_NUMBER})").flatten()[0]
+    once = pc.equal(pc.count_substring_regex(raw, pattern=key), 1)
+    same = pc.and_(once, pc.equal(found.cast(_EXACT), exact))
+    ok = pc.if_else(exact.is_null(), found.is_null(), same)
+    return found if pc.all(pc.fill_null(ok, False)).as_py() else None
+
+
+def _not_a_number(src: SourceFile, lineno: int, name: str, value: Any) -> SourceError:
+    return SourceError(
+        f"{src.path}: line {lineno}: field {name!r} has the value "
+        f"{json.dumps(_restore(value), ensure_ascii=False)[:200]}, which is not a JSON number; "
+        f"its values are numbers in the first {size_text(NDJSON_BLOCK_BYTES)} of the file and "
+        "are sent as numbers with their digits. Fix the value, or send every value of the "
+        "field as text with type: string in the mapping (metadata: {NAME: {column: "
+        f"{name}, type: string}}}})."
+    )
 
 
 def _parse(src: SourceFile, lineno: int, line: bytes) -> dict[str, Any]:

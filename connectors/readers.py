@@ -21,10 +21,12 @@ value that does not fit raises SourceError naming the file, column and row, and 
 reading the column as text. `text_columns` are never inferred: they come back as strings exactly
 as written (CSV and NDJSON); Parquet columns keep their stored type.
 
-`number_columns` (CSV only; the plan passes metadata columns inferred as floating point) come
-back as the text of each number exactly as written, so that no digit is lost to a double
-("0.123456789012345678", "99999999999999999999.5"); every value is checked to be a number (what
-the CSV reader would accept as a double) and a SourceError names the row of one that is not.
+`number_columns` come back as the text of each number exactly as written, so that no digit is
+lost to a double ("0.123456789012345678", "12345678901234567890", "12.50"). CSV: the plan passes
+the columns `scan_number_columns` found to hold only JSON numbers in the whole file, and every
+value is checked again (a SourceError names the row of one that is not). NDJSON: the plan
+passes metadata fields whose values are JSON numbers in the first block; a later value that is
+not a JSON number is a SourceError naming the line (connectors.ndjson).
 
 CSV null convention (warehouse unloads): an empty unquoted field is null; a quoted empty field
 ("") is the empty string. A quoted "" in an otherwise numeric column therefore makes that column
@@ -63,6 +65,7 @@ __all__ = [
     "iter_batches",
     "parquet_row_groups",
     "read_schema",
+    "scan_number_columns",
 ]
 
 CSV_BLOCK_BYTES = 4 << 20
@@ -74,8 +77,9 @@ PARQUET_BUFFER_BYTES = 1 << 20
 _CSV_CONVERSION = re.compile(
     r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to ([^:]+): (.*)", re.S
 )
-# What pyarrow's CSV reader accepts as a double (it trims blanks first).
-_NUMBER_TEXT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^[+-]?(inf|infinity|nan)$"
+# A JSON number (RFC 8259), the same as transforms.jsonfrag.JSON_NUMBER: a text value is
+# sent as a number only when it is written as one (blanks around it are dropped).
+JSON_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
 _SHOWN_CHARS = 200
 
 
@@ -98,7 +102,7 @@ def read_schema(
         return schema
     if src.format == "csv":
         return _csv_schema(src, [*text_columns, *number_columns], csv_dialect(src, options))
-    return ndjson.infer_schema(src, text_columns).schema
+    return ndjson.infer_schema(src, [*text_columns, *number_columns]).schema
 
 
 def iter_batches(
@@ -135,7 +139,9 @@ def iter_batches(
             src, columns, text_columns, number_columns, dialect, block_bytes=csv_block_bytes
         )
     else:
-        schema, batches = ndjson.ndjson_batches(src, columns, text_columns, batch_rows)
+        schema, batches = ndjson.ndjson_batches(
+            src, columns, text_columns, batch_rows, number_columns=number_columns
+        )
     return _bounded(src, schema, batches, batch_rows)
 
 
@@ -468,21 +474,51 @@ def _csv_batches(
 
 
 def _check_numbers(src: SourceFile, batch: pa.RecordBatch, index: int, first_row: int) -> None:
-    """A number column read as text: every value must be what the CSV reader takes for a
-    double (the type it was inferred as), else SourceError naming the row."""
-    text = pc.utf8_trim_whitespace(batch.column(index))
-    ok = pc.match_substring_regex(text, pattern=_NUMBER_TEXT, ignore_case=True)
+    """A number column read as text: every value must be a JSON number (what
+    `scan_number_columns` found in the whole file before the run), else SourceError."""
+    ok = _json_numbers(batch.column(index))
     if pc.all(ok).as_py() is not False:
         return
-    row = int(pc.index(ok, False).as_py())
+    row = int(pc.index(pc.fill_null(ok, True), False).as_py())
     name = batch.schema.field(index).name
     value = batch.column(index)[row].as_py()
     raise SourceError(
         f"{src.path}: column {name!r} has the value {_shown(value)} at data row "
-        f"{first_row + row + 1} that is not a number. The column was inferred as a number from "
-        f"the first {size_text(CSV_BLOCK_BYTES)} of the file and later values must fit it; "
-        "fix the value in the file."
+        f"{first_row + row + 1} that is not a number, although the file held only numbers in "
+        "that column when the run was planned: the file changed while it was being read. "
+        "Rerun once it is complete (with --reprocess for it if part of it was delivered)."
     )
+
+
+def _json_numbers(column: pa.Array) -> pa.Array:
+    """Per value: is it a JSON number (blanks around it allowed)? Null for nulls."""
+    return pc.match_substring_regex(pc.utf8_trim_whitespace(column), pattern=JSON_NUMBER)
+
+
+def scan_number_columns(
+    src: SourceFile, columns: Sequence[str], options: SourceOptions | None = None
+) -> frozenset[str]:
+    """The `columns` of a CSV file in which every non-null value, in the whole file, is written
+    as a JSON number (blanks around it allowed): one pass over those columns as text, in
+    bounded blocks, that stops once every column has shown some other value. The preflight
+    decides with it, per file and column, whether metadata goes out as numbers or as strings
+    (flows.plan), so every chunk of the file, also after a resume, is typed alike."""
+    left = list(dict.fromkeys(columns))
+    if not left:
+        return frozenset()
+    batches = iter_batches(src, columns=left, text_columns=left, options=options)
+    try:
+        for batch in batches:
+            for name in list(left):
+                if pc.all(_json_numbers(batch.column(name))).as_py() is False:
+                    left.remove(name)
+            if not left:
+                break
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    return frozenset(left)
 
 
 def _csv_error(

@@ -32,11 +32,17 @@ first block of each file, so they are guesses:
     inferred type); one that holds text next to a declared non-string type is an error;
   - inferred types never conflict among themselves: when they cannot be unified the column is
     read as text, as written, in every text file;
-  - a CSV metadata column inferred as floating point is read as the text of each number (every
-    digit kept, see flows.plan) and fits any number type of the other files.
+  - number text (`FileColumns.number_text`: a text file's metadata column whose values are all
+    JSON numbers, read as the digits written, see flows.plan) is typed by its own file: it
+    stays numbers next to any number or string type of the other files, and never changes
+    theirs; next to any other type (timestamp, date, boolean, nested) it is an error.
 
 A column missing from some files is read as null there (`flows.plan` decides which columns may be
 missing).
+
+`as_is` columns (flows.plan passes those only string fields or metadata fields with a `type:`
+read) are not unified: their values are sent as text (or the forced type) whatever each file's
+type, so no cast is needed and no type conflicts.
 
 Key columns (`transaction_id.key`) and the time column are never cast: the ID contract's canon()
 gives the same text for int32 and int64, for decimal(10,2) and decimal(12,4) values, and for any
@@ -113,6 +119,10 @@ def merge_types(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
     return None
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(normalize(t)))
+
+
 def _is_number(t: pa.DataType) -> bool:
     return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t))
 
@@ -173,8 +183,10 @@ def unify_types(
     keys: Collection[str],
     time_column: str,
     holds_only_nulls: Callable[[int, str], bool],
+    as_is: Collection[str] = (),
 ) -> Unified:
-    """One type per non-key, non-time column across `files` (only columns some file has).
+    """One type per column across `files` (only columns some file has), except key columns,
+    the time column and `as_is` columns (read as each file has them, never cast).
 
     Declared types (Parquet, partition values) must unify, else MappingError. Inferred types
     (CSV, NDJSON) follow the declared ones when they can: widened with them, read as text
@@ -190,7 +202,7 @@ def unify_types(
         if column in keys:
             _check_key(files, column)
             continue
-        if column == time_column:
+        if column == time_column or column in as_is:
             continue
         merged, text_in = _unify_column(files, column, holds_only_nulls)
         if merged is not None:
@@ -257,15 +269,14 @@ def _unify_column(
         else:
             seen_in = seen_in or files[i].origin
             current = merged
-    for i in kinds.numbers:
-        if text_mode or (current is not None and not _is_number(current)):
-            conflict(i, pa.float64())
-    reference = current if current is not None else (pa.float64() if kinds.numbers else None)
+    for i in kinds.numbers:  # typed by the file's own values: next to numbers or text, as is
+        if current is not None and not (_is_number(current) or _is_text(current)):
+            raise _incompatible(files[i].origin, column, "numbers", current, seen_in)
     for i in kinds.guessed_text:
-        if not text_mode and reference is not None and not holds_only_nulls(i, column):
+        if not text_mode and current is not None and not holds_only_nulls(i, column):
             conflict(i, pa.string())
     if text_mode:
-        return pa.string(), {i for i, _ in kinds.guessed} | set(kinds.numbers)
+        return pa.string(), {i for i, _ in kinds.guessed}
     if current is None and kinds.guessed_text and not kinds.numbers:
         return pa.string(), set()
     # None: only number text (read as written in every file that has the column).
@@ -289,10 +300,11 @@ def _check_key(files: Sequence[FileColumns], column: str) -> None:
 
 
 def _incompatible(
-    origin: str, column: str, t: pa.DataType, other: pa.DataType, other_origin: str
+    origin: str, column: str, t: pa.DataType | str, other: pa.DataType, other_origin: str
 ) -> MappingError:
+    here = t if isinstance(t, str) else normalize(t)
     return MappingError(
-        f"{origin}: column {column!r} is {normalize(t)} here but {normalize(other)} in "
+        f"{origin}: column {column!r} is {here} here but {normalize(other)} in "
         f"{other_origin}; the files' types cannot be unified (compatible changes are wider "
         "integers, integer to float, wider decimals and finer timestamp units). Re-export the "
         "files with one type for the column, or leave the file out."

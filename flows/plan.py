@@ -1,8 +1,10 @@
 """Preflight: everything that can be checked before the first record is sent.
 
-`make_plan` loads the mapping, lists the inputs, binds the mapping to each file's schema, loads
-the job's checkpoint and compares it with the inputs and the mapping, and (unless allowed)
-checks Moesif's 30-day window. Any problem is a `ConfigError` (exit 2) raised here, when
+`make_plan` loads the mapping, lists the inputs, loads the job's checkpoint and compares it with
+the inputs and the mapping, binds the mapping to each file's schema (text files: which columns
+are read as text and which metadata columns go out as numbers, decided from the whole file before
+its first row is sent, see `_type_text_columns`), and (unless allowed) checks Moesif's 30-day
+window. Any problem is a `ConfigError` (exit 2) raised here, when
 nothing has been sent yet.
 """
 
@@ -29,7 +31,7 @@ from connectors.layouts import (
     iter_file_batches,
 )
 from connectors.options import SourceOptions
-from connectors.readers import parquet_num_rows
+from connectors.readers import parquet_num_rows, scan_number_columns
 from connectors.schema_drift import FileColumns, unify_types
 from connectors.sources import SourceFile, discover_sources
 from flows.day_window import outside_mask, window_us
@@ -43,9 +45,9 @@ from moesif_backfill.errors import (
 )
 from transforms.actions import time_bounds
 from transforms.mapping import (
-    ColumnSource,
     MappingSpec,
     ResolvedMapping,
+    check_time_type,
     find_columns,
     load_mapping,
     required_columns,
@@ -61,10 +63,12 @@ MOESIF_LATE_WINDOW = dt.timedelta(days=30)
 class FilePlan:
     src: SourceFile
     resolved: ResolvedMapping
+    # Text formats: columns read as text exactly as written (see _type_text_columns).
     text_columns: list[str]
     rows_estimate: int | None
-    # CSV metadata-only columns inferred as floating point, read as the text of each number so
-    # that the action keeps every digit written (a double would round 0.123456789012345678).
+    # Text formats: metadata columns whose values are all JSON numbers, read as the text of
+    # each so that the action keeps every digit written (a double would round
+    # 0.123456789012345678); decided before the file's first row is sent.
     number_columns: list[str] = field(default_factory=list)
     # The mapping's `source:` section, and what connectors.layouts adds to the file's own
     # columns: partition values, nulls for columns only other files have, unified types.
@@ -105,6 +109,7 @@ class Plan:
     old_rows: int = 0
     oldest_us: int | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown by `validate`
 
     @property
     def rows_estimate(self) -> int | None:
@@ -136,16 +141,26 @@ class _Seen:
     """One file as found: its columns (own + partitions) and the mapping's columns in it."""
 
     src: SourceFile
-    schema: pa.Schema
+    schema: pa.Schema  # as the file's first block shows it (text formats: inferred types)
     columns: dict[str, str]  # mapping column -> the file's column
     missing: dict[str, MappingError]  # mapping columns the file does not have
     partitions: dict[str, str | None]  # partition columns (not those the file also has)
-    number_text: frozenset[str] = frozenset()  # CSV metadata read as number text: not cast
+    # Text formats (mapping column names): read as text whatever the values look like; of the
+    # metadata columns, those whose values go out as JSON numbers with the digits written, and
+    # those a pass over the whole file found text in (CSV).
+    text: frozenset[str] = frozenset()
+    number_text: frozenset[str] = frozenset()
+    found_text: frozenset[str] = frozenset()
     as_text: frozenset[str] = frozenset()  # inferred columns read as text (schema drift)
 
     @property
     def is_text(self) -> bool:
         return self.src.format in ("csv", "ndjson")
+
+    def own(self, name: str) -> bool:
+        """Whether the file itself has the mapping column `name` (not a partition value)."""
+        phys = self.columns.get(name)
+        return phys is not None and phys not in self.partitions
 
 
 def _inspect(spec: MappingSpec, src: SourceFile) -> _Seen:
@@ -164,22 +179,72 @@ def _inspect(spec: MappingSpec, src: SourceFile) -> _Seen:
     return _Seen(src, schema, columns, missing, partitions)
 
 
-def _bind_all(spec: MappingSpec, seen: list[_Seen], notes: list[str]) -> list[FilePlan]:
+def _type_text_columns(spec: MappingSpec, s: _Seen, *, complete: bool) -> None:
+    """How a text file's mapped columns are read (no type is guessed into another value):
+
+    - key columns, the string fields' columns (action_name, company_id, user_id,
+      subscription_id, session_token, request.*), metadata columns with a `type:` and the
+      time column are read as text, exactly as written (an NDJSON time column that holds
+      JSON numbers keeps them: epochs);
+    - CSV metadata columns (other than booleans and times the first block shows) are typed by
+      a pass over the whole file before anything is sent: JSON numbers (sent with the digits
+      written) when every value is written as one, else text (strings as written). A file
+      already delivered completely is not read again (its rows are not sent);
+    - NDJSON metadata fields whose values are JSON numbers are read as the text of each
+      number (its digits); JSON keeps every other value's own type.
+    """
+    if not s.is_text:
+        return
+    own = [n for n in spec.referenced_columns() if s.own(n)]
+    kind = {n: s.schema.field(s.columns[n]).type for n in own}
+    text = {*spec.key_columns(), *spec.text_field_columns(), *spec.metadata_columns(typed=True)}
+    if s.src.format == "csv" or not _is_number(kind.get(spec.time.column)):
+        text.add(spec.time.column)
+    text &= set(own)
+    metadata = [n for n in spec.metadata_columns(typed=False) if n in kind]
+    if s.src.format == "csv":
+        candidates = [n for n in metadata if n in text or _number_or_text(kind[n])]
+        numbers = set(candidates)
+        if not complete:
+            found = scan_number_columns(s.src, [s.columns[n] for n in candidates], spec.source)
+            numbers = {n for n in candidates if s.columns[n] in found}
+        s.found_text = frozenset(set(candidates) - numbers)
+        text |= s.found_text
+    else:
+        numbers = {n for n in metadata if n not in text and _is_number(kind[n])}
+    s.text, s.number_text = frozenset(text - numbers), frozenset(numbers)
+
+
+def _is_number(t: pa.DataType | None) -> bool:
+    return t is not None and (pa.types.is_integer(t) or pa.types.is_floating(t))
+
+
+def _number_or_text(t: pa.DataType) -> bool:
+    """A type the CSV reader infers for numbers or text (not booleans, dates or times)."""
+    return _is_number(t) or pa.types.is_string(t) or pa.types.is_null(t)
+
+
+def _bind_all(
+    spec: MappingSpec, seen: list[_Seen], notes: list[str], complete: set[str]
+) -> list[FilePlan]:
     """Bind the mapping to every file with one type per column across files (schema drift,
     connectors.schema_drift); MappingError when a column is absent where it is needed or its
-    types cannot be unified."""
+    types cannot be unified. Files in `complete` were delivered completely by an earlier run."""
     _check_missing_columns(spec, seen, notes)
+    for s in seen:
+        _type_text_columns(spec, s, complete=s.src.key in complete)
     keys = set(spec.key_columns())
-    tables = [_file_columns(spec, s, keys) for s in seen]
-    for s, table in zip(seen, tables, strict=True):
-        s.number_text = table.number_text
+    unforced = set(spec.metadata_columns(typed=False))
+    as_is = {*spec.text_field_columns(), *spec.metadata_columns(typed=True)} - unforced
     unified = unify_types(
-        tables,
+        [_file_columns(spec, s, keys) for s in seen],
         keys=keys,
         time_column=spec.time.column,
-        holds_only_nulls=lambda i, name: holds_only_nulls(
-            seen[i].src, seen[i].columns[name], spec.source
+        holds_only_nulls=lambda i, name: (
+            name not in seen[i].found_text
+            and holds_only_nulls(seen[i].src, seen[i].columns[name], spec.source)
         ),
+        as_is=as_is,
     )
     for i, names in unified.as_text.items():
         seen[i].as_text = names
@@ -222,61 +287,42 @@ def _check_missing_columns(spec: MappingSpec, seen: list[_Seen], notes: list[str
 def _file_columns(spec: MappingSpec, s: _Seen, keys: set[str]) -> FileColumns:
     types: dict[str, pa.DataType | None] = {}
     inferred = set()
-    numbers = set()
-    metadata_only = _metadata_only(spec)
     for name in spec.referenced_columns():
         phys = s.columns.get(name)
         if phys is None:
             types[name] = None
             continue
-        # Key columns of text formats are read as text exactly as written (ID contract v1).
-        t = pa.string() if s.is_text and name in keys else s.schema.field(phys).type
-        types[name] = t
+        # Key columns of text formats are read as text exactly as written (ID contract v1);
+        # a metadata column a pass over the file found text in is text.
+        t = s.schema.field(phys).type
+        text = (s.is_text and name in keys) or name in s.found_text
+        types[name] = pa.string() if text else t
         if s.is_text and phys not in s.partitions:
             inferred.add(name)
-        if s.src.format == "csv" and name in metadata_only and pa.types.is_floating(t):
-            numbers.add(name)  # read as number text (see _csv_number_columns): never cast
-    return FileColumns(s.src.path, types, frozenset(inferred), frozenset(numbers))
-
-
-def _metadata_only(spec: MappingSpec) -> set[str]:
-    """Columns only metadata fields read."""
-    fields = [spec.action_name, *spec.string_fields().values(), *spec.request_fields().values()]
-    other = {src.column for src in fields if isinstance(src, ColumnSource)}
-    other |= {spec.time.column, *spec.key_columns()}
-    meta = {src.column for src in spec.metadata.values() if isinstance(src, ColumnSource)}
-    return meta - other
+    return FileColumns(s.src.path, types, frozenset(inferred), s.number_text)
 
 
 def _bind(spec: MappingSpec, s: _Seen, unified: dict[str, pa.DataType]) -> FilePlan:
     src = s.src
     types: dict[str, pa.DataType] = {}
     fields = {f.name: f for f in s.schema}
-    as_text = [s.columns[name] for name in s.as_text]
+    names = [n for n in spec.referenced_columns() if n in s.columns]  # a stable order
+    text_cols = list(dict.fromkeys(s.columns[n] for n in names if n in s.text | s.as_text))
+    number_cols = list(dict.fromkeys(s.columns[n] for n in names if n in s.number_text))
     for name in spec.referenced_columns():
-        target = None if name in s.number_text else unified.get(name)
+        target = unified.get(name)
         phys = s.columns.get(name)
         if phys is None:  # only other files have it: nulls of the unified type
             fields[name] = pa.field(name, target or pa.string())
             types[name] = target or pa.string()
-        elif phys in as_text:  # text elsewhere: read as written (a text_column)
+        elif phys in text_cols or phys in number_cols:  # read as written: never cast
             fields[phys] = fields[phys].with_type(pa.string())
         elif target is not None and not fields[phys].type.equals(target):
             fields[phys] = fields[phys].with_type(target)
             types[phys] = target
-    schema = pa.schema(list(fields.values()))
-    resolved = resolve_mapping(spec, schema, origin=src.path)
-    text_cols: list[str] = []
-    if s.is_text:
-        # Key columns are read as text exactly as written (ID contract v1: no type guessing).
-        text_cols = [resolved.columns[c] for c in spec.key_columns()]
-        text_cols += [c for c in as_text if c not in text_cols]
-    number_cols: list[str] = []
-    if src.format == "csv":
-        own = set(s.schema.names) - set(s.partitions)
-        number_cols = [c for c in _csv_number_columns(spec, resolved, text_cols) if c in own]
-        for c in number_cols:
-            types.pop(c, None)  # read as the text of each number (see FilePlan)
+    resolved = resolve_mapping(spec, pa.schema(list(fields.values())), origin=src.path)
+    if spec.time.column in s.text:  # the type the time text looks like (epochs need a unit)
+        check_time_type(spec, s.schema.field(s.columns[spec.time.column]).type, src.path)
     return FilePlan(
         src=src,
         resolved=resolved,
@@ -326,38 +372,26 @@ def _check_manifest_counts(plan: Plan) -> None:
             )
 
 
-def _csv_number_columns(
-    spec: MappingSpec, resolved: ResolvedMapping, text_cols: list[str]
-) -> list[str]:
-    """CSV columns used only as metadata and inferred as floating point: read as text, sent
-    as JSON numbers with the digits written. Columns that other fields also read keep their
-    type (canon() of a double for string fields, epochs for the time)."""
-    fields = [spec.action_name, *spec.string_fields().values(), *spec.request_fields().values()]
-    other = [src.column for src in fields if isinstance(src, ColumnSource)]
-    other_phys = {resolved.columns[c] for c in [*other, spec.time.column, *spec.key_columns()]}
-    meta = [src.column for src in spec.metadata.values() if isinstance(src, ColumnSource)]
-    numbers = []
-    for phys in dict.fromkeys(resolved.columns[c] for c in meta):
-        typ = resolved.schema.field(phys).type
-        if pa.types.is_floating(typ) and phys not in other_phys and phys not in text_cols:
-            numbers.append(phys)
-    return numbers
-
-
 def make_plan(settings: RunSettings, store: CheckpointStore | None) -> Plan:
     spec = load_mapping(settings.mapping)
     notes: list[str] = []
     try:
         sources = discover_sources(settings.sources, spec.source)
-        files = _bind_all(spec, [_inspect(spec, src) for src in sources], notes)
+        seen = [_inspect(spec, src) for src in sources]
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from None
+    job = settings.job or default_job_name(settings)
+    fingerprint = spec.fingerprint()
+    state = _load_state(settings, store, job, fingerprint, sources)
+    complete = {key for key, prog in state.files.items() if prog.complete}
+    try:
+        files = _bind_all(spec, seen, notes, complete)
     except SourceError as exc:
         raise ConfigError(str(exc)) from None
     for fp in files:
         fp.rows_estimate = _rows_estimate(fp.src)
-    job = settings.job or default_job_name(settings)
-    fingerprint = spec.fingerprint()
-    state = _load_state(settings, store, job, fingerprint, files)
     plan = Plan(settings=settings, spec=spec, job=job, files=files, state=state, notes=notes)
+    plan.warnings = mapping_warnings(spec)
     for note in notes:
         log.info("%s", note)
     _check_manifest_counts(plan)
@@ -370,7 +404,7 @@ def _load_state(
     store: CheckpointStore | None,
     job: str,
     fingerprint: str,
-    files: list[FilePlan],
+    sources: list[SourceFile],
 ) -> JobState:
     state = None
     if store is not None and not (settings.reset and settings.mode == "send"):
@@ -390,15 +424,15 @@ def _load_state(
     _check_window(state, window, where)
     reprocess = reprocess_keys(settings)
     changed = []
-    for fp in files:
-        prog = state.files.get(fp.src.key)
+    for src in sources:
+        prog = state.files.get(src.key)
         if prog is None:
             continue
-        if fp.src.key in reprocess:
-            del state.files[fp.src.key]
+        if src.key in reprocess:
+            del state.files[src.key]
             continue
-        if prog.identity != fp.src.identity():
-            changed.append(fp.src.key)
+        if prog.identity != src.identity():
+            changed.append(src.key)
     if changed:
         shown = "\n  ".join(changed[:10])
         raise CheckpointMismatchError(
@@ -429,6 +463,18 @@ def _check_window(state: JobState, window: TimeWindow, where: str) -> None:
         "before), or rerun with --reset to send the job again under the new window (Moesif "
         "deduplicates rows already delivered), or use a new --job name."
     )
+
+
+def mapping_warnings(spec: MappingSpec) -> list[str]:
+    """What the mapping leaves out that Moesif may want (`validate` shows these)."""
+    if spec.request.uri is not None:
+        return []
+    return [
+        "no request.uri is mapped: Moesif's Actions API reference marks request.uri as "
+        "required (the full URL the customer was on; its Firehose guide's example omits it). "
+        "Add a constant to the mapping, e.g. request: {uri: {value: "
+        '"https://billing.example.com/payments"}}, or a column: request: {uri: COLUMN}.'
+    ]
 
 
 def reprocess_keys(settings: RunSettings) -> set[str]:

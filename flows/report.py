@@ -51,6 +51,7 @@ class RunSummary:
     error: str | None = None
     error_type: str | None = None
     sample_actions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the mapping leaves out (validate)
 
     @property
     def accounted(self) -> bool:

@@ -253,6 +253,7 @@ class Run:
         if self.plan is not None:
             summary.files_total = len(self.plan.files)
             summary.rows_older_than_30_days = self.plan.old_rows
+            summary.warnings = list(self.plan.warnings)
             summary.job_totals = self.job_totals()
         summary.files_complete = self.files_complete
         summary.checkpoint = s.checkpoint if s.mode == "send" else None

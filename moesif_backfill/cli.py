@@ -289,6 +289,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def _print_validate(summary: dict[str, Any]) -> None:
     print(f"mapping OK for {summary['files_total']} file(s)")
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}")
     for action in summary.get("sample_actions", []):
         print(f"  example: {action}")
     units = summary["billable_5kb_units"]

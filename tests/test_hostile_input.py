@@ -100,6 +100,7 @@ EXPECTED: dict[str, tuple[str, type[BackfillError] | None, str]] = {
     "parquet_too_deep": ("deep", ConfigError, "Parquet schema too deeply nested"),
     "parquet_decimal_extremes": ("decimal", None, ""),
     "csv_decimal_extremes": ("basic", None, ""),
+    "csv_number_spellings": ("basic", None, ""),
     "ndjson_invalid_utf8": ("basic", SourceError, "line 2 is not valid UTF-8"),
     "ndjson_bom_crlf": ("basic", None, ""),
     "ndjson_deeply_nested": ("basic", ConfigError, "line 2 nests JSON arrays/objects too deeply"),
@@ -445,8 +446,8 @@ def test_decimal_38_18_extremes_keep_every_digit(corpus: Corpus, tmp_path: Path)
 
 
 def test_csv_numbers_keep_the_digits_written(corpus: Corpus, tmp_path: Path) -> None:
-    """A CSV metadata number is sent with its digits, not through a double
-    (0.123456789012345678 would become 0.12345678901234568)."""
+    """A CSV metadata column written as JSON numbers only is sent with its digits, not through
+    a double (0.123456789012345678 would become 0.12345678901234568)."""
     o = run_case(corpus, tmp_path, "csv_decimal_extremes")
     assert o.error is None and not o.rejects
     sent = [
@@ -456,17 +457,29 @@ def test_csv_numbers_keep_the_digits_written(corpus: Corpus, tmp_path: Path) -> 
         "1E-18",
         "-0",
         "1.50",
-        "1",  # "+1": not a JSON number, normalized
-        "0.5",  # ".5"
         "0.123456789012345678",
         "12345678901234567890123",
+        "7",  # blanks around a number are dropped
     ]
     for record, text in zip(o.records, sent, strict=True):
         assert record.endswith(f'"metadata":{{"amount":{text},"note":"n"}}}}')
     # as a key, the text is used exactly as written
     o = run_case(corpus, tmp_path, "csv_decimal_extremes", "decimal")
-    assert o.actions[6]["transaction_id"] == tid("m7", "+1")
     assert o.actions[0]["transaction_id"] == tid("m1", str(D_MAX))
+    assert o.actions[8]["transaction_id"] == tid("m9", " 7 ")
+
+
+def test_csv_number_spellings_make_the_column_text(corpus: Corpus, tmp_path: Path) -> None:
+    """Issue 10: a column holding a spelling JSON has no number for ("+1", ".5", "1.",
+    "00501", "inf") is sent as the strings written, every value of it (also "12.50"); it used
+    to be normalized ("+1" -> 1, ".5" -> 0.5)."""
+    o = run_case(corpus, tmp_path, "csv_number_spellings")
+    assert o.error is None and not o.rejects
+    written = ["12.50", "+1", ".5", "1.", "00501", "1e5", "inf"]
+    for record, text in zip(o.records, written, strict=True):
+        assert record.endswith(f'"metadata":{{"amount":"{text}","note":"n"}}}}')
+    o = run_case(corpus, tmp_path, "csv_number_spellings", "decimal")
+    assert o.actions[1]["transaction_id"] == tid("s2", "+1")
 
 
 # --------------------------------------------------------------------------------------------

@@ -644,6 +644,11 @@ def test_docs_mapping_examples_are_valid() -> None:
 def test_late_text_in_a_column_typed_by_other_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A CSV column empty in its first block that holds text later, next to a Parquet int64.
+    As company_id it is text in every file (issue 10: identity fields are text, always). As
+    metadata, the pass over the whole CSV at preflight finds the text: a mapping error naming
+    the file, the column and both types before anything is sent (it used to stop the file at
+    that row, after the rows before it)."""
     from connectors import readers
 
     monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 1 << 12)
@@ -653,35 +658,45 @@ def test_late_text_in_a_column_typed_by_other_files(
     late[-2]["seq"] = 12
     late[-1]["seq"] = "oops"
     text_file(data / "b.csv", late)
-    summary, err, _ = run(tmp_path, [data], mapping_file(tmp_path, company_id="seq"))
-    assert isinstance(err, SourceError) and err.exit_code == 1
+    summary, err, records = run(tmp_path, [data], mapping_file(tmp_path, company_id="seq"))
+    assert err is None, err
+    companies = [r.get("company_id") for r in records]
+    assert companies[:5] == ["1"] * 5 and companies[-2:] == ["12", "oops"]
+    assert companies[5:-2] == [None] * 298 and summary.actions_sent == 305
+
+    summary, err, records = run(tmp_path, [data], mapping_file(tmp_path, metadata={"seq": "seq"}))
+    assert isinstance(err, MappingError) and err.exit_code == 2
     message = str(err)
-    assert str(data / "b.csv") in message and "'seq'" in message and "data row 300" in message
-    assert "'oops'" in message and "int64" in message
-    assert summary.actions_sent == 5  # a.parquet; b.csv stopped at its bad row
+    assert str(data / "b.csv") in message and "'seq'" in message and "int64" in message
+    assert records == [] and summary.actions_sent == 0
 
 
 def test_unify_inferred_strings_with_number_text() -> None:
     """A header-only CSV (every column typed string) next to a CSV whose metadata numbers are
-    read as text: no conflict, unless the first one's column really holds text."""
+    read as text: no conflict."""
     files = [
         FileColumns("a.csv", {"amount": pa.string()}, inferred=frozenset({"amount"})),
         FileColumns("b.csv", {"amount": pa.float64()}, number_text=frozenset({"amount"})),
     ]
     got = unify_types(files, keys=(), time_column="t", holds_only_nulls=lambda i, c: True)
     assert (got.types, got.as_text) == ({}, {})
-    # text in a.csv: both text files are read as written (inferred types never conflict)
+    # text in a.csv: each file keeps the typing its own values give it (issue 10: numbers
+    # are typed per column per file), so b.csv's numbers stay numbers
     got = unify_types(files, keys=(), time_column="t", holds_only_nulls=lambda i, c: False)
-    assert (got.types, got.as_text) == ({"amount": pa.string()}, {1: frozenset({"amount"})})
+    assert (got.types, got.as_text) == ({}, {})
     with_parquet = [*files, FileColumns("c.parquet", {"amount": pa.decimal128(9, 2)})]
     got = unify_types(with_parquet, keys=(), time_column="t", holds_only_nulls=lambda i, c: True)
     assert got.types == {"amount": pa.decimal128(9, 2)}
     with pytest.raises(MappingError, match=r"a\.csv: column 'amount' is string here but decimal"):
         unify_types(with_parquet, keys=(), time_column="t", holds_only_nulls=lambda i, c: False)
-    # next to a declared string, inferred numbers are read as text
+    # next to a declared string, number text stays numbers (typed by its own file) ...
     declared = [*files, FileColumns("d.parquet", {"amount": pa.string()})]
     got = unify_types(declared, keys=(), time_column="t", holds_only_nulls=lambda i, c: False)
-    assert (got.types, got.as_text) == ({"amount": pa.string()}, {1: frozenset({"amount"})})
+    assert (got.types, got.as_text) == ({"amount": pa.string()}, {})
+    # ... and next to a declared timestamp it is an error
+    stamped = [*files, FileColumns("e.parquet", {"amount": pa.timestamp("us", "UTC")})]
+    with pytest.raises(MappingError, match=r"b\.csv: column 'amount' is numbers here but"):
+        unify_types(stamped, keys=(), time_column="t", holds_only_nulls=lambda i, c: True)
 
 
 def test_inferred_numbers_next_to_declared_text_are_read_as_written(tmp_path: Path) -> None:

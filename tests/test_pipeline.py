@@ -282,14 +282,18 @@ def test_task_retry_within_a_run_counts_every_row_once(
 def test_unreadable_row_mid_file_stops_with_delivered_chunks_committed(
     tmp_path: Path, strict_firehose: Any, firehose_stream: str
 ) -> None:
-    """A CSV value that does not fit its column type (found past the inference block) is a
-    source error: the run fails (exit 1) and the checkpoint keeps the chunks delivered so far."""
+    """A CSV value that cannot be read (bytes that are not UTF-8 in company_id, found past the
+    first blocks and by no preflight pass) is a source error: the run fails (exit 1) and the
+    checkpoint keeps the chunks delivered so far. (A text value in a number column used to be
+    the example; since issue 10 it makes the column text, decided before sending.)"""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    rows = [f"il_{i},c{i % 7},u{i},{now},{i % 1000},USD" for i in range(1, 150_001)]
-    rows[140_000] = f"il_140001,c1,u1,{now},not-a-number,USD"
+    rows = [f"il_{i},c{i % 7},u{i},{now},{i % 1000},USD".encode() for i in range(1, 150_001)]
+    rows[140_000] = f"il_140001,c1\xff,u1,{now},1,USD".encode("latin-1")
     csv = tmp_path / "big.csv"
-    csv.write_text(
-        "invoice_line_id,customer_id,user_id,created_at,amount,currency\n" + "\n".join(rows) + "\n"
+    csv.write_bytes(
+        b"invoice_line_id,customer_id,user_id,created_at,amount,currency\n"
+        + b"\n".join(rows)
+        + b"\n"
     )
     s = strict_settings(
         tmp_path,
@@ -300,7 +304,7 @@ def test_unreadable_row_mid_file_stops_with_delivered_chunks_committed(
     )
     summary, err = run_plain(s)
     assert isinstance(err, SourceError) and err.exit_code == 1
-    assert "amount" in str(err)
+    assert "customer_id" in str(err) and "UTF-8" in str(err)
     state = LocalCheckpointStore(tmp_path / "ckpt").load("test-job")
     assert state is not None
     prog = state.files[str(csv.resolve())]

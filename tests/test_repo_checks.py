@@ -28,6 +28,7 @@ def test_readme_mapping_example_is_a_valid_mapping() -> None:
     spec = parse_mapping(yaml.safe_load(block), origin="README.md")
     assert spec.transaction_id.key == ["invoice_line_id"]
     assert spec.metadata["pipeline"].model_dump() == {"value": "backfill"}
+    assert spec.metadata["zip"].model_dump() == {"column": "zip", "type": "string"}
 
 
 def test_readme_action_example_matches_the_bundled_sample() -> None:

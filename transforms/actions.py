@@ -30,6 +30,7 @@ from transforms.jsonfrag import (
     metadata_value,
     string_field,
     time_text,
+    typed_metadata_value,
 )
 from transforms.mapping import ColumnSource, FieldSource, MappingSpec
 from transforms.times import to_epoch_us
@@ -45,6 +46,7 @@ R_BAD_UUID = "invalid UUID in transaction_id column"
 R_NAME_MISSING = "missing action_name"
 R_TIME_MISSING = "missing time"
 R_TIME_BAD = "unparseable time"
+R_NOT_A_NUMBER = "metadata {key} is not a number (type: number)"
 R_TOO_LARGE = f"action over {MAX_ACTION_BYTES:,} bytes"
 
 
@@ -159,8 +161,9 @@ def build_actions(
 ) -> ActionBatch:
     """Turn one batch (columns named as in the mapping) into actions and rejects.
 
-    `number_text`: columns that hold numbers as the text they were written as (CSV metadata
-    columns, see `flows.plan`); their metadata values are JSON numbers with those digits.
+    `number_text`: columns that hold numbers as the text they were written as (metadata
+    columns of text sources, see `flows.plan`); their metadata values are JSON numbers with
+    those digits (metadata fields with a `type:` follow it instead).
     """
     n = batch.num_rows
     tz = spec.time.timezone
@@ -195,7 +198,7 @@ def build_actions(
     pieces.extend([',"transaction_id":"', ids, '"'])
     omitted = np.zeros(n, dtype=np.int64)  # metadata values without a JSON form, per row
     if spec.metadata:
-        pieces.append(_metadata(batch, spec, tz, omitted, set(number_text)))
+        pieces.append(_metadata(batch, spec, tz, omitted, number_text=set(number_text), rej=rej))
     pieces.append("}")
 
     records = pc.binary_join_element_wise(*pieces, "", null_handling="replace", null_replacement="")
@@ -227,14 +230,22 @@ def _metadata(
     spec: MappingSpec,
     tz: str,
     omitted: np.ndarray,
+    *,
     number_text: set[str],
+    rej: Rejects,
 ) -> pa.Array | str:
     """The `,"metadata":{...}` piece; null (omitted) for rows whose values are all null.
-    Adds to `omitted` (per row) the values left out for having no JSON form."""
+    Adds to `omitted` (per row) the values left out for having no JSON form, and rejects the
+    rows whose value of a `type: number` field is not a number."""
     parts: list[pa.Array | str] = []
     for key, src in spec.metadata.items():
         label = json_constant(key)
-        if isinstance(src, ColumnSource):
+        if isinstance(src, ColumnSource) and src.type is not None:
+            value, left_out, bad = typed_metadata_value(batch.column(src.column), src.type, tz=tz)
+            rej.add(bad, R_NOT_A_NUMBER.format(key=label))
+            omitted += left_out
+            parts.append(join_field(f",{label}:", value))
+        elif isinstance(src, ColumnSource):
             value, left_out = metadata_value(
                 batch.column(src.column), tz=tz, number_text=src.column in number_text
             )

@@ -2,8 +2,8 @@
 
 Strings are quoted with Arrow kernels; only the rare values that need escaping (quotes,
 backslashes, control characters) go through `json.dumps`. Numbers keep their digits: decimals
-are printed from their exact value, never through a float, and CSV numbers read as text
-(`number_text`) are sent with the digits they were written with. Nested values (lists,
+are printed from their exact value, never through a float, and numbers of text sources read
+as text (`number_text`) are sent with the digits they were written with. Nested values (lists,
 structs, maps) and binary take a per-value path, since they are rare in billing data.
 
 Values that have no JSON form are omitted and counted (`metadata_value`'s second result):
@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 from transforms.canon import OutOfRange, canon_array, utc_text
 from transforms.times import format_epoch, localize_value, to_epoch_us
 
-# A JSON number (RFC 8259); other spellings a CSV reader accepts ("+1", ".5", "1.", "01.5", "inf")
-# are normalized per value.
-_JSON_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
+# A JSON number (RFC 8259). Text sources send a metadata value as a number only when it is
+# written as one ("+1", ".5", "1.", "01.5", "inf" are not); connectors.readers has the same.
+JSON_NUMBER = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
 NULL_STRING = pa.scalar(None, pa.string())
 
 
@@ -118,8 +118,9 @@ def metadata_value(
     """A metadata column -> JSON value literals, and per row how many values without a JSON
     form (NaN/Inf, times outside years 1..9999 UTC) were omitted or, inside nested values, nulled.
 
-    `number_text`: `arr` holds numbers as the text they were written as (a CSV column inferred
-    as floating point, see `connectors.readers`); they become JSON numbers with those digits.
+    `number_text`: `arr` holds numbers as the text they were written as (a text source's
+    column whose every value is a JSON number, see `flows.plan`); they become JSON numbers with
+    exactly those digits.
     """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -128,7 +129,7 @@ def metadata_value(
     t = arr.type
     none = np.zeros(len(arr), dtype=np.int64)
     if number_text:
-        return _number_text_values(arr.cast(pa.string()))
+        return _number_text_values(arr.cast(pa.string())), none
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return Quoted(json_inner(arr.cast(pa.string()))), none
     if pa.types.is_boolean(t) or pa.types.is_integer(t):
@@ -147,23 +148,46 @@ def metadata_value(
     return _per_value(arr, tz)
 
 
-def _number_text_values(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+def typed_metadata_value(
+    arr: pa.Array, kind: str, *, tz: str
+) -> tuple[pa.Array | Quoted, np.ndarray, np.ndarray]:
+    """A metadata column whose mapping forces the JSON type (`type: string|number`) -> (JSON
+    literals, values omitted per row, rows whose value is not a number for `type: number`).
+
+    `string`: text as it is; numbers and booleans as the text `metadata_value` gives them,
+    quoted (12.50 -> "12.50", true -> "true"); times as `metadata_value`.
+    `number`: text that is a JSON number (blanks around it dropped) is sent with its digits;
+    other text is flagged (the row is rejected); number columns as `metadata_value`.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    fine = np.zeros(len(arr), dtype=bool)
+    is_text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+    if kind == "number" and is_text:
+        text = pc.utf8_trim_whitespace(arr.cast(pa.string()))
+        number = pc.match_substring_regex(text, pattern=JSON_NUMBER)
+        bad = _np(pc.fill_null(pc.invert(number), False))
+        if bad.any():
+            text = pc.if_else(pa.array(bad), NULL_STRING, text)
+        return text, np.zeros(len(arr), dtype=np.int64), bad
+    value, omitted = metadata_value(arr, tz=tz)
+    if kind == "string" and not isinstance(value, Quoted):
+        value = Quoted(value)  # digits, true/false: nothing to escape
+    return value, omitted, fine
+
+
+def _number_text_values(text: pa.Array) -> pa.Array:
     """Numbers written as text -> JSON numbers with exactly the digits written ("1.50" stays
-    1.50, "0.123456789012345678" is not rounded through a double); NaN/Inf are omitted."""
+    1.50, "0.123456789012345678" is not rounded through a double); blanks around them are
+    dropped. The readers let only JSON numbers into such a column; anything else (a file that
+    changed under the reader) goes out as a JSON string, never as invalid JSON."""
     text = pc.utf8_trim_whitespace(text)
-    omitted = np.zeros(len(text), dtype=np.int64)
-    odd = pc.fill_null(pc.invert(pc.match_substring_regex(text, pattern=_JSON_NUMBER)), False)
+    odd = pc.fill_null(pc.invert(pc.match_substring_regex(text, pattern=JSON_NUMBER)), False)
     if not pc.any(odd).as_py():
-        return text, omitted
-    fixed: list[str | None] = []
-    for value in pc.filter(text, odd).to_pylist():
-        try:
-            number = decimal.Decimal(value)
-        except decimal.InvalidOperation:
-            number = decimal.Decimal("NaN")  # the reader lets only numbers through
-        fixed.append(str(number) if number.is_finite() else None)  # "+1" -> 1, ".5" -> 0.5
-    omitted[np.flatnonzero(_np(odd))] = [v is None for v in fixed]
-    return pc.replace_with_mask(text, odd, pa.array(fixed, pa.string())), omitted
+        return text
+    return pc.if_else(odd, json_string(text), text)
 
 
 def _np(mask: pa.Array) -> np.ndarray:

@@ -52,16 +52,26 @@ class ColumnSource(_Strict):
     field (counted in the summary's ``sent_without_field``). Without it, a file that lacks a
     mapped column stops the run at preflight. It decides nothing about IDs or payloads of the
     files that have the column, so it is not part of the mapping's fingerprint.
+
+    `type` (metadata fields only) forces the JSON type of the value: `string` sends every value
+    as a JSON string (text as written; other types as the JSON number/boolean text, quoted),
+    `number` sends JSON numbers and rejects a row whose value is not one. Unset, text sources
+    type each metadata column by its values (pipeline.plan).
     """
 
     column: str = Field(min_length=1)
     if_missing: Literal["omit"] | None = None
+    type: Literal["string", "number"] | None = None
 
     @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("if_missing") is None:  # the form of mappings from before the option
-            data.pop("if_missing", None)
+    def _without_unset_options(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Leave the options out while unset: the mapping fingerprint of every mapping written
+        # before they existed stays what it was (checkpoints still resume).
+        data = handler(self)
+        if isinstance(data, dict):
+            for option in ("if_missing", "type"):
+                if data.get(option) is None:
+                    data.pop(option, None)
         return data
 
 
@@ -216,6 +226,19 @@ class MappingSpec(_Strict):
         ]
         return {label: src for label, src in labelled if isinstance(src, ColumnSource)}
 
+    @model_validator(mode="after")
+    def _type_only_in_metadata(self) -> MappingSpec:
+        fields = {"action_name": self.action_name, **self.string_fields()}
+        fields.update({f"request.{k}": v for k, v in self.request_fields().items()})
+        typed = [k for k, v in fields.items() if isinstance(v, ColumnSource) and v.type]
+        if typed:
+            raise ValueError(
+                f"`type` applies to metadata fields only, not to {', '.join(typed)}: "
+                "action_name, company_id, user_id, subscription_id, session_token and the "
+                "request fields are always sent as strings, exactly as written"
+            )
+        return self
+
     def fingerprint(self) -> str:
         """A hash of everything that decides IDs and payloads (not comments or key order).
 
@@ -269,6 +292,22 @@ class MappingSpec(_Strict):
         if self.transaction_id.column:
             cols.append(self.transaction_id.column)
         cols.extend(self.transaction_id.key or [])
+        return list(dict.fromkeys(cols))
+
+    def text_field_columns(self) -> list[str]:
+        """Columns the string fields read (action_name, company_id, user_id, subscription_id,
+        session_token, request.*): always sent as text, exactly as written."""
+        sources = [self.action_name, *self.string_fields().values()]
+        sources += self.request_fields().values()
+        return list(dict.fromkeys(s.column for s in sources if isinstance(s, ColumnSource)))
+
+    def metadata_columns(self, *, typed: bool) -> list[str]:
+        """Columns metadata fields read with a `type:` (typed=True) or without one."""
+        cols = [
+            s.column
+            for s in self.metadata.values()
+            if isinstance(s, ColumnSource) and (s.type is not None) == typed
+        ]
         return list(dict.fromkeys(cols))
 
     def key_columns(self) -> list[str]:
@@ -430,7 +469,26 @@ def _check_types(
         t = schema.field(columns[logical]).type
         return t.value_type if pa.types.is_dictionary(t) else t
 
-    t = typ(spec.time.column)
+    check_time_type(spec, typ(spec.time.column), origin)
+    for key, src in spec.metadata.items():
+        if isinstance(src, ColumnSource) and src.type is not None:
+            _check_forced_type(key, src, typ(src.column), origin)
+    for col in spec.key_columns():
+        kt = typ(col)
+        nested = pa.types.is_nested(kt) or pa.types.is_binary(kt) or pa.types.is_large_binary(kt)
+        if nested and not (spec.transaction_id.column and pa.types.is_fixed_size_binary(kt)):
+            raise MappingError(
+                f"{origin}: transaction_id column {col!r} has type {kt}, which has no canonical "
+                "text form in ID contract v1; use string, integer, decimal, date or timestamp "
+                "columns"
+            )
+
+
+def check_time_type(spec: MappingSpec, t: pa.DataType, origin: str) -> None:
+    """MappingError unless `t` can be the time column's type (for a text source: the type its
+    values look like, inferred from the file's first block, although they are read as text)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
     is_int = pa.types.is_integer(t) or pa.types.is_floating(t)
     if is_int and spec.time.unit is None:
         raise MappingError(
@@ -451,12 +509,24 @@ def _check_types(
             f"{origin}: time column {spec.time.column!r} has type {t}; expected a timestamp, a "
             "date, an ISO 8601 string or an integer epoch"
         )
-    for col in spec.key_columns():
-        kt = typ(col)
-        nested = pa.types.is_nested(kt) or pa.types.is_binary(kt) or pa.types.is_large_binary(kt)
-        if nested and not (spec.transaction_id.column and pa.types.is_fixed_size_binary(kt)):
-            raise MappingError(
-                f"{origin}: transaction_id column {col!r} has type {kt}, which has no canonical "
-                "text form in ID contract v1; use string, integer, decimal, date or timestamp "
-                "columns"
-            )
+
+
+def _check_forced_type(key: str, src: ColumnSource, t: pa.DataType, origin: str) -> None:
+    """`type: number` needs numbers or text; `type: string` a value with a scalar text form."""
+    scalar = not (pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t))
+    if src.type == "number":
+        ok = (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_decimal(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+            or pa.types.is_null(t)
+        )
+    else:
+        ok = scalar
+    if not ok:
+        raise MappingError(
+            f"{origin}: metadata.{key} has type: {src.type}, but column {src.column!r} holds "
+            f"{t}, which has no JSON {src.type} form; remove `type` or map another column"
+        )

@@ -14,6 +14,7 @@ Formatting uses integer arithmetic in numpy (Howard Hinnant's days-to-civil algo
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import re
 import zoneinfo
 
@@ -39,6 +40,9 @@ _FRACTION = re.compile(r"(\.\d{6})\d+")
 # is then checked like any other).
 _BLANK_OFFSET = r"(:\d{2}(?:\.\d+)?)\s+([+-]\d{2}(?::?\d{2})?)$"
 _BLANK_OFFSET_RE = re.compile(_BLANK_OFFSET)
+# An epoch written as text (with `unit:`): a decimal number, optionally with an exponent.
+_EPOCH_TEXT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_EPOCH_INT = r"^-?[0-9]{1,18}$"  # fits int64 whatever it is
 
 
 def localize_value(naive: dt.datetime, tz: str) -> dt.datetime:
@@ -165,7 +169,10 @@ def to_epoch_us(arr: pa.Array, *, tz: str, unit: str | None) -> tuple[pa.Array, 
     if pa.types.is_floating(t):
         return _from_float_epoch(arr, unit or "s")
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return _parse_strings(arr.cast(pa.string()), tz)
+        text = arr.cast(pa.string())
+        if unit is not None:
+            return _parse_epoch_or_iso(text, tz, unit)
+        return _parse_strings(text, tz)
     raise TypeError(f"unsupported time column type {t}")
 
 
@@ -187,6 +194,46 @@ def timestamp_epoch_us(arr: pa.Array, *, tz: str) -> tuple[pa.Array, np.ndarray,
     local, gap = _localize(us.cast(pa.timestamp("us")), tz)
     local, bad2 = _range_checked(local)
     return local, bad | bad2, gap & ~bad2
+
+
+def _parse_epoch_or_iso(s: pa.Array, tz: str, unit: str) -> tuple[pa.Array, np.ndarray]:
+    """Text with an epoch `unit`: numbers written as text ("1700000000", "1700000000.5",
+    "1.7e9") are epochs in that unit, exact to the microsecond (floored, never through a
+    double); other text is parsed as an ISO 8601 time."""
+    s = pc.utf8_trim_whitespace(s)
+    numeric = pc.fill_null(pc.match_substring_regex(s, pattern=_EPOCH_TEXT), False)
+    n_numeric = pc.sum(numeric).as_py() or 0
+    if n_numeric == 0:
+        return _parse_strings(s, tz)
+    integral = pc.fill_null(pc.match_substring_regex(s, pattern=_EPOCH_INT), False)
+    if pc.sum(integral).as_py() == len(s) - s.null_count:  # the usual case: whole numbers
+        return _to_us(s.cast(pa.int64()), unit)
+    n = len(s)
+    us = np.zeros(n, dtype=np.int64)
+    ok = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
+    is_num = np.asarray(numeric.to_numpy(zero_copy_only=False), dtype=bool)
+    factor = US_PER_UNIT[unit]
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        for i, text in zip(np.flatnonzero(is_num), pc.filter(s, numeric).to_pylist(), strict=True):
+            value = decimal.Decimal(text)
+            if value.adjusted() > 25:  # far outside years 1..9999 in any unit
+                bad[i] = True
+                continue
+            micros = value / 1000 if factor is None else value * factor
+            floored = int(micros.to_integral_value(rounding=decimal.ROUND_FLOOR))
+            if MIN_US <= floored <= MAX_US:
+                us[i], ok[i] = floored, True
+            else:
+                bad[i] = True
+    if n_numeric < len(s) - s.null_count:  # ISO text among the numbers
+        iso, iso_bad = _parse_strings(pc.if_else(numeric, pa.scalar(None, pa.string()), s), tz)
+        got = np.asarray(iso.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        us = np.where(got, np.asarray(iso.fill_null(0).to_numpy(zero_copy_only=False)), us)
+        ok |= got
+        bad |= iso_bad
+    return pa.array(us, pa.int64(), mask=~ok), bad
 
 
 def _from_float_epoch(arr: pa.Array, unit: str) -> tuple[pa.Array, np.ndarray]:
@@ -214,6 +261,11 @@ def _range_checked(us: pa.Array) -> tuple[pa.Array, np.ndarray]:
 
 def _parse_strings(s: pa.Array, tz: str) -> tuple[pa.Array, np.ndarray]:
     s = pc.utf8_trim_whitespace(s)
+    if len(s) > s.null_count and pc.all(pc.ends_with(s, "Z")).as_py():
+        try:  # the usual export form, "...Z" everywhere: no offset to check, no regex pass
+            return _to_us(s.cast(pa.timestamp("ns", "UTC")).cast(pa.int64()), "ns")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
     s = pc.replace_substring_regex(s, pattern=r" ?UTC$", replacement="Z")
     s = pc.replace_substring_regex(s, pattern=_BLANK_OFFSET, replacement=r"\1\2")
     has_offset = pc.match_substring_regex(s, pattern=_OFFSET_RE)

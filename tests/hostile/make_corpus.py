@@ -473,13 +473,16 @@ def _write_value_cases(root: Path, add: Any) -> None:
         "1E-18",
         "-0",
         "1.50",
-        "+1",
-        ".5",
         "0.123456789012345678",
         "12345678901234567890123",
+        " 7 ",
     ]
     rows = [b"m%d,cus,%s,%s,n" % (i, T0.encode(), t.encode()) for i, t in enumerate(texts, 1)]
     add("csv_decimal_extremes", _csv(root / "decimal_extremes.csv", rows))
+    # spellings a CSV reader takes for numbers but JSON does not: the whole column is text
+    spellings = ["12.50", "+1", ".5", "1.", "00501", "1e5", "inf"]
+    rows = [b"s%d,cus,%s,%s,n" % (i, T0.encode(), t.encode()) for i, t in enumerate(spellings, 1)]
+    add("csv_number_spellings", _csv(root / "number_spellings.csv", rows))
 
 
 def _write_ndjson_cases(root: Path, add: Any) -> None:
