@@ -6,7 +6,7 @@
 
 When a manifest is an input, exactly its entries are read (in sorted order, like all inputs);
 each entry's size is checked against `content_length` at discovery and, before anything is
-sent, its row count against `record_count` (flows.plan).
+sent, its row count against `record_count` (pipeline.plan).
 
 An entry URL is an ``s3://`` URL, a ``file://`` URL or a local path (absolute, or relative to
 the manifest's directory). A *local* manifest with ``s3://`` entries is read from a downloaded

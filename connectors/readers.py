@@ -6,7 +6,7 @@
     parquet_row_groups(src) -> list[int]   (rows in each row group, from the footer)
 
 `row_groups=(a, b)` reads only a Parquet file's row groups a..b-1 (a shard of the file on a
-Dask cluster, flows/shards.py); error messages still number rows from the start of the file.
+Dask cluster, pipeline/shards.py); error messages still number rows from the start of the file.
 
 Memory stays bounded: Parquet is read with ParquetFile.iter_batches (buffered column chunks, no
 pre-buffering of whole row groups); CSV with pyarrow.csv.open_csv in CSV_BLOCK_BYTES blocks;
@@ -502,7 +502,7 @@ def scan_number_columns(
     as a JSON number (blanks around it allowed): one pass over those columns as text, in
     bounded blocks, that stops once every column has shown some other value. The preflight
     decides with it, per file and column, whether metadata goes out as numbers or as strings
-    (flows.plan), so every chunk of the file, also after a resume, is typed alike."""
+    (pipeline.plan), so every chunk of the file, also after a resume, is typed alike."""
     left = list(dict.fromkeys(columns))
     if not left:
         return frozenset()

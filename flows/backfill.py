@@ -1,7 +1,7 @@
 """The `moesif-backfill` Prefect flow: preflight, one task per input file, a summary artifact
 (or, with --workers/--dask-address, one task per shard on a Dask cluster: flows/dask_run.py).
 
-The flow only wires small steps from `flows.run`; the logic stays plain Python. A file task is
+The flow only wires small steps from `pipeline.run`; the logic stays plain Python. A file task is
 retried by Prefect when delivery failed with a transient error (throttling, 5xx, dropped
 connections beyond the sender's own retry budget); it resumes from the checkpoint, so a retry
 re-sends at most the chunks that were in flight. Permanent errors fail the flow at once.
@@ -23,11 +23,11 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from flows.engine import ProgressListener
-from flows.report import RunSummary
-from flows.run import Run, on_dask
-from flows.settings import RunSettings
 from moesif_backfill.errors import BackfillError, TransientDeliveryError
+from pipeline.engine import ProgressListener
+from pipeline.report import RunSummary
+from pipeline.run import Run, on_dask
+from pipeline.settings import RunSettings
 
 ARTIFACT_EVERY_S = 2.0
 

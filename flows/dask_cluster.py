@@ -24,8 +24,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask.task_runners import DaskTaskRunner
 
 import moesif_backfill
-from flows.settings import RunSettings
 from moesif_backfill.errors import ConfigError
+from pipeline.settings import RunSettings
 
 log = logging.getLogger(__name__)
 

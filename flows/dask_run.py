@@ -1,7 +1,7 @@
 """A backfill's shards as Prefect tasks on a Dask cluster (prefect-dask): --workers, --dask-address.
 
 The driver (this process) runs the preflight once, with every file (schema drift is unified
-across all of them), cuts the files into shards (flows/shards.py), records the layout in the
+across all of them), cuts the files into shards (pipeline/shards.py), records the layout in the
 job's checkpoint, and submits one `process-shard` task per shard that is not yet complete
 (flows/shard_task.py) to a `prefect_dask.DaskTaskRunner` (flows/dask_cluster.py): a local
 cluster of N worker processes (one thread each) or an existing scheduler. It keeps about two
@@ -37,12 +37,12 @@ from flows.dask_cluster import (
     wait_for_workers,
 )
 from flows.dask_cluster import threads as cluster_threads
-from flows.engine import Counts
-from flows.run import Run
-from flows.settings import RunSettings
 from flows.shard_task import ShardWork, merge_stats, process_shard
-from flows.shards import Shard, ShardLayout, ShardTotals, plan_shards, save_layout
-from flows.sinks import Sink
+from pipeline.engine import Counts
+from pipeline.run import Run
+from pipeline.settings import RunSettings
+from pipeline.shards import Shard, ShardLayout, ShardTotals, plan_shards, save_layout
+from pipeline.sinks import Sink
 
 log = logging.getLogger(__name__)
 

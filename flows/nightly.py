@@ -26,15 +26,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 from connectors.checkpoint import CheckpointStore
-from flows.backfill import artifact_key
-from flows.day_run import (
+from flows.backfill import artifact_key, backfill
+from moesif_backfill.errors import ConfigError, DaysFailedError
+from pipeline.day_run import (
     DayConfig,
     DayResult,
     run_day,
     table_rows,
     totals,
 )
-from flows.days import (
+from pipeline.days import (
     DaySelection,
     advance_watermark,
     day_job,
@@ -45,9 +46,9 @@ from flows.days import (
     target_day,
     zone,
 )
-from flows.nightly_state import Watermark, load_watermark, save_watermark, watermark_location
-from flows.run import checkpoint_store, open_aws
-from moesif_backfill.errors import ConfigError, DaysFailedError
+from pipeline.nightly_state import Watermark, load_watermark, save_watermark, watermark_location
+from pipeline.run import checkpoint_store, open_aws
+from pipeline.settings import RunSettings
 
 MAX_RANGE_DAYS = 3_660
 LAST_RESULT: dict[str, Any] = {}  # the result of the last nightly/range run in this process (CLI)
@@ -72,6 +73,11 @@ def _store(config: DayConfig) -> CheckpointStore:
     """The checkpoint store of the run (the same credentials as the day runs use); configures
     S3 access for the days' input checks."""
     return checkpoint_store(config, open_aws(config))
+
+
+def _run_backfill(job: str, settings: RunSettings) -> object:
+    """One day's job as a nested `moesif-backfill` flow run named after it."""
+    return backfill.with_options(flow_run_name=job)(settings)
 
 
 def scheduled_start() -> dt.datetime:
@@ -141,7 +147,7 @@ def _run_nightly_days(
             )
             continue
         logger.info("day %s (%s): starting", day, kind)
-        result = run_day(config, day, kind, workdir)
+        result = run_day(config, day, kind, workdir, _run_backfill)
         results.append(result)
         logger.info("day %s (%s): %s", day, kind, result.status)
         if result.stops_others:
@@ -271,7 +277,7 @@ def _nightly_message(
 
 @task(name="backfill-day", task_run_name="day-{day}", cache_policy=NO_CACHE)
 def backfill_day(config: DayConfig, day: dt.date, workdir: Path) -> DayResult:
-    return run_day(config, day, "range", workdir)
+    return run_day(config, day, "range", workdir, _run_backfill)
 
 
 @flow(name="backfill-range", log_prints=False)

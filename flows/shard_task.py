@@ -29,14 +29,14 @@ from prefect.context import TaskRunContext
 
 from connectors.checkpoint import CheckpointStore, JobState
 from flows.backfill import RETRY_TRANSIENT
-from flows.engine import Counts, FileRunner
-from flows.plan import FilePlan, Plan
-from flows.rejects import PRIVATE_FILE_MODE, RejectsWriter
-from flows.run import Run, checkpoint_store, open_aws
-from flows.settings import RunSettings
-from flows.shards import Shard, ShardTotals
-from flows.sinks import Sink
 from moesif_backfill.errors import CheckpointMismatchError, JobLockedError
+from pipeline.engine import Counts, FileRunner
+from pipeline.plan import FilePlan, Plan
+from pipeline.rejects import PRIVATE_FILE_MODE, RejectsWriter
+from pipeline.run import Run, checkpoint_store, open_aws
+from pipeline.settings import RunSettings
+from pipeline.shards import Shard, ShardTotals
+from pipeline.sinks import Sink
 from transforms.actions import ActionBatch
 from transforms.mapping import MappingSpec
 

@@ -146,8 +146,8 @@ def _quota_flags(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from flows.settings import RunSettings
     from moesif_backfill.errors import ConfigError
+    from pipeline.settings import RunSettings
 
     data: dict[str, Any] = {
         "sources": args.sources,

@@ -136,7 +136,7 @@ def main_days(args: argparse.Namespace) -> int:
     """Run `nightly` or `range`; the exit code."""
     # Prefect loads here, not at import: --help answers at once.
     from flows import nightly  # noqa: PLC0415
-    from flows.report import write_json_atomic  # noqa: PLC0415
+    from pipeline.report import write_json_atomic  # noqa: PLC0415
 
     run = nightly.nightly_sync if args.command == "nightly" else nightly.backfill_range
     code = 0

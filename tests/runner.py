@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.report import RunSummary
-from flows.run import Run
-from flows.settings import RunSettings
+from pipeline.report import RunSummary
+from pipeline.run import Run
+from pipeline.settings import RunSettings
 from tests.datasets import write_mapping
 
 

@@ -24,8 +24,8 @@ import pytest
 
 from connectors.checkpoint import FORMAT_VERSION
 from connectors.checkpoint_local import LocalCheckpointStore
-from flows.settings import RunSettings
 from moesif_backfill.errors import CheckpointError, PermanentDeliveryError
+from pipeline.settings import RunSettings
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, settings_for
 from tests.standins.strict_firehose import StrictFirehose

@@ -45,12 +45,12 @@ from typing import Any
 
 import pytest
 
-import flows.run
+import pipeline.run
 from connectors.checkpoint_local import LocalCheckpointStore
 from connectors.firehose import FirehoseSender, RetryPolicy
-from flows.report import RunSummary
-from flows.settings import RunSettings
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
+from pipeline.report import RunSummary
+from pipeline.settings import RunSettings
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, settings_for
 from tests.standins.strict_firehose import StrictFirehose
@@ -200,7 +200,7 @@ def test_fault_matrix(
     started = time.monotonic()
     server, stream = strict_firehose, firehose_stream
     probe = Probe(RetryPolicy(max_attempts=case.attempts, base_delay_s=0.002, max_delay_s=0.02))
-    monkeypatch.setattr(flows.run, "FirehoseSender", probe.factory)
+    monkeypatch.setattr(pipeline.run, "FirehoseSender", probe.factory)
     src = write_payments(tmp_path / "payments.parquet", 1, case.rows)
     expected = expected_ids(1, case.rows)
     per_call = min(500, case.chunk_rows)  # every call carries a full chunk or half of one

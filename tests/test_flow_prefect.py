@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from flows.backfill import backfill
-from flows.settings import RunSettings
 from moesif_backfill.errors import MappingError
+from pipeline.settings import RunSettings
 from tests.datasets import MAPPING, expected_ids, write_mapping, write_payments
 
 pytestmark = pytest.mark.integration

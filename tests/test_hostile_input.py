@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from flows.report import RunSummary
-from flows.settings import RunSettings
 from moesif_backfill.errors import BackfillError, ConfigError, MappingError, SourceError
+from pipeline.report import RunSummary
+from pipeline.settings import RunSettings
 from tests.hostile.make_corpus import (
     BIG_BAD_ROW,
     D_MAX,

@@ -29,9 +29,9 @@ from connectors.options import SourceOptions
 from connectors.readers import iter_batches, read_schema
 from connectors.schema_drift import FileColumns, merge_types, unify_types
 from connectors.sources import discover_sources
-from flows.report import RunSummary
-from flows.settings import RunSettings
 from moesif_backfill.errors import ConfigError, MappingError, SourceError
+from pipeline.report import RunSummary
+from pipeline.settings import RunSettings
 from tests.datasets import MAPPING, NAMESPACE, expected_ids, line_id, payments_table, write_mapping
 from tests.test_pipeline import run_plain
 from transforms.mapping import parse_mapping

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from connectors.stream_router import id_prefixes, split_by_stream, stream_indexes, uuid_prefix
-from flows.sinks import _all_of
 from moesif_backfill.errors import PreflightError, TransientDeliveryError
+from pipeline.sinks import _all_of
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, strict_settings
 from tests.standins.strict_firehose import StrictFirehose

@@ -21,16 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors.checkpoint_local import LocalCheckpointStore
-from flows.day_run import input_absent
-from flows.days import (
-    advance_watermark,
-    check_templates,
-    day_bounds,
-    select_days,
-    target_day,
-)
 from flows.nightly import nightly_sync, scheduled_start
-from flows.nightly_state import Watermark, load_watermark, save_watermark
 from moesif_backfill.errors import (
     CheckpointError,
     CheckpointMismatchError,
@@ -38,6 +29,15 @@ from moesif_backfill.errors import (
     DaysFailedError,
     PermanentDeliveryError,
 )
+from pipeline.day_run import input_absent
+from pipeline.days import (
+    advance_watermark,
+    check_templates,
+    day_bounds,
+    select_days,
+    target_day,
+)
+from pipeline.nightly_state import Watermark, load_watermark, save_watermark
 from tests.datasets import expected_ids, payments_table, write_mapping
 from tests.runner import run_plain, strict_settings
 

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from connectors.checkpoint_local import LocalCheckpointStore
-from flows.run import Run
 from moesif_backfill.errors import (
     CheckpointMismatchError,
     JobLockedError,
@@ -26,6 +25,7 @@ from moesif_backfill.errors import (
     SourceError,
     TransientDeliveryError,
 )
+from pipeline.run import Run
 from tests.datasets import MAPPING, NAMESPACE, expected_ids, ids_of, write_mapping, write_payments
 from tests.runner import run_plain, settings_for, strict_settings
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from flows.settings import RunSettings
+from pipeline.settings import RunSettings
 from tests.runner import run_plain
 from transforms.actions import (
     MAX_ACTION_BYTES,

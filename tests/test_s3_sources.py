@@ -23,8 +23,8 @@ from connectors import ndjson, readers, sources, storage
 from connectors.checkpoint_local import LocalCheckpointStore
 from connectors.readers import iter_batches, read_schema
 from connectors.sources import SourceFile, discover_sources
-from flows.run import Run
 from moesif_backfill.errors import CheckpointMismatchError, SourceChangedError, SourceError
+from pipeline.run import Run
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, settings_for
 from tests.standins.moto_firehose import LocalFirehose, StreamHandle

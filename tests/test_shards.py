@@ -1,4 +1,4 @@
-"""Shard planning (flows/shards.py) and the shard pipeline without a cluster.
+"""Shard planning (pipeline/shards.py) and the shard pipeline without a cluster.
 
 * `split_row_groups`: every row group in exactly one range, ranges consecutive and in order,
   each but the last holding at least the target, the same answer for the same file;
@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from connectors.readers import iter_batches, parquet_row_groups
 from connectors.sources import discover_sources
 from flows.dask_run import ShardedRun
-from flows.run import Run
 from flows.shard_task import merge_stats, run_shard
-from flows.shards import Shard, load_layout, split_row_groups, target_rows
 from moesif_backfill.errors import CheckpointMismatchError, SourceError
+from pipeline.run import Run
+from pipeline.shards import Shard, load_layout, split_row_groups, target_rows
 from tests.datasets import expected_id, expected_ids, payments_table, write_payments
 from tests.runner import run_plain, strict_settings
 

@@ -30,11 +30,11 @@ import pytest
 import yaml
 
 from connectors.checkpoint_local import LocalCheckpointStore
-from flows.plan import make_plan
-from flows.report import RunSummary
-from flows.settings import RunSettings
 from moesif_backfill import cli
 from moesif_backfill.errors import MappingError, PermanentDeliveryError, SourceError
+from pipeline.plan import make_plan
+from pipeline.report import RunSummary
+from pipeline.settings import RunSettings
 from tests.runner import run_plain
 from transforms.mapping import parse_mapping
 

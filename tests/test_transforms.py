@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flows.day_window import outside_window
 from moesif_backfill.errors import MappingError
+from pipeline.day_window import outside_window
 from transforms.actions import (
     MAX_ACTION_BYTES,
     R_BAD_UUID,

@@ -34,8 +34,6 @@ from connectors.options import SourceOptions
 from connectors.readers import parquet_num_rows, scan_number_columns
 from connectors.schema_drift import FileColumns, unify_types
 from connectors.sources import SourceFile, discover_sources
-from flows.day_window import outside_mask, window_us
-from flows.settings import RunSettings
 from moesif_backfill.errors import (
     CheckpointMismatchError,
     ConfigError,
@@ -43,6 +41,8 @@ from moesif_backfill.errors import (
     PreflightError,
     SourceError,
 )
+from pipeline.day_window import outside_mask, window_us
+from pipeline.settings import RunSettings
 from transforms.actions import time_bounds
 from transforms.mapping import (
     MappingSpec,
@@ -74,7 +74,7 @@ class FilePlan:
     # columns: partition values, nulls for columns only other files have, unified types.
     options: SourceOptions | None = None
     read: FileRead = NO_CHANGES
-    # A shard of a Parquet file (flows/shards.py): only row groups [a, b) are read.
+    # A shard of a Parquet file (pipeline/shards.py): only row groups [a, b) are read.
     row_groups: tuple[int, int] | None = None
 
     def number_text_fields(self) -> list[str]:

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from connectors.checkpoint import CheckpointStore
-from flows.days import WindowMode
 from moesif_backfill.errors import CheckpointError, ConfigError
+from pipeline.days import WindowMode
 
 DOCUMENT = "nightly.json"
 

@@ -22,7 +22,7 @@ from isal import igzip_threaded
 from connectors.firehose import FirehoseSender, SendStats
 from connectors.firehose_batching import BILLING_INCREMENT_BYTES
 from connectors.stream_router import split_by_stream
-from flows.rejects import PRIVATE_FILE_MODE
+from pipeline.rejects import PRIVATE_FILE_MODE
 
 
 def byte_counts(records: pa.Array) -> tuple[int, int]:

@@ -23,12 +23,12 @@ import pyarrow as pa
 
 from connectors import storage
 from connectors.checkpoint import CheckpointStore, FileProgress
-from flows.day_window import outside_window, window_us
-from flows.plan import FilePlan, Plan, file_progress
-from flows.rejects import RejectsWriter
-from flows.sinks import Sink
 from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError, SourceError
+from pipeline.day_window import outside_window, window_us
+from pipeline.plan import FilePlan, Plan, file_progress
+from pipeline.rejects import RejectsWriter
+from pipeline.sinks import Sink
 from transforms.actions import ActionBatch, build_actions
 
 log = logging.getLogger(__name__)

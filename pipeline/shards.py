@@ -30,13 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.checkpoint import CheckpointStore, FileProgress, validate_job_name
 from connectors.readers import parquet_row_groups
-from flows.plan import Plan, reprocess_keys
 from moesif_backfill.errors import (
     CheckpointError,
     CheckpointMismatchError,
     ConfigError,
     SourceError,
 )
+from pipeline.plan import Plan, reprocess_keys
 
 log = logging.getLogger(__name__)
 

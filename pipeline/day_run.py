@@ -1,8 +1,8 @@
 """One day of a nightly sync or a date-range backfill, run as its own backfill job.
 
-Day D is the checkpoint job ``<job>-D`` run through the `moesif-backfill` flow
-(`flows.backfill.backfill`, a nested flow run with its own tasks, retries and summary
-artifact ``<job>-D-summary``). Its sources are the templates filled in for D (window=path), or
+Day D is the checkpoint job ``<job>-D``, run by the `run_job` the caller passes in (in Prefect,
+the `moesif-backfill` flow as a nested flow run with its own summary artifact
+``<job>-D-summary``). Its sources are the templates filled in for D (window=path), or
 the plain sources with the run's time window set to D in the sync's time zone (window=time).
 A day whose inputs are not there fails loudly, unless empty days are allowed.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,14 @@ from pydantic import ValidationError
 
 from connectors import storage
 from connectors.sources import local_data_files
-from flows.backfill import backfill
-from flows.days import (
+from moesif_backfill.errors import (
+    BackfillError,
+    ConfigError,
+    DeliveryError,
+    EmptyDayError,
+    MissingDayError,
+)
+from pipeline.days import (
     DayKind,
     WindowMode,
     check_job,
@@ -32,14 +38,7 @@ from flows.days import (
     format_sources,
     zone,
 )
-from flows.settings import RunSettings
-from moesif_backfill.errors import (
-    BackfillError,
-    ConfigError,
-    DeliveryError,
-    EmptyDayError,
-    MissingDayError,
-)
+from pipeline.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +209,15 @@ def _day_inputs(config: DayConfig, day: dt.date) -> list[str] | None:
     )
 
 
-def run_day(config: DayConfig, day: dt.date, kind: DayKind, workdir: Path) -> DayResult:
-    """Run day `day` as its own backfill job; never raises for a failed day (see `status`)."""
+RunJob = Callable[[str, RunSettings], object]
+"""Runs one backfill job (its name, its settings); raises when the job fails."""
+
+
+def run_day(
+    config: DayConfig, day: dt.date, kind: DayKind, workdir: Path, run_job: RunJob
+) -> DayResult:
+    """Run day `day` as its own backfill job through `run_job`; never raises for a failed day
+    (see `status`)."""
     job = day_job(config.job, day)
     result = DayResult(day=day, kind=kind, job=job)
     summary_path = workdir / f"{job}.json"
@@ -224,7 +230,7 @@ def run_day(config: DayConfig, day: dt.date, kind: DayKind, workdir: Path) -> Da
             log.warning("day %s: no input; counted as an empty day (allow_empty_days)", day)
             return result
         settings = config.settings_for(day, summary_path, specs)
-        backfill.with_options(flow_run_name=job)(settings)
+        run_job(job, settings)
     except Exception as exc:
         _read_counts(result, summary_path)
         log.error("day %s (%s) failed: %s", day, job, result.fail(exc).error)

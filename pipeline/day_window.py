@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows.settings import RunSettings
+from pipeline.settings import RunSettings
 from transforms.actions import time_bounds
 from transforms.mapping import MappingSpec
 

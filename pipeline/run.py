@@ -15,13 +15,6 @@ from connectors import storage
 from connectors.checkpoint import CheckpointStore
 from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.firehose import FirehoseSender, RetryPolicy, make_firehose_client
-from flows import shards
-from flows.engine import Counts, FileRunner, ProgressListener
-from flows.plan import Plan, default_job_name, make_plan
-from flows.rejects import RejectsWriter
-from flows.report import RunSummary, write_json_atomic
-from flows.settings import DEFAULT_REJECTS_DIR, RunSettings
-from flows.sinks import CountingSink, DryRunSink, FirehoseSink, Quota, Sink
 from moesif_backfill import PROCESS_T0
 from moesif_backfill.errors import (
     BackfillError,
@@ -29,6 +22,13 @@ from moesif_backfill.errors import (
     PermanentDeliveryError,
     PreflightError,
 )
+from pipeline import shards
+from pipeline.engine import Counts, FileRunner, ProgressListener
+from pipeline.plan import Plan, default_job_name, make_plan
+from pipeline.rejects import RejectsWriter
+from pipeline.report import RunSummary, write_json_atomic
+from pipeline.settings import DEFAULT_REJECTS_DIR, RunSettings
+from pipeline.sinks import CountingSink, DryRunSink, FirehoseSink, Quota, Sink
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The plain-Python pipeline core: plan, engine, run, shards, days; no Prefect import."""
