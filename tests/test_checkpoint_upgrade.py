@@ -17,7 +17,8 @@ Two more cases resume a job in the other run model (an old single-process job wi
 an old Dask job in one process). This version refuses that mixing; they are strict xfails until
 one run model lands.
 
-Runtime: about a minute on a 2-core machine (one Prefect server, one LocalCluster, 6 CLI runs).
+Runtime: about 100 s on a 2-core machine (6 CLI runs, 2 of them on a module-scoped LocalCluster,
+1 starting its own with --workers 2), plus about 30 s to start the session's Prefect server.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def _rerun(
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
     """Run the job of `case` again with this code; the CLI's result and its summary."""
     summary = tmp_path / "summary.json"
-    layout = case.split("-")[0]
+    layout = case.split("-", maxsplit=1)[0]
     args = [
         *CLI,
         "run",
