@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from moesif_backfill.cli_days import add_days_parsers, main_days
+from moesif_backfill.cli_sql import add_sql_parser, main_sql
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REJECTS = 0, 1, 2, 3
 
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _quota_flags(val)
     add_days_parsers(sub)
+    add_sql_parser(sub)
     return parser
 
 
@@ -351,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("nightly", "range"):
         return main_days(args)
+    if args.command == "sql":
+        return main_sql(args)
     try:
         settings = _settings(args)
         if settings.dask_address or settings.workers:

@@ -4,6 +4,7 @@
     ├── ConfigError                   exit 2: a mistake in the mapping, the CLI or the sources;
     │   │                             raised before anything is sent
     │   ├── MappingError              the mapping file is invalid or does not fit the data
+    │   │   └── UnsupportedKeyTypeError   `sql`: a key column type SQL cannot canon() exactly
     │   ├── PreflightError            a preflight check failed (e.g. rows older than 30 days)
     │   ├── CheckpointMismatchError   inputs or mapping changed since the checkpoint was written
     │   └── JobLockedError            another run of the same job holds the lock
@@ -55,6 +56,11 @@ class ConfigError(BackfillError):
 
 class MappingError(ConfigError):
     """The mapping file is invalid, or names columns the data does not have."""
+
+
+class UnsupportedKeyTypeError(MappingError):
+    """`moesif-backfill sql`: a transaction_id key column has a type whose canon() text (ID
+    contract v1) SQL cannot write exactly (floats, decimals with a scale, nested values...)."""
 
 
 class PreflightError(ConfigError):
