@@ -13,6 +13,7 @@ import datetime as dt
 import decimal
 import json
 import random
+import re
 import subprocess
 import sys
 import uuid
@@ -616,3 +617,38 @@ def test_cli_subprocess_stdout_is_the_query(export_parquet: Path, tmp_path: Path
     (tree,) = sqlglot.parse(proc.stdout, read="snowflake")
     assert tree.named_selects[-1] == "transaction_id"
     assert proc.stdout.startswith("-- transaction_id by moesif-backfill ID contract v1")
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/transaction-id.md shows what the command prints
+
+DOC_TABLES = {
+    "duckdb": (
+        "read_csv('payments.csv', header = true, all_varchar = true, allow_quoted_nulls = false)"
+    ),
+    "snowflake": "BILLING.EXPORTS.PAYMENTS",
+    "bigquery": "billing_exports.payments",
+}
+
+
+def test_docs_show_the_three_dialects(tmp_path: Path) -> None:
+    """The three queries in docs/transaction-id.md are the command's output for the bundled
+    example, the DuckDB one gives the backfill's IDs, and the docs say what was executed."""
+    sample = tmp_path / "payments.csv"
+    subprocess.run(
+        [sys.executable, "examples/make_sample.py", "--out", str(sample), "--rows", "200"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    doc = (ROOT / "docs" / "transaction-id.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## In the warehouse") : doc.index("## Change log")]
+    blocks = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+    mapping = ROOT / "examples" / "mapping.yaml"
+    for dialect, block in zip(DIALECTS, blocks, strict=True):
+        query = build_query(mapping, str(sample), dialect_name=dialect, table=DOC_TABLES[dialect])
+        assert block == query + "\n", dialect
+    duck = blocks[0].replace("'payments.csv'", f"'{sample}'")
+    assert duckdb_ids(duck) == python_ids(mapping, sample)
+    assert "DuckDB (executed in the tests)" in section
+    assert "Snowflake (not executed here)" in section and "BigQuery (not executed here)" in section

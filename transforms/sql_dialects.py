@@ -185,13 +185,12 @@ class Dialect:
             f"SUBSTR({literal(_VARIANT_DIGITS)}, STRPOS({literal(_HEX_DIGITS)}, {sub(17, 1)}), 1)"
         )
         # bytes 0-3, 4-5, version 5 + 6-7 without the first nibble, variant + 8-9, 10-15
-        pieces = [sub(1, 8), sub(9, 4), sub(14, 3), variant + " || " + sub(18, 3), sub(21, 12)]
         if self.name == "bigquery":
-            args = ", ".join([sub(1, 8), sub(9, 4), sub(14, 3), variant, sub(18, 3), sub(21, 12)])
-            return f"FORMAT('%s-%s-5%s-%s%s-%s', {args})"
+            args = [sub(1, 8), sub(9, 4), sub(14, 3), variant, sub(18, 3), sub(21, 12)]
+            return "FORMAT('%s-%s-5%s-%s%s-%s',\n    " + ",\n    ".join(args) + ")"
         return (
-            f"{pieces[0]} || '-' || {pieces[1]} || '-5' || {pieces[2]} || '-' || {pieces[3]}"
-            f" || '-' || {pieces[4]}"
+            f"{sub(1, 8)} || '-' || {sub(9, 4)}\n    || '-5' || {sub(14, 3)}"
+            f"\n    || '-' || {variant} || {sub(18, 3)}\n    || '-' || {sub(21, 12)}"
         )
 
 
