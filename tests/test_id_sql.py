@@ -238,6 +238,15 @@ def realistic_parquet(path: Path, n_random: int = 300) -> None:
             "paid_at": pa.array([maybe(v) for v in ns_epochs], pa.timestamp("ns", tz="+05:30")),
             "local_at": pa.array([maybe(v, 0.02) for v in local], pa.timestamp("us")),
             "local_ns": pa.array([maybe(v) for v in ns_epochs], pa.timestamp("ns")),
+            "local_ms": pa.array(
+                [
+                    maybe(
+                        None if v is None else v.replace(microsecond=v.microsecond // 1000 * 1000)
+                    )
+                    for v in local
+                ],
+                pa.timestamp("ms"),
+            ),
             "day": pa.array(
                 [
                     maybe(dt.date(1, 1, 1) + dt.timedelta(days=rng.randint(0, 3_652_058)))
@@ -267,6 +276,7 @@ PARQUET_KEYS = {
     "instants": ["billed_at", "paid_at"],
     "local": ["local_at"],
     "local-ns": ["local_ns", "is_refund"],
+    "local-ms": ["local_ms"],
     "everything": [
         "invoice_line_id",
         "account_id",
@@ -276,6 +286,7 @@ PARQUET_KEYS = {
         "paid_at",
         "local_at",
         "local_ns",
+        "local_ms",
         "day",
         "is_refund",
         'Weird "Name"',
@@ -487,6 +498,7 @@ REFUSED_TYPES = [
     (pa.array([1.5]), "double"),
     (pa.array([1.5], pa.float32()), "float"),
     (pa.array([decimal.Decimal("12.34")], pa.decimal128(10, 2)), "decimal128(10, 2)"),
+    (pa.array([decimal.Decimal(10**39)], pa.decimal256(40, 0)), "decimal256(40, 0)"),
     (pa.array([{"a": 1}]), "struct<a: int64>"),
     (pa.array([[1, 2]]), "list<element: int64>"),
     (pa.array([b"\x00"]), "binary"),
@@ -652,3 +664,16 @@ def test_docs_show_the_three_dialects(tmp_path: Path) -> None:
     assert duckdb_ids(duck) == python_ids(mapping, sample)
     assert "DuckDB (executed in the tests)" in section
     assert "Snowflake (not executed here)" in section and "BigQuery (not executed here)" in section
+
+
+def test_computed_column_name_must_be_new(tmp_path: Path) -> None:
+    sample = tmp_path / "s.parquet"
+    columns = {"k": ["a"], "Transaction_ID": ["x"], "created_at": ["2024-01-01T00:00:00Z"]}
+    pq.write_table(pa.table(columns), sample)
+    mapping = write_mapping(tmp_path / "m.yaml", ["k"])
+    with pytest.raises(ConfigError, match="already has a column 'transaction_id'"):
+        build_query(mapping, str(sample), dialect_name="duckdb")
+    query = build_query(
+        mapping, str(sample), dialect_name="duckdb", table=parquet_table(sample), id_column="tid"
+    )
+    assert duckdb_ids(query) == python_ids(mapping, sample)

@@ -5,10 +5,10 @@
 
 `keys` are the key columns in declared order with the Arrow type the sample file gave them
 (`key_columns_from_schema`); only types whose canon() text every dialect can write exactly are
-accepted: text (as is), integers and decimals of scale 0 (digits), booleans, dates and
-timestamps (with a zone or offset: the instant; naive: the wall-clock time in `tz`). Anything
-else (floats, decimals with a scale, nested, binary, time of day, all-null columns) is an
-`UnsupportedKeyTypeError` naming the column and its type.
+accepted: text (as is), integers and decimals of scale 0 up to 38 digits (digits), booleans,
+dates and timestamps (with a zone or offset: the instant; naive: the wall-clock time in `tz`).
+Anything else (floats, decimals with a scale, nested, binary, time of day, all-null columns) is
+an `UnsupportedKeyTypeError` naming the column and its type.
 
 A row the Python side rejects gets a NULL `transaction_id`: all key values null, a naive key
 time inside a DST gap of `tz`, a key time outside years 0001..9999 in UTC.
@@ -32,7 +32,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-from moesif_backfill.errors import UnsupportedKeyTypeError
+from moesif_backfill.errors import ConfigError, UnsupportedKeyTypeError
 from transforms.sql_dialects import PLACEHOLDER_TABLE, Dialect, DialectName, dialect
 
 __all__ = ["PLACEHOLDER_TABLE", "KeyColumn", "key_columns_from_schema", "transaction_id_sql"]
@@ -59,7 +59,7 @@ def key_kind(name: str, t: pa.DataType, *, text_sample: bool) -> KeyColumn:
         return KeyColumn(name, "text")
     if pa.types.is_string_view(t):
         return KeyColumn(name, "text")
-    if pa.types.is_integer(t) or (pa.types.is_decimal(t) and t.scale == 0):
+    if pa.types.is_integer(t) or (pa.types.is_decimal(t) and t.scale == 0 and t.precision <= 38):
         return KeyColumn(name, "integer")
     if pa.types.is_boolean(t):
         return KeyColumn(name, "boolean")
@@ -76,6 +76,11 @@ def _why(t: pa.DataType) -> str:
         reason = (
             "canon() writes a float as Python's shortest round-trip repr (1.5, 1e+16), which "
             "no warehouse's float-to-text conversion is guaranteed to match"
+        )
+    elif pa.types.is_decimal(t) and t.scale == 0:
+        reason = (
+            "a decimal wider than 38 digits: DuckDB reads it as a double and Snowflake holds "
+            "at most 38 digits, so its digits would not survive"
         )
     elif pa.types.is_decimal(t):
         reason = (
@@ -119,8 +124,14 @@ def transaction_id_sql(
     d = dialect(dialect_name)
     clash = [c for c in [*columns, id_column] if c.lower().startswith(_PREFIX)]
     if clash:
-        raise UnsupportedKeyTypeError(
-            f"column {clash[0]!r}: names starting with {_PREFIX!r} are the query's own"
+        raise ConfigError(
+            f"column {clash[0]!r}: names starting with {_PREFIX!r} are the query's own; "
+            "rename the column (or pick another --id-column)"
+        )
+    if id_column.lower() in {c.lower() for c in columns}:
+        raise ConfigError(
+            f"the export already has a column {id_column!r}: name the computed one otherwise, "
+            "e.g. --id-column moesif_transaction_id"
         )
     stages: list[list[tuple[str, str]]] = [[], [], [], []]
     texts = []
