@@ -152,7 +152,7 @@ def transaction_id_sql(
         query = f"SELECT *,\n  {extra}\nFROM {source} AS {_PREFIX}s{depth}"
     selected = ",\n  ".join([*(d.quote(c) for c in columns), f"{tid} AS {d.quote(id_column)}"])
     body = f"SELECT\n  {selected}\nFROM (\n{_indent(query)}\n) AS {_PREFIX}ids"
-    comments = "".join(f"-- {line}\n" for line in header)
+    comments = "".join(f"-- {line}\n" for line in [*header, d.uuid5_note()])
     return comments + body
 
 

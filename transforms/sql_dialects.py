@@ -9,13 +9,13 @@ DuckDB (executed by the tests, tests/test_id_sql.py), https://duckdb.org/docs/sq
   timezone(zone, TIMESTAMPTZ) -> that instant's wall-clock TIMESTAMP in `zone` (ICU);
   epoch_ns / make_timestamp(microseconds); strftime('%f') = six fractional digits.
 Snowflake (not executed here):
-  UUID_STRING(<uuid>, <name>) "generates a version 5 (named) UUID" from a namespace UUID and a
-  name: RFC 4122 UUIDv5, i.e. SHA-1 over the namespace bytes and the name's UTF-8 bytes
+  UUID_STRING(<uuid>, <name>) with a namespace UUID and a name is documented to return a
+  version 5 (name-based) UUID: RFC 4122 UUIDv5, SHA-1 over the namespace bytes and the name
   (https://docs.snowflake.com/en/sql-reference/functions/uuid_string; its example
   UUID_STRING('fe971b24-9572-4005-b22f-351e9c09274d', 'foo') = 'dc0b6f65-fca6-5b4b-9d37-
   ccc3fde1f3e2' is exactly Python's uuid.uuid5 of the same namespace and name). The hash is
-  therefore the documented UUID_STRING, not SHA1_BINARY (whose input is text, so the 16
-  namespace bytes could not be put before the name);
+  therefore the documented UUID_STRING, not SHA1_BINARY (documented for a string message,
+  before which the 16 raw namespace bytes cannot be put);
   OCTET_LENGTH (bytes), CONVERT_TIMEZONE(src_tz, target_tz, TIMESTAMP_NTZ),
   TO_VARCHAR(ts, 'YYYY-MM-DD"T"HH24:MI:SS.FF6"Z"'), DATEADD / DATEDIFF.
 BigQuery (not executed here), https://cloud.google.com/bigquery/docs/reference/standard-sql/:
@@ -160,6 +160,23 @@ class Dialect:
         return f"strftime({expr}, '%Y-%m-%dT%H:%M:%S.%fZ')"
 
     # -- uuid5 ----------------------------------------------------------------------------------
+
+    def uuid5_note(self) -> str:
+        """One comment line for the query: how it computes uuid5, and whether it was run."""
+        if self.name == "snowflake":
+            return (
+                "uuid5: UUID_STRING(namespace, name), Snowflake's version 5 (named) UUID; "
+                "not executed by moesif-backfill's tests"
+            )
+        if self.name == "bigquery":
+            return (
+                "uuid5: TO_HEX(SHA1(namespace bytes || name as UTF-8 BYTES)), FORMAT with the "
+                "version and variant digits; not executed by moesif-backfill's tests"
+            )
+        return (
+            "uuid5: sha1(namespace bytes || name as UTF-8), version and variant digits set; "
+            "executed by moesif-backfill's tests"
+        )
 
     def sha1_hex(self, namespace: uuid.UUID, name: str) -> str | None:
         """Lower-case hex SHA-1 of the namespace's 16 bytes followed by the name's UTF-8 bytes;
