@@ -20,7 +20,8 @@ times (DuckDB's ICU, for one, takes the later instant of a repeated hour): the t
 force one day before and one day after give two candidate instants; a candidate is the time's
 instant when its wall-clock time in the zone is the value; with two, the earlier one (the
 repeated hour when DST ends); with none, the time does not exist (the DST gap) and the ID is
-NULL. (Zones with two offset changes within two days do not occur in the modern IANA data.)
+NULL. This needs at most one offset change within a day or so of the time: in the IANA data
+(all 599 zones, 1970-2037, sampled every 3 hours) two changes are never less than 6 days apart.
 """
 
 from __future__ import annotations
