@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlglot
@@ -319,6 +321,63 @@ def test_parquet_export_in_duckdb(
     assert sum(w is not None for w in want) > len(want) // 2  # mostly real IDs, not NULL = NULL
     if key == "local" and zone == "America/New_York":  # the gap rows are there, without an ID
         assert sum(w is None for w in want) >= 6
+
+
+# Zones with unusual offset changes: half-hour and 45-minute offsets and DST, negative DST
+# (Dublin), DST at midnight, a skipped day (Apia 2011), 2-hour DST (Troll), permanent changes
+# (Moscow, Caracas, Pyongyang, Kiritimati). Not Havana or Casablanca: the system's tzdata and
+# DuckDB's ICU disagree on some of their offset changes after 2025 (a tz database version
+# difference, see docs/transaction-id.md), and so do the IDs of naive times near them.
+MANY_ZONES = [
+    "America/New_York",
+    "America/St_Johns",
+    "America/Santiago",
+    "America/Sao_Paulo",
+    "Europe/Dublin",
+    "Europe/Moscow",
+    "Asia/Tehran",
+    "Asia/Gaza",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "Pacific/Apia",
+    "Antarctica/Troll",
+    "Pacific/Kiritimati",
+    "America/Caracas",
+    "Asia/Pyongyang",
+    "America/Nuuk",
+    "Africa/Cairo",
+    "Asia/Colombo",
+]
+
+
+def test_naive_times_around_every_offset_change(tmp_path: Path) -> None:
+    """Naive key times from 150 minutes before to 150 after every offset change of 1990-2036
+    in zones with unusual rules: the SQL gives the backfill's ID, or NULL where it rejects."""
+    start = int(dt.datetime(1990, 1, 1, tzinfo=dt.UTC).timestamp())
+    end = int(dt.datetime(2037, 1, 1, tzinfo=dt.UTC).timestamp())
+    instants = np.arange(start, end, 900, dtype=np.int64)
+    gaps = 0
+    for zone in MANY_ZONES:
+        local = pc.local_timestamp(pa.array(instants, pa.timestamp("s", tz=zone)))
+        wall = local.cast(pa.int64()).to_numpy()
+        changes = np.flatnonzero(np.diff(wall - instants) != 0) + 1
+        assert len(changes), zone
+        walls = [
+            (int(wall[i]) + k * 900 + 7) * 10**6 + 123 for i in changes for k in range(-10, 11)
+        ]
+        sample = tmp_path / "zone.parquet"
+        created = pa.array(["2024-01-01T00:00:00Z"] * len(walls))
+        pq.write_table(
+            pa.table({"t": pa.array(walls, pa.timestamp("us")), "created_at": created}), sample
+        )
+        mapping = write_mapping(tmp_path / "m.yaml", ["t"], tz=zone)
+        query = build_query(
+            mapping, str(sample), dialect_name="duckdb", table=parquet_table(sample)
+        )
+        want = python_ids(mapping, sample)
+        assert duckdb_ids(query) == want, zone
+        gaps += sum(w is None for w in want)
+    assert gaps > 1000  # the gap times are there, and have no ID in either
 
 
 def test_parquet_query_selects_the_source_columns(export_parquet: Path, tmp_path: Path) -> None:
