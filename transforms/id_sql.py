@@ -93,9 +93,9 @@ def _why(t: pa.DataType) -> str:
     else:
         reason = "ID contract v1 has no canon() text for it that SQL can write exactly"
     return (
-        f"{reason}. Supported key types: text, integers, decimals of scale 0, booleans, dates "
-        "and timestamps; compute these IDs with moesif-backfill (run --dry-run) instead, or "
-        "give a sample file where the column holds its values."
+        f"{reason}. Supported key types: text, integers, decimals of scale 0 up to 38 digits, "
+        "booleans, dates and timestamps; compute these IDs with moesif-backfill (run "
+        "--dry-run) instead, or give a sample file where the column holds its values."
     )
 
 
