@@ -342,6 +342,21 @@ def test_runtime_modules_are_at_most_400_lines() -> None:
     assert not found, f"modules over {MAX_MODULE_LINES} lines (split them):\n" + "\n".join(found)
 
 
+def test_transforms_import_nothing_from_connectors_flows_or_pipeline() -> None:
+    """The layering is connectors -> transforms, never back (any import, also in a function)."""
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: imports {module}"
+        for path in sorted((ROOT / "transforms").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for module in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+        if module.split(".")[0] in {"connectors", "flows", "pipeline"}
+    ]
+    assert not found, "\n".join(found)
+
+
 def test_layout_checks_find_cycles_and_long_modules(tmp_path: Path) -> None:
     files = {
         "pa/__init__.py": "",
