@@ -56,8 +56,8 @@ sys.path.insert(0, str(ROOT))
 
 import bench_dry_run as dry  # noqa: E402
 
-from connectors.firehose import make_firehose_client  # noqa: E402
 from connectors.firehose_batching import split_batches  # noqa: E402
+from connectors.firehose_client import make_firehose_client  # noqa: E402
 
 SECTIONS = ("baseline", "dryrun", "ceiling", "e2e", "e2e2", "memory", "quota")
 REGION = "us-east-1"

@@ -3,9 +3,10 @@
 `FirehoseSender.submit` splits a chunk of records into calls of at most 500 records and 4 MiB
 (`connectors.firehose_batching`), sends them on a thread pool with ``client.put_record_batch``
 of a plain boto3 client, and resolves the chunk's future only when EVERY record was
-acknowledged. The retry loop here is the only one: the client from `make_firehose_client` has
-botocore retries off (public ``Config``: one attempt per call, no parameter validation), so
-attempts are never multiplied.
+acknowledged. The retry loop here is the only one: the client from
+`connectors.firehose_client.make_firehose_client` has botocore retries off (public ``Config``:
+one attempt per call, no parameter validation), so attempts are never multiplied. What each
+error means is `connectors.firehose_errors`; how an answer is read, `connectors.firehose_responses`.
 
 Error handling, per PutRecordBatch call:
 
@@ -40,25 +41,17 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import re
 import threading
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-import boto3
-import urllib3.exceptions
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
     NoCredentialsError,
-    NoRegionError,
     PartialCredentialsError,
 )
 
@@ -69,18 +62,23 @@ from connectors.firehose_batching import (
     billable_units_total,
     plan_batches,
 )
+from connectors.firehose_client import check_delivery_stream, client_endpoint, client_region
+from connectors.firehose_errors import (
+    CREDENTIAL_CODES,
+    SERVER_ERROR_CODES,
+    THROTTLING_CODES,
+    TRANSPORT_ERRORS,
+    advice,
+    error_code,
+    error_message,
+    http_status,
+    redact,
+)
+from connectors.firehose_responses import UnusableAnswer, failed_records, http_status_of
+from connectors.firehose_stats import SendStats
 from connectors.rate_limit import RateLimiter, RetryPolicy
-from moesif_backfill.errors import ConfigError, PermanentDeliveryError
 
-__all__ = [
-    "FirehoseSender",
-    "RetryPolicy",
-    "SendStats",
-    "UnusableAnswer",
-    "failed_records",
-    "make_firehose_client",
-    "redact",
-]
+__all__ = ["TRANSPORT_ERRORS", "FirehoseSender", "RetryPolicy", "SendStats", "redact"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,128 +87,6 @@ DEFAULT_RETRY = RetryPolicy()  # frozen, so one shared default is safe
 # the quota's exact measurement is unconfirmed (docs/throughput.md).
 SHAPING_MARGIN = 0.98
 SHAPING_BURST_S = 0.2  # the client's burst: a fifth of the 1 s a quota is stated over
-
-THROTTLING_CODES = frozenset({"ServiceUnavailableException", "ThrottlingException", "Throttling"})
-SERVER_ERROR_CODES = frozenset(
-    {"InternalFailure", "InternalFailureException", "InternalServerError", "ServiceFailure"}
-)
-CREDENTIAL_CODES = frozenset(
-    {
-        "AccessDeniedException",
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "IncompleteSignatureException",
-        "MissingAuthenticationTokenException",
-        "ExpiredTokenException",
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-    }
-)
-# Transport failures where the request may or may not have reached Firehose: retried.
-# EndpointConnectionError (refused/DNS) and ConnectTimeoutError never reached it.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    EndpointConnectionError,
-    ConnectTimeoutError,
-    HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError, ...
-    urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.TimeoutError,
-    ConnectionError,  # builtin: reset/aborted/refused sockets that escaped botocore's wrapping
-)
-_SECRET_PATTERNS = (
-    re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b"),
-    re.compile(r"(Credential=)[^,\s]+"),
-    re.compile(r"(?i)(secret|token|signature)([\"']?\s*[:=]\s*)[^\s,;\"']+"),
-)
-
-
-class SendStats:
-    """Thread-safe counters of one sender.
-
-    ``firehose_calls``: PutRecordBatch calls attempted (each retry counts). ``records_sent`` /
-    ``bytes_sent``: records and data bytes Firehose acknowledged (a record resent after a
-    dropped connection counts each time it was acknowledged). ``records_retried``: record
-    resends (a whole-call retry of 500 records adds 500). ``throttled_calls``: calls refused
-    whole for throughput; ``throttled_records``: records that failed with
-    ``ServiceUnavailableException`` inside an answered call. ``server_errors``: 5xx /
-    ``InternalFailure`` calls, and answers that acknowledged nothing (no ``RequestResponses``
-    entry per record). ``billable_5kb_units``: sum over
-    acknowledged records of ceil(len / 5120), at least 1 per record, because Firehose bills
-    ingestion per record rounded up to the next 5 KB (taken here as 5 * 1024 bytes).
-    """
-
-    FIELDS = (
-        "firehose_calls",
-        "records_sent",
-        "records_retried",
-        "throttled_calls",
-        "throttled_records",
-        "server_errors",
-        "connection_errors",
-        "bytes_sent",
-        "billable_5kb_units",
-    )
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values = dict.fromkeys(self.FIELDS, 0)
-
-    def add(self, **deltas: int) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                self._values[name] += delta
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
-
-    def __getattr__(self, name: str) -> int:
-        if name in SendStats.FIELDS:
-            with self._lock:
-                return self._values[name]
-        raise AttributeError(name)
-
-
-def make_firehose_client(
-    *,
-    region: str | None,
-    endpoint_url: str | None,
-    max_pool_connections: int = 16,
-    connect_timeout_s: float = 5,
-    read_timeout_s: float = 30,
-    session: Any = None,
-) -> Any:
-    """A plain boto3 Firehose client: botocore retries OFF, explicit timeouts and pool size.
-
-    Public botocore ``Config`` only: ``retries={"total_max_attempts": 1}`` (one attempt per
-    call, the initial one; `FirehoseSender` owns every retry), ``parameter_validation=False``
-    (botocore would walk all 500 records of a call to check types the sender already
-    guarantees: bytes, at most 500 records, at most 4 MiB), connect/read timeouts and the
-    connection pool. Credentials come from `session` (e.g. a Prefect AwsCredentials block's
-    boto3 session) or else boto3's standard chain (environment, profile, SSO, role...).
-    *max_pool_connections* should be at least the sender's ``max_in_flight``.
-    """
-    config = Config(
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        parameter_validation=False,
-        max_pool_connections=max_pool_connections,
-        connect_timeout=connect_timeout_s,
-        read_timeout=read_timeout_s,
-    )
-    try:
-        return (session or boto3.session.Session()).client(
-            "firehose", region_name=region, endpoint_url=endpoint_url, config=config
-        )
-    except NoRegionError as exc:
-        raise ConfigError(
-            "no AWS region for Firehose: pass a region or set AWS_REGION/AWS_DEFAULT_REGION"
-        ) from exc
-
-
-def redact(text: str, limit: int = 500) -> str:
-    """Remove anything that looks like a credential, and bound the length."""
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "<redacted>", text)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class FirehoseSender:
@@ -260,49 +136,17 @@ class FirehoseSender:
 
     @property
     def endpoint(self) -> str:
-        return str(getattr(getattr(self._client, "meta", None), "endpoint_url", "<unknown>"))
+        return client_endpoint(self._client)
 
     @property
     def region(self) -> str:
-        return str(getattr(getattr(self._client, "meta", None), "region_name", None))
+        return client_region(self._client)
 
     # -- preflight -------------------------------------------------------------------------------
 
     def check_stream(self) -> None:
         """Fail fast, before any data is read, if the stream cannot take direct PUTs."""
-        name = self.stream_name
-        try:
-            response = self._client.describe_delivery_stream(DeliveryStreamName=name)
-        except ClientError as exc:
-            code, message = _error_code(exc), redact(_error_message(exc))
-            raise PermanentDeliveryError(
-                f"cannot use Firehose stream {name!r} (region {self.region}, endpoint "
-                f"{self.endpoint}): {code}: {message}. {_advice(code, self)}"
-            ) from exc
-        except (NoCredentialsError, PartialCredentialsError) as exc:
-            raise PermanentDeliveryError(
-                f"no usable AWS credentials to reach Firehose stream {name!r}: configure them "
-                "(AWS_PROFILE, environment variables, SSO login or an instance role), then rerun"
-            ) from exc
-        except (*TRANSPORT_ERRORS, BotoCoreError) as exc:
-            raise PermanentDeliveryError(
-                f"cannot reach the Firehose endpoint {self.endpoint} to check stream {name!r} "
-                f"({type(exc).__name__}): check the endpoint URL, the region and the network, "
-                "then rerun"
-            ) from exc
-        description = response.get("DeliveryStreamDescription", {})
-        status = description.get("DeliveryStreamStatus")
-        stream_type = description.get("DeliveryStreamType", "DirectPut")
-        if status != "ACTIVE":
-            raise PermanentDeliveryError(
-                f"Firehose stream {name!r} is {status}, not ACTIVE: wait until it is ACTIVE "
-                "(or fix it in the console), then rerun"
-            )
-        if stream_type != "DirectPut":
-            raise PermanentDeliveryError(
-                f"Firehose stream {name!r} reads from a {stream_type} source and does not accept "
-                "PutRecordBatch: create a Direct PUT stream for Moesif and use that one"
-            )
+        check_delivery_stream(self._client, self.stream_name)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -418,21 +262,21 @@ class FirehoseSender:
                 DeliveryStreamName=self.stream_name, Records=[{"Data": r} for r in pending]
             )
         except ClientError as exc:
-            code = _error_code(exc)
-            reason = f"{code}: {redact(_error_message(exc), 200)}"
+            code = error_code(exc)
+            reason = f"{code}: {redact(error_message(exc), 200)}"
             if code in THROTTLING_CODES:
                 self.stats.add(throttled_calls=1)
                 if self._adaptive is not None:
                     self._adaptive.on_throttled()
                 return _Attempt(pending, sizes, reason, throttled=True)
             if code in SERVER_ERROR_CODES or (
-                _http_status(exc) >= 500 and code not in CREDENTIAL_CODES
+                http_status(exc) >= 500 and code not in CREDENTIAL_CODES
             ):
                 self.stats.add(server_errors=1)
                 return _Attempt(pending, sizes, reason, throttled=False)
             message = (
                 f"Firehose stream {self.stream_name!r} rejected a PutRecordBatch call: "
-                f"{reason}. {_advice(code, self)}"
+                f"{reason}. {advice(code, region=self.region, endpoint=self.endpoint)}"
             )
             raise BatchFailed(len(pending), message, permanent=True) from exc
         except TRANSPORT_ERRORS as exc:
@@ -456,7 +300,7 @@ class FirehoseSender:
             failed, codes = failed_records(response, len(pending))
         except UnusableAnswer as exc:
             self.stats.add(server_errors=1)
-            status = _http_status_of(response)
+            status = http_status_of(response)
             reason = (
                 f"Firehose stream {self.stream_name!r} answered HTTP {status} without "
                 f"acknowledging each record ({exc}), so nothing of that call counts as "
@@ -507,22 +351,6 @@ class FirehoseSender:
         self.close(cancel_pending=exc_type is not None)
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code") or "Unknown")
-
-
-def _error_message(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Message") or "")
-
-
-def _http_status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-def _http_status_of(response: Mapping[str, Any]) -> int:
-    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
 class _Attempt(NamedTuple):
     """What one call left to send: records, their sizes, why, and whether it was throttled."""
 
@@ -530,66 +358,3 @@ class _Attempt(NamedTuple):
     sizes: list[int]
     reason: str
     throttled: bool
-
-
-class UnusableAnswer(Exception):
-    """A PutRecordBatch answer that does not acknowledge each record on its own."""
-
-
-def failed_records(response: Mapping[str, Any], count: int) -> tuple[list[int], dict[str, int]]:
-    """Indexes of the records that failed, and how many failed with each ``ErrorCode``.
-
-    A record is acknowledged only by its own ``RequestResponses`` entry (same order as the
-    request) with a ``RecordId``. Raises `UnusableAnswer` when the answer cannot say, record
-    by record, what was stored: not one entry per record (``{}`` from a proxy, a truncated
-    list), an entry with neither ``RecordId`` nor ``ErrorCode``, or a ``FailedPutCount``
-    missing or not equal to the entries carrying an ``ErrorCode``.
-    """
-    entries = response.get("RequestResponses")
-    if not isinstance(entries, list) or len(entries) != count:
-        got = len(entries) if isinstance(entries, list) else "no"
-        raise UnusableAnswer(f"{got} RequestResponses entries for {count} records")
-    failed_count = response.get("FailedPutCount")
-    if type(failed_count) is not int:
-        raise UnusableAnswer(f"FailedPutCount is {failed_count!r}, not a count")
-    failed: list[int] = []
-    codes: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise UnusableAnswer(f"RequestResponses[{index}] is not an object")
-        code = entry.get("ErrorCode")
-        if code:
-            failed.append(index)
-            codes[str(code)] = codes.get(str(code), 0) + 1
-        elif not entry.get("RecordId"):
-            raise UnusableAnswer(f"RequestResponses[{index}] has neither RecordId nor ErrorCode")
-    if len(failed) != failed_count:
-        raise UnusableAnswer(
-            f"FailedPutCount is {failed_count} but {len(failed)} entries carry an ErrorCode"
-        )
-    return failed, codes
-
-
-def _advice(code: str, sender: FirehoseSender) -> str:
-    if code == "ResourceNotFoundException":
-        return (
-            f"The stream does not exist in region {sender.region} (endpoint {sender.endpoint}): "
-            "create it, or fix the stream name or region, then rerun."
-        )
-    if code in CREDENTIAL_CODES:
-        return (
-            "The AWS credentials were rejected or lack permission: check which credentials are "
-            "in use (profile, environment, role) and that they allow firehose:PutRecordBatch "
-            "and firehose:DescribeDeliveryStream on this stream, then rerun."
-        )
-    if code.startswith("KMS") or "KMS" in code:
-        return "The stream's KMS key is unusable: check the key's state and policy, then rerun."
-    if code in {"InvalidArgumentException", "ValidationException", "InvalidSourceException"}:
-        return (
-            "Firehose refused the request as invalid (wrong stream type, or records over the "
-            "limits): fix the cause, then rerun."
-        )
-    return (
-        "This error is not known to be safe to retry (a blind resend could duplicate "
-        "records): investigate, then rerun."
-    )

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from connectors import readers
-from connectors.options import SourceOptions
 from connectors.readers import iter_batches, parquet_num_rows, read_schema
 from connectors.sources import SourceFile, one_line
 from moesif_backfill.errors import SourceError
+from transforms.source_options import SourceOptions
 
 
 @dataclass(frozen=True)

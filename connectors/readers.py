@@ -53,9 +53,9 @@ import pyarrow.parquet as pq
 
 from connectors import ndjson, storage
 from connectors.ndjson import size_text
-from connectors.options import DEFAULT_OPTIONS, SourceOptions
 from connectors.sources import Format, SourceFile, discover_sources, one_line, open_input
 from moesif_backfill.errors import SourceError
+from transforms.source_options import DEFAULT_OPTIONS, SourceOptions
 
 __all__ = [
     "CSV_BLOCK_BYTES",

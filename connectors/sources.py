@@ -13,7 +13,7 @@ Format detection, in order:
      text whose first line has a ``|`` and no ``,`` is pipe-delimited CSV (a Redshift UNLOAD
      part such as ``0000_part_00``). Other comma-separated text needs a .csv name or
      ``source: {format: csv}``.
-The mapping's `source:` section (`connectors.options.SourceOptions`, passed to
+The mapping's `source:` section (`transforms.source_options.SourceOptions`, passed to
 `discover_sources`) can give the format, compression and delimiter instead. Manifests
 (`connectors.manifest`) are replaced by the files they list, and Hive-style ``key=value``
 directories below an input's root become the file's partition values
@@ -34,6 +34,7 @@ from typing import Literal
 import pyarrow as pa
 
 from connectors import storage
+from connectors.file_layout import NO_LAYOUT, FileLayout
 from connectors.manifest import (
     MAX_MANIFEST_BYTES,
     is_manifest_name,
@@ -41,9 +42,9 @@ from connectors.manifest import (
     parse_manifest,
     resolve_entry,
 )
-from connectors.options import DEFAULT_OPTIONS, NO_LAYOUT, FileLayout, SourceOptions
 from connectors.partitions import partition_root, partitions_of
 from moesif_backfill.errors import SourceError
+from transforms.source_options import DEFAULT_OPTIONS, SourceOptions
 
 Format = Literal["parquet", "csv", "ndjson"]
 Compression = Literal["gzip", "zstd"]

@@ -30,7 +30,6 @@ from connectors.layouts import (
     holds_only_nulls,
     iter_file_batches,
 )
-from connectors.options import SourceOptions
 from connectors.readers import parquet_num_rows, scan_number_columns
 from connectors.schema_drift import FileColumns, unify_types
 from connectors.sources import SourceFile, discover_sources
@@ -44,15 +43,15 @@ from moesif_backfill.errors import (
 from pipeline.day_window import outside_mask, window_us
 from pipeline.settings import RunSettings
 from transforms.actions import time_bounds
-from transforms.mapping import (
-    MappingSpec,
+from transforms.mapping import MappingSpec, load_mapping
+from transforms.schema_match import (
     ResolvedMapping,
     check_time_type,
     find_columns,
-    load_mapping,
     required_columns,
     resolve_mapping,
 )
+from transforms.source_options import SourceOptions
 
 log = logging.getLogger(__name__)
 

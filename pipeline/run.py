@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from connectors import storage
 from connectors.checkpoint import CheckpointStore
 from connectors.checkpoint_factory import make_checkpoint_store
-from connectors.firehose import FirehoseSender, RetryPolicy, make_firehose_client
+from connectors.firehose import FirehoseSender, RetryPolicy
+from connectors.firehose_client import make_firehose_client
 from moesif_backfill import PROCESS_T0
 from moesif_backfill.errors import (
     BackfillError,

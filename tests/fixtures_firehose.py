@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from connectors.firehose import make_firehose_client
+from connectors.firehose_client import make_firehose_client
 from tests.standins.strict_firehose import StrictFirehose
 
 

@@ -24,11 +24,12 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 
-from connectors import checkpoint_s3
+from connectors import checkpoint_s3_lease
 from connectors.checkpoint import FileProgress, JobState
 from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.checkpoint_local import LocalCheckpointStore
-from connectors.checkpoint_s3 import S3CheckpointStore, _Holder, parse_s3_url
+from connectors.checkpoint_s3 import S3CheckpointStore, parse_s3_url
+from connectors.checkpoint_s3_lease import LeaseHolder
 from moesif_backfill.errors import CheckpointError, ConfigError, JobLockedError
 from tests.standins.moto_firehose import LocalFirehose, aws_client, ensure_bucket
 
@@ -82,7 +83,7 @@ def make_store(moto_firehose: LocalFirehose, bucket: str, s3: Any) -> Iterator[M
 
     yield make
     for store in made:
-        for lease in list(store._leases.values()):
+        for lease in list(store.leases.held.values()):
             _freeze(store, lease.job)
 
 
@@ -144,7 +145,7 @@ def _lease_info(s3: Any, bucket: str) -> dict[str, Any]:
 
 def _freeze(store: S3CheckpointStore, job: str = JOB) -> None:
     """Simulate a hung or crashed holder: its renewal stops, its lease object stays."""
-    lease = store._leases[job]
+    lease = store.leases.held[job]
     lease.stop.set()
     assert lease.thread is not None
     lease.thread.join(10)
@@ -332,13 +333,13 @@ def test_expired_lease_is_taken_over(
         make_store()._acquire(JOB)
     _sleep_until_expired(s3, bucket)
     successor = make_store(lease_seconds=30)
-    with caplog.at_level(logging.WARNING, logger="connectors.checkpoint_s3"):
+    with caplog.at_level(logging.WARNING, logger="connectors.checkpoint_s3_lease"):
         release = successor._acquire(JOB)
     takeovers = [r for r in caplog.records if "took over the expired lease" in r.getMessage()]
     assert len(takeovers) == 1
     assert takeovers[0].levelno == logging.WARNING
     assert f"lease {crashed_owner[:8]}" in takeovers[0].getMessage()
-    assert _lease_info(s3, bucket)["owner"] == successor._leases[JOB].owner
+    assert _lease_info(s3, bucket)["owner"] == successor.leases.held[JOB].owner
     release()
     assert _lease_keys(s3, bucket) == []
 
@@ -354,7 +355,7 @@ def test_concurrent_takeovers_exactly_one_wins(
     takers = [make_store(lease_seconds=30) for _ in range(6)]
     barrier = threading.Barrier(len(takers))
     for taker in takers:  # everyone has read the expired lease before anyone writes
-        real_get = taker._get
+        real_get = taker.objects.get
 
         def get_then_wait(key: str, _real: Any = real_get, _seen: list[int] = []) -> Any:  # noqa: B006
             found = _real(key)
@@ -363,7 +364,7 @@ def test_concurrent_takeovers_exactly_one_wins(
                 barrier.wait(timeout=10)
             return found
 
-        taker._get = get_then_wait  # type: ignore[method-assign]
+        taker.objects.get = get_then_wait  # type: ignore[method-assign]
 
     results: dict[int, str] = {}
 
@@ -383,11 +384,11 @@ def test_concurrent_takeovers_exactly_one_wins(
     assert len(results) == len(takers)
     assert len(winners) == 1, results
     winner = takers[winners[0]]
-    assert _lease_info(s3, bucket)["owner"] == winner._leases[JOB].owner
+    assert _lease_info(s3, bucket)["owner"] == winner.leases.held[JOB].owner
     for i, r in results.items():
         if i != winners[0]:
             assert "is already running" in r
-            assert JOB not in takers[i]._leases
+            assert JOB not in takers[i].leases.held
 
 
 def test_run_whose_lease_was_taken_over_cannot_commit(
@@ -415,7 +416,7 @@ def test_run_whose_lease_was_taken_over_cannot_commit(
         with pytest.raises(CheckpointError, match="lease lost"):
             zombie.reset(JOB)
         release_zombie()  # must not delete the successor's lease
-        assert _lease_info(s3, bucket)["owner"] == successor._leases[JOB].owner
+        assert _lease_info(s3, bucket)["owner"] == successor.leases.held[JOB].owner
         with pytest.raises(CheckpointError, match="lease lost"):
             zombie.commit(zombie_state)  # still refused after its lock block ended
         assert successor.load(JOB) == state
@@ -427,7 +428,7 @@ def test_renewal_notices_a_takeover_loudly(
     make_store: MakeStore, s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = make_store(lease_seconds=3.0, renew_every_s=0.2)
-    with caplog.at_level(logging.ERROR, logger="connectors.checkpoint_s3"), store.lock(JOB):
+    with caplog.at_level(logging.ERROR, logger="connectors.checkpoint_s3_lease"), store.lock(JOB):
         intruder = {**_lease_info(s3, bucket), "owner": "f" * 32, "pid": 4242}
         _put(s3, bucket, "lease.json", json.dumps(intruder).encode())
         assert store.lease_lost.wait(5)
@@ -472,7 +473,7 @@ def test_renewal_errors_are_retried_then_lose_the_lease_at_expiry(
 ) -> None:
     flaky = _FlakyClient(s3)
     store = make_store(lease_seconds=2.0, renew_every_s=0.2, client=flaky)
-    with caplog.at_level(logging.WARNING, logger="connectors.checkpoint_s3"), store.lock(JOB):
+    with caplog.at_level(logging.WARNING, logger="connectors.checkpoint_s3_lease"), store.lock(JOB):
         flaky.fail_puts.set()
         time.sleep(0.5)  # a short outage: retried, the lease survives
         flaky.fail_puts.clear()
@@ -513,8 +514,8 @@ def test_unreadable_lease_object_is_judged_by_its_age(
     with pytest.raises(JobLockedError, match=r"holder details unavailable"):
         make_store(lease_seconds=30)._acquire(JOB)
     old = datetime(2020, 1, 1, tzinfo=UTC)
-    assert _Holder.parse(b"not a lease", old, 30).expired(datetime.now(UTC))
-    assert not _Holder.parse(b"{}", datetime.now(UTC), 30).expired(datetime.now(UTC))
+    assert LeaseHolder.parse(b"not a lease", old, 30).expired(datetime.now(UTC))
+    assert not LeaseHolder.parse(b"{}", datetime.now(UTC), 30).expired(datetime.now(UTC))
 
 
 _HOLDER = textwrap.dedent(
@@ -559,7 +560,7 @@ def test_sigkilled_holder_is_taken_over_after_expiry(
         killed = time.monotonic()
         expires = datetime.fromisoformat(_lease_info(s3, bucket)["expires_at"])
         deadline = killed + lease_seconds + 5
-        with caplog.at_level(logging.WARNING, logger="connectors.checkpoint_s3"):
+        with caplog.at_level(logging.WARNING, logger="connectors.checkpoint_s3_lease"):
             while True:
                 try:
                     release = store._acquire(JOB)
@@ -683,9 +684,9 @@ def test_takeover_right_before_a_commit_writes_is_fenced(
     written: dict[str, bytes] = {}
 
     def b_takes_over_and_commits() -> None:
-        real_now = checkpoint_s3._wall_now
+        real_now = checkpoint_s3_lease.wall_now
         with pytest.MonkeyPatch.context() as mp:  # B's clock is an hour ahead of A's
-            mp.setattr(checkpoint_s3, "_wall_now", lambda: real_now() + timedelta(hours=1))
+            mp.setattr(checkpoint_s3_lease, "wall_now", lambda: real_now() + timedelta(hours=1))
             b._acquire(JOB)
         b_state = b.load(JOB)
         assert b_state is not None and b_state.generation == 2
@@ -713,7 +714,7 @@ def test_takeover_right_before_a_commit_writes_is_fenced(
     assert json.loads(written["state"])["body"]["generation"] == 3
     assert json.loads(written["prev"])["body"]["generation"] == 2
     release_a()  # must not delete B's lease
-    assert _lease_info(s3, bucket)["owner"] == b._leases[JOB].owner
+    assert _lease_info(s3, bucket)["owner"] == b.leases.held[JOB].owner
     assert not b.lease_lost.is_set()
 
 

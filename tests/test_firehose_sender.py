@@ -20,7 +20,6 @@ from connectors.firehose import (
     FirehoseSender,
     RetryPolicy,
     SendStats,
-    make_firehose_client,
     redact,
 )
 from connectors.firehose_batching import (
@@ -31,6 +30,7 @@ from connectors.firehose_batching import (
     plan_batches,
     split_batches,
 )
+from connectors.firehose_client import make_firehose_client
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
 from tests.standins.strict_firehose import StrictFirehose
 

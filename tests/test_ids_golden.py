@@ -41,7 +41,8 @@ from transforms.canon import (
 )
 from transforms.ids import id_names, transaction_id_value, uuid5_array
 from transforms.mapping import parse_mapping
-from transforms.times import format_epoch, to_epoch_us
+from transforms.time_format import format_epoch
+from transforms.times import to_epoch_us
 
 GOLDEN = Path(__file__).parent / "golden" / "transaction_ids.json"
 with GOLDEN.open(encoding="utf-8") as fh:

@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from connectors.options import SourceOptions
 from connectors.readers import iter_batches, read_schema
 from connectors.schema_drift import FileColumns, merge_types, unify_types
 from connectors.sources import discover_sources
@@ -35,6 +34,7 @@ from pipeline.settings import RunSettings
 from tests.datasets import MAPPING, NAMESPACE, expected_ids, line_id, payments_table, write_mapping
 from tests.test_pipeline import run_plain
 from transforms.mapping import parse_mapping
+from transforms.source_options import SourceOptions
 
 COLUMNS = ["invoice_line_id", "customer_id", "user_id", "created_at", "amount", "currency"]
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=123_000)

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from connectors.firehose import FirehoseSender, RetryPolicy, make_firehose_client
+from connectors.firehose import FirehoseSender, RetryPolicy
+from connectors.firehose_client import make_firehose_client
 from tests.datasets import expected_ids, write_mapping, write_payments
 from tests.standins.strict_firehose import StrictFirehose
 

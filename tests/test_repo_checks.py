@@ -1,5 +1,6 @@
-"""Repository-level checks: the README's examples work, ruff and mypy stay clean, and the
-runtime code uses only the public API of boto3 and botocore."""
+"""Repository-level checks: the README's examples work, ruff and mypy stay clean, the runtime
+code uses only the public API of boto3 and botocore, has no import cycles and no module over
+400 lines."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_static_checks_are_clean(args: list[str]) -> None:
 
 # -- boto3 / botocore: public API only ----------------------------------------------------------
 
-RUNTIME_PACKAGES = ("connectors", "flows", "transforms", "moesif_backfill")
+RUNTIME_PACKAGES = ("connectors", "flows", "moesif_backfill", "pipeline", "transforms")
 FOREIGN_PACKAGES = ("botocore", "boto3")
 _PRIVATE_IN_SOURCE = re.compile(
     r"\bself\.(_[A-Za-z]\w*)|\bdef (_[A-Za-z]\w*)|^\s*(_[A-Za-z]\w*)\s*[:=]", re.M
@@ -209,3 +210,197 @@ def test_private_use_check_flags_the_private_and_only_the_private() -> None:
     ]
     for line in public_or_ours:
         assert not foreign_private_uses(line, "snippet", foreign, own), line
+
+
+# -- layout: no import cycles, no long modules ---------------------------------------------------
+
+MAX_MODULE_LINES = 400
+
+
+def _module_names(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of *packages* under *root*."""
+    found: dict[str, Path] = {}
+    for pkg in packages:
+        for path in sorted((root / pkg).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _module_level_nodes(tree: ast.Module) -> list[ast.stmt]:
+    """The statements a module runs on import (and its ``if TYPE_CHECKING:`` blocks): the body,
+    recursing into if/try/with/class bodies but never into a function (a function-level import
+    runs only when the function is called, so it is not part of the import graph)."""
+    out: list[ast.stmt] = []
+    todo: list[ast.stmt] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        out.append(node)
+        for name in ("body", "orelse", "finalbody"):
+            todo.extend(getattr(node, name, []))
+        for handler in getattr(node, "handlers", []):
+            todo.extend(handler.body)
+    return out
+
+
+def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Module -> the modules of *packages* it imports at module level (see _module_level_nodes).
+
+    ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``;
+    relative imports are resolved against the importing module's package.
+    """
+    modules = _module_names(root, packages)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in _module_level_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                for alias in node.names:
+                    submodule = f"{base}.{alias.name}"
+                    targets.add(submodule if submodule in modules else base)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, as its modules in import order with the first repeated at the end:
+    one cycle per strongly connected component of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def connect(v: str) -> None:  # Tarjan's algorithm; the graphs are small
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component: list[str] = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return [_cycle_through(graph, set(c), c[0]) for c in components]
+
+
+def _cycle_through(graph: dict[str, set[str]], component: set[str], start: str) -> list[str]:
+    """A shortest path start -> ... -> start inside one strongly connected component."""
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        v = queue.pop(0)
+        for w in sorted(graph[v] & component):
+            if w == start:
+                return [*paths[v], start]
+            if w not in paths:
+                paths[w] = [*paths[v], w]
+                queue.append(w)
+    raise AssertionError(f"{start} is not on a cycle")  # pragma: no cover
+
+
+def long_modules(root: Path, packages: tuple[str, ...], limit: int) -> list[str]:
+    """``path: N lines`` for every module of *packages* longer than *limit* lines."""
+    return [
+        f"{path.relative_to(root)}: {count} lines"
+        for path in _module_names(root, packages).values()
+        if (count := len(path.read_text(encoding="utf-8").splitlines())) > limit
+    ]
+
+
+# Transitional (issue 11 work in flight): modules being split on other branches. Must end empty.
+PENDING_SPLIT = {
+    "connectors/storage.py",
+    "connectors/readers.py",
+    "connectors/sources.py",
+    "connectors/ndjson.py",
+    "pipeline/plan.py",
+}
+PENDING_CYCLES = {("connectors.sources", "connectors.storage")}
+
+
+def test_runtime_packages_have_no_import_cycles() -> None:
+    cycles = [
+        c
+        for c in import_cycles(import_graph(ROOT, RUNTIME_PACKAGES))
+        if tuple(sorted(set(c))) not in PENDING_CYCLES
+    ]
+    assert not cycles, "import cycles (module-level imports):\n" + "\n".join(
+        " -> ".join(cycle) for cycle in cycles
+    )
+
+
+def test_runtime_modules_are_at_most_400_lines() -> None:
+    found = [
+        f
+        for f in long_modules(ROOT, RUNTIME_PACKAGES, MAX_MODULE_LINES)
+        if f.split(":")[0] not in PENDING_SPLIT
+    ]
+    assert not found, f"modules over {MAX_MODULE_LINES} lines (split them):\n" + "\n".join(found)
+
+
+def test_transforms_import_nothing_from_connectors_flows_or_pipeline() -> None:
+    """The layering is connectors -> transforms, never back (any import, also in a function)."""
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: imports {module}"
+        for path in sorted((ROOT / "transforms").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for module in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+        if module.split(".")[0] in {"connectors", "flows", "pipeline"}
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_layout_checks_find_cycles_and_long_modules(tmp_path: Path) -> None:
+    files = {
+        "pa/__init__.py": "",
+        "pa/a.py": "from pa import b\n",
+        "pa/b.py": "import pa.c\n",
+        "pa/c.py": "if True:\n    from .a import x\n",  # relative, nested in an if: counts
+        "pa/d.py": "from pa.a import y\n" + "z = 1\n" * 5,  # imports into the cycle: not on it
+        "pa/e.py": "def f():\n    from pa import d\n",  # function-level: not an edge
+        "pb/__init__.py": "",
+        "pb/x.py": "class K:\n    from pb import y\n",
+        "pb/y.py": "from pb import x\nfrom pa import e\n",
+        "pb/sub/__init__.py": "from .. import x\n",
+        "other/q.py": "from pa import a\n" * 9,  # not a checked package
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    graph = import_graph(tmp_path, ("pa", "pb"))
+    assert graph["pa.e"] == set()
+    assert graph["pa.d"] == {"pa.a"}
+    assert graph["pb.sub"] == {"pb.x"}
+    assert import_cycles(graph) == [["pa.a", "pa.b", "pa.c", "pa.a"], ["pb.x", "pb.y", "pb.x"]]
+    (tmp_path / "pa/c.py").write_text("def g():\n    from .a import x\n", encoding="utf-8")
+    (tmp_path / "pb/x.py").write_text("", encoding="utf-8")
+    assert import_cycles(import_graph(tmp_path, ("pa", "pb"))) == []
+
+    assert long_modules(tmp_path, ("pa", "pb"), 5) == [f"{Path('pa/d.py')}: 6 lines"]
+    assert long_modules(tmp_path, ("pa", "pb"), 6) == []

@@ -40,9 +40,10 @@ from transforms.mapping import (
     ValueSource,
     load_mapping,
     parse_mapping,
-    resolve_mapping,
 )
-from transforms.times import format_epoch, to_epoch_us
+from transforms.schema_match import resolve_mapping
+from transforms.time_format import format_epoch
+from transforms.times import to_epoch_us
 
 D = decimal.Decimal
 NY = "America/New_York"

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moesif_backfill.errors import MappingError
+from transforms.time_format import format_epoch
 from transforms.times import (
     US_PER_UNIT,
-    format_epoch,
     is_nonexistent,
     localize_value,
     timestamp_epoch_us,

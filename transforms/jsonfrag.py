@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.canon import OutOfRange, canon_array, utc_text
-from transforms.times import format_epoch, localize_value, to_epoch_us
+from transforms.time_format import format_epoch
+from transforms.times import localize_value, to_epoch_us
 
 # A JSON number (RFC 8259). Text sources send a metadata value as a number only when it is
 # written as one ("+1", ".5", "1.", "01.5", "inf" are not); connectors.readers has the same.

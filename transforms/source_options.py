@@ -1,4 +1,4 @@
-"""How input files are read: the mapping file's `source:` section, and per-file layout facts.
+"""How input files are read: the mapping file's `source:` section.
 
 `SourceOptions` is the validated `source:` section of the mapping file (see
 docs/warehouse-exports.md). Its defaults are the behaviour without a `source:` section, so
@@ -17,15 +17,13 @@ callers that pass no options read files exactly as before:
                                                named `manifest`, `*.manifest`, `*_manifest` with
                                                the manifest's JSON shape is one
 
-`FileLayout` holds what discovery learnt about one file from where it was found: Hive partition
-values from its directories, the delimiter sniffed from its content, and the record count a
-manifest promises for it.
+It is part of the mapping (and of its fingerprint), so it lives beside it in `transforms`; the
+readers in `connectors` take it from here.
 """
 
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -128,24 +126,3 @@ class SourceOptions(BaseModel):
 
 
 DEFAULT_OPTIONS = SourceOptions()
-
-
-@dataclass(frozen=True)
-class FileLayout:
-    """Facts about one input file learnt from where and how it was found."""
-
-    # Hive-style `key=value` directories between the input root and the file, outermost first
-    # (value None for Hive's null marker `__HIVE_DEFAULT_PARTITION__`).
-    partitions: tuple[tuple[str, str | None], ...] = ()
-    # The delimiter sniffed from the content of a CSV whose name says nothing ("|" for a
-    # Redshift part); None: the `source:` delimiter or ",".
-    delimiter: str | None = None
-    # Set for a file listed in a manifest: the manifest and the record count it states.
-    manifest: str | None = None
-    expected_rows: int | None = None
-
-    def partition_values(self) -> dict[str, str | None]:
-        return dict(self.partitions)
-
-
-NO_LAYOUT = FileLayout()
