@@ -83,7 +83,8 @@ def build_query(
     from connectors.readers import discover_sources, read_schema  # noqa: PLC0415
     from moesif_backfill.errors import ConfigError, MappingError  # noqa: PLC0415
     from transforms.id_sql import key_columns_from_schema, transaction_id_sql  # noqa: PLC0415
-    from transforms.mapping import load_mapping, resolve_column  # noqa: PLC0415
+    from transforms.mapping import load_mapping  # noqa: PLC0415
+    from transforms.schema_match import resolve_column  # noqa: PLC0415
 
     spec = load_mapping(mapping)
     tid = spec.transaction_id
