@@ -128,7 +128,7 @@ def dry_run_records(out: Path) -> int:
 
 def run_once(tree: Path, command: str, csv: Path, mapping: Path, rows: int) -> dict[str, Any]:
     """One invocation in a fresh working directory with a fresh PREFECT_HOME."""
-    with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-cli-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         home = work / "prefect-home"
         home.mkdir()
