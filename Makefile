@@ -28,8 +28,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# bench/README.md. BASELINE=PATH: also measure that checkout (e.g. a worktree of b96172b) in the
+# same run and print the ratios; BENCH_ARGS: more bench.py options (e.g. --skip-20m or --quick).
+BASELINE   ?=
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/bench.py --json .bench/bench.json
+	$(PY) bench/bench.py --json .bench/bench.json $(BENCH_ARGS) $(if $(BASELINE),--baseline-worktree $(BASELINE))
+	$(PY) bench/bench_cli.py --repeat 5 --json .bench/bench_cli.json $(if $(BASELINE),--baseline-worktree $(BASELINE))
 
 clean:
 	rm -rf .demo .bench build *.egg-info

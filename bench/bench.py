@@ -3,6 +3,7 @@
     python bench/bench.py                       # everything (20M-row memory run included)
     python bench/bench.py --quick               # smaller sizes, no 20M rows (~3-4 minutes)
     python bench/bench.py --sections ceiling,e2e --json .bench/bench.json
+    python bench/bench.py --skip-20m --baseline-worktree ../b961   # also b96172b's CLI: ratios
 
 Sections (``--sections``, comma-separated; default all):
 
@@ -25,6 +26,13 @@ Sections (``--sections``, comma-separated; default all):
   its stream; (1) the CLI given the same limits, (2) the CLI with no limit (adaptive rate):
   achieved share of the quota, measured from the stand-in's stored-record counter sampled every
   0.2 s between the first and the last stored record, and the share of throttled calls.
+
+``--baseline-worktree PATH``: the ``dryrun``, ``memory`` and ``quota`` sections also run the CLI
+of that checkout (same interpreter and packages, ``PYTHONPATH=PATH``, its own PREFECT_HOME),
+right after this checkout's, on the same inputs and the same stand-in (this checkout's); the
+ratios and "no worse" verdicts are printed after the results (bench_compare.py). The CLI always
+runs with ``PYTHONPATH`` set to the checkout measured: the venv's editable install may point at
+another checkout.
 
 All servers listen on 127.0.0.1 and are started and stopped by this script. Absolute rates
 depend on the machine and its load (printed); ratios measured in the same run are what to
@@ -55,6 +63,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import bench_dry_run as dry  # noqa: E402
+from bench_compare import print_comparison  # noqa: E402
 
 from connectors.firehose_batching import split_batches  # noqa: E402
 from connectors.firehose_client import make_firehose_client  # noqa: E402
@@ -81,8 +90,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def aws_env(bench_dir: Path) -> dict[str, str]:
-    env = dry.child_env(bench_dir)
+def aws_env(bench_dir: Path, tree: Path | None = None) -> dict[str, str]:
+    env = dry.child_env(bench_dir, tree)
     env.update(
         AWS_ACCESS_KEY_ID="bench-not-a-secret",
         AWS_SECRET_ACCESS_KEY="bench-not-a-secret",
@@ -138,8 +147,9 @@ class StandIn:
         self.stop()
 
 
-def run_cli(argv: list[str], bench_dir: Path, tag: str) -> dict[str, Any]:
-    """Run the CLI as a child; wall time, CPU, exact peak RSS (wait4) and its summary."""
+def run_cli(argv: list[str], bench_dir: Path, tag: str, tree: Path | None = None) -> dict[str, Any]:
+    """Run the CLI of checkout *tree* (default this one) as a child; wall time, CPU, exact
+    peak RSS (wait4) and its summary."""
     out = bench_dir / "out"
     summary_path = out / f"bench-{tag}.summary.json"
     summary_path.unlink(missing_ok=True)
@@ -151,7 +161,7 @@ def run_cli(argv: list[str], bench_dir: Path, tag: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            cmd, cwd=bench_dir, env=aws_env(bench_dir), stdout=fh, stderr=subprocess.STDOUT
+            cmd, cwd=bench_dir, env=aws_env(bench_dir, tree), stdout=fh, stderr=subprocess.STDOUT
         )
         sampler = dry.RssSampler(proc.pid, every=0.2)
         sampler.start()
@@ -214,11 +224,21 @@ class Sampler(threading.Thread):
 
 
 # --------------------------------------------------------------------------- sections
+def tag_of(tree: Path | None) -> str:
+    """Suffix of the log and summary files of a run of another checkout."""
+    return "" if tree is None else f"-{tree.name}"
+
+
 def section_dryrun(
-    args: argparse.Namespace, bench_dir: Path, mapping: Path, source: Path
+    args: argparse.Namespace,
+    bench_dir: Path,
+    mapping: Path,
+    source: Path,
+    *,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
-    result = dry.run_project(source, mapping, bench_dir, f"bench-{args.rows}", args.rows)
-    return result
+    tag = f"bench-{args.rows}{tag_of(tree)}"
+    return dry.run_project(source, mapping, bench_dir, tag, args.rows, tree=tree)
 
 
 def prebuilt_records(out_dir: Path, limit: int) -> list[bytes]:
@@ -331,7 +351,12 @@ def section_e2e(  # noqa: PLR0917 - one call site, named by position
 
 
 def section_memory(
-    args: argparse.Namespace, bench_dir: Path, mapping: Path, sizes: list[int]
+    args: argparse.Namespace,
+    bench_dir: Path,
+    mapping: Path,
+    sizes: list[int],
+    *,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
     runs = []
     for size in sizes:
@@ -339,11 +364,11 @@ def section_memory(
         if gen_s:
             print(f"    generated {path} ({size:,} rows) in {gen_s:.0f}s", flush=True)
         argv = ["validate", str(path), "--mapping", str(mapping), "--allow-older-than-30-days"]
-        run = run_cli(argv, bench_dir, f"validate-{size}")
+        run = run_cli(argv, bench_dir, f"validate-{size}{tag_of(tree)}", tree)
         run["rows"] = size
         runs.append(run)
         print(
-            f"    validate {size:>12,} rows: peak RSS {run['peak_rss_mb']:.1f} MB, "
+            f"    validate{tag_of(tree)} {size:>12,} rows: peak RSS {run['peak_rss_mb']:.1f} MB, "
             f"wall {run['wall_s']:.1f}s (exit {run['exit_code']})",
             flush=True,
         )
@@ -353,7 +378,12 @@ def section_memory(
 
 
 def section_quota(
-    args: argparse.Namespace, bench_dir: Path, mapping: Path, source: Path
+    args: argparse.Namespace,
+    bench_dir: Path,
+    mapping: Path,
+    source: Path,
+    *,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
     quota = {
         "quota_records_per_second": args.quota_records,
@@ -383,14 +413,15 @@ def section_quota(
                 results["available"] = False
                 results["why"] = "the stand-in has no quota settings yet"
                 return results
-            ckpt = bench_dir / "out" / f"ckpt-quota-{mode}"
+            ckpt = bench_dir / "out" / f"ckpt-quota-{mode}{tag_of(tree)}"
             shutil.rmtree(ckpt, ignore_errors=True)
             sampler = Sampler(fh)
             sampler.start()
             run = run_cli(
                 [*send_argv(source, mapping, fh.url, ["q"], ckpt), *extra],
                 bench_dir,
-                f"quota-{mode}",
+                f"quota-{mode}{tag_of(tree)}",
+                tree,
             )
             sampler.stop.set()
             sampler.join()
@@ -418,6 +449,22 @@ def section_quota(
         results[mode] = run
     results["available"] = True
     return results
+
+
+def median_quota(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of `--quota-repeat` quota sections, per mode the run with the median share of the quota
+    (the lower median for an even count), with every run's share next to it."""
+    if not runs[0].get("available"):
+        return runs[0]
+    result: dict[str, Any] = {"quota": runs[0]["quota"], "available": True, "runs": len(runs)}
+    for mode in ("client_limits", "adaptive"):
+        ordered = sorted(runs, key=lambda r: float(r[mode]["share_of_quota"]))
+        chosen = dict(ordered[(len(ordered) - 1) // 2][mode])
+        chosen["share_of_quota_all_runs"] = [r[mode]["share_of_quota"] for r in runs]
+        chosen["throttled_share_all_runs"] = [r[mode]["throttled_share"] for r in runs]
+        chosen["ok"] = all(r[mode]["ok"] for r in runs)
+        result[mode] = chosen
+    return result
 
 
 # --------------------------------------------------------------------------- report
@@ -498,6 +545,9 @@ def print_report(r: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915 - a flat 
                     f"over {m['measured_over_s']}s), throttled calls {m['throttled_calls']}/"
                     f"{m['firehose_calls']} = {(m['throttled_share'] or 0):.2%}"
                 )
+                every = m.get("share_of_quota_all_runs") or []
+                if len(every) > 1:
+                    line += "; runs " + ", ".join(f"{x:.1%}" for x in every)
                 line += f" (target >= {target:.0%}"
                 line += (
                     f" and < {TARGET_THROTTLED_SHARE:.0%} throttled: " if mode[0] == "c" else ": "
@@ -527,10 +577,28 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quota-records", type=float, default=2000.0)
     p.add_argument("--quota-mib", type=float, default=1.0)
     p.add_argument("--quota-rows", type=int, help="rows sent under the quota (default 60,000)")
+    p.add_argument(
+        "--quota-repeat",
+        type=int,
+        default=1,
+        help="quota runs per mode and tree; the median share is reported (adaptive varies)",
+    )
     p.add_argument("--row-group-rows", type=int, default=128_000)
     p.add_argument("--seed", type=int, default=20261128)
     p.add_argument("--bench-dir", type=Path, default=ROOT / ".bench")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--baseline-worktree",
+        type=Path,
+        help="also measure the dryrun, memory and quota sections with this checkout's CLI "
+        "(e.g. a worktree of b96172b) and print the ratios",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="noise allowed by the 'no worse than the baseline tree' verdicts (default 0.05)",
+    )
     args = p.parse_args()
     quick = args.quick
     args.rows = args.rows or (500_000 if quick else 2_000_000)
@@ -547,7 +615,23 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.section_list) - set(SECTIONS)
     if unknown:
         p.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.quota_repeat < 1:
+        p.error("--quota-repeat must be at least 1")
+    if args.baseline_worktree:
+        args.baseline_worktree = args.baseline_worktree.resolve()
+        if not (args.baseline_worktree / "moesif_backfill" / "cli.py").is_file():
+            p.error(f"{args.baseline_worktree} is not a moesif-backfill checkout")
     return args
+
+
+def commit_of(tree: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def main() -> int:  # noqa: PLR0912, PLR0915 - one linear script of sections
@@ -572,6 +656,15 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - one linear script of sections
     if warm is not None:
         print(f"initialised PREFECT_HOME in {warm}s (not measured)")
     ok = True
+    other: Path | None = args.baseline_worktree
+    bt: dict[str, Any] = {}
+    if other is not None and wanted & {"dryrun", "memory", "quota"}:
+        results["baseline_worktree"] = bt
+        bt.update(path=str(other), commit=commit_of(other), this_commit=commit_of(ROOT))
+        print(f"baseline tree: {other} ({bt['commit']}); this tree: {ROOT} ({bt['this_commit']})")
+        warm = dry.warm_prefect_home(bench_dir, mapping, args.seed, other)
+        if warm is not None:
+            print(f"initialised the baseline tree's PREFECT_HOME in {warm}s (not measured)")
 
     if "baseline" in wanted:
         print(f"[baseline] per-row script on {args.baseline_rows:,} rows ...", flush=True)
@@ -590,6 +683,12 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - one linear script of sections
         shutil.rmtree(dr["out_dir"], ignore_errors=True)
         if "dryrun" in wanted:
             results["dryrun"] = dr
+            if bt:
+                print(f"[dryrun] the same with the baseline tree {other} ...", flush=True)
+                bdr = section_dryrun(args, bench_dir, mapping, source, tree=other)
+                ok &= bdr["rows_read"] == args.rows
+                shutil.rmtree(bdr["out_dir"], ignore_errors=True)
+                bt["dryrun"] = bdr
     if "ceiling" in wanted:
         print(
             f"[ceiling] plain boto3, {len(records):,} pre-built records, "
@@ -613,6 +712,10 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - one linear script of sections
         print(f"[memory] moesif-backfill validate at {args.memory_sizes} rows ...", flush=True)
         results["memory"] = section_memory(args, bench_dir, mapping, args.memory_sizes)
         ok &= results["memory"]["ok"]
+        if bt:
+            print(f"[memory] the same with the baseline tree {other} ...", flush=True)
+            bt["memory"] = section_memory(args, bench_dir, mapping, args.memory_sizes, tree=other)
+            ok &= bt["memory"]["ok"]
     if "quota" in wanted:
         qsource, gen_s = dry._files(bench_dir, args.quota_rows, args)
         print(
@@ -620,11 +723,24 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - one linear script of sections
             f"stand-in, {args.quota_rows:,} rows, with client limits and adaptive ...",
             flush=True,
         )
-        results["quota"] = section_quota(args, bench_dir, mapping, qsource)
-        if results["quota"].get("available"):
-            ok &= results["quota"]["client_limits"]["ok"] and results["quota"]["adaptive"]["ok"]
+        trees: list[Path | None] = [None, other] if bt else [None]
+        runs: list[list[dict[str, Any]]] = [[] for _ in trees]
+        for i in range(args.quota_repeat):  # the trees alternate: load falls on both alike
+            for k, tree in enumerate(trees):
+                if tree is not None or i:
+                    which = "the baseline tree" if tree is not None else "this tree"
+                    print(f"[quota] run {i + 1} with {which} ...", flush=True)
+                runs[k].append(section_quota(args, bench_dir, mapping, qsource, tree=tree))
+        results["quota"] = median_quota(runs[0])
+        if bt:
+            bt["quota"] = median_quota(runs[1])
+        for q in (results["quota"], bt.get("quota", {})):
+            if q.get("available"):
+                ok &= q["client_limits"]["ok"] and q["adaptive"]["ok"]
 
     print_report(results)
+    if bt:
+        print_comparison(results, args.tolerance)
     results["ok"] = bool(ok)
     results["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.json:

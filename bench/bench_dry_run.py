@@ -314,9 +314,13 @@ class LogTimer(threading.Thread):
         return {k: None if v is None else round(v, 2) for k, v in out.items()}
 
 
-def child_env(bench_dir: Path) -> dict[str, str]:
+def child_env(bench_dir: Path, tree: Path | None = None) -> dict[str, str]:
+    """The CLI's environment: PYTHONPATH = the checkout measured (*tree*, default this one:
+    the venv's editable install may point at another checkout), one PREFECT_HOME per tree."""
     env = dict(os.environ)
-    env["PREFECT_HOME"] = str(bench_dir / "prefect-home")
+    env["PYTHONPATH"] = str(tree or ROOT)
+    home = "prefect-home" if tree is None else f"prefect-home-{tree.name}"
+    env["PREFECT_HOME"] = str(bench_dir / home)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     # Only widens the wait for the temporary API server on a busy machine (default 20 s).
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -329,7 +333,7 @@ def cli_path() -> str:
 
 
 def run_project(
-    source: Path, mapping: Path, bench_dir: Path, tag: str, rows: int
+    source: Path, mapping: Path, bench_dir: Path, tag: str, rows: int, *, tree: Path | None = None
 ) -> dict[str, Any]:
     out = bench_dir / "out" / f"project-{tag}"
     shutil.rmtree(out, ignore_errors=True)
@@ -355,7 +359,7 @@ def run_project(
     proc = subprocess.Popen(
         cmd,
         cwd=bench_dir,
-        env=child_env(bench_dir),
+        env=child_env(bench_dir, tree),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -397,15 +401,18 @@ def run_project(
     }
 
 
-def warm_prefect_home(bench_dir: Path, mapping: Path, seed: int) -> float | None:
+def warm_prefect_home(
+    bench_dir: Path, mapping: Path, seed: int, tree: Path | None = None
+) -> float | None:
     """First use of a PREFECT_HOME creates and migrates its database (tens of seconds): do it
-    once on a tiny file so that it is not counted as start-up of the measured run."""
-    if (bench_dir / "prefect-home" / "prefect.db").exists():
+    once on a tiny file so that it is not counted as start-up of the measured run. (A CLI that
+    does not use Prefect creates no database: then this is one small unmeasured run.)"""
+    if (Path(child_env(bench_dir, tree)["PREFECT_HOME"]) / "prefect.db").exists():
         return None
     tiny = bench_dir / "data" / "billing-1000.parquet"
     generate(tiny, 1000, row_group_rows=1000, seed=seed)
     t0 = time.perf_counter()
-    warm = run_project(tiny, mapping, bench_dir, "warmup", 1000)
+    warm = run_project(tiny, mapping, bench_dir, "warmup", 1000, tree=tree)
     shutil.rmtree(warm["out_dir"], ignore_errors=True)
     return round(time.perf_counter() - t0, 1)
 
