@@ -12,7 +12,10 @@ from moesif_backfill.modes import direct_label, flow_run_label
 
 class Follow:
     """The CLI's listener on a run: the progress bar, and the outcome of a Prefect flow run
-    (`finished`, called by the flow before it returns or fails)."""
+    (`finished`, called by the flow before it returns or fails). Slotted: Prefect stores such
+    a parameter as the placeholder "<Follow>" instead of encoding its attributes."""
+
+    __slots__ = ("bar", "error", "flow_run", "outcome")
 
     def __init__(self, bar: Any = None) -> None:
         self.bar = bar

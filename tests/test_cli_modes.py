@@ -216,6 +216,9 @@ def test_with_an_api_run_is_a_flow_run_and_no_prefect_runs_directly(
     assert f"job {job}: complete" in err
     flow_run, keys = _flow_run_and_artifacts(prefect_server, found.group(2))
     assert flow_run.name == found.group(1) and flow_run.state_type.value == "COMPLETED"
+    # the settings are the run's parameters; the CLI's listener is only a placeholder
+    assert flow_run.parameters["settings"]["job"] == job
+    assert flow_run.parameters["listener"] == "<Follow>"
     assert {f"{job}-summary", f"{job}-progress"} <= keys
     assert set(strict_firehose.transaction_ids(firehose_stream)) == expected_ids(1, 1_500)
 
