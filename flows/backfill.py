@@ -143,7 +143,11 @@ def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
     if on_dask(settings):  # until the one-run model runs shards from run_job
         from flows.dask_run import run_on_dask  # noqa: PLC0415 - imports distributed
 
-        return run_on_dask(settings)
+        result = run_on_dask(settings)
+        if listener is not None:
+            fields = {k: v for k, v in result.items() if k != "accounted"}
+            listener.finished(JobOutcome(RunSummary(**fields)), current_flow_run())
+        return result
     artifact = ProgressArtifact(settings.job or default_job_name(settings))
     outcome = run_job(settings, progress=[artifact] if listener is None else [artifact, listener])
     if outcome.ok:

@@ -192,30 +192,36 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         raise ConfigError.invalid("arguments", exc) from None
 
 
-class CliLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Warnings of the tool's own loggers on the current stderr; Prefect's records (its
+class CliLogHandler(logging.Handler):
+    """Warnings of the tool's own loggers on the current sys.stderr; Prefect's records (its
     narration, its account of a failed flow run) stay out: the CLI prints its own summary."""
 
     def __init__(self) -> None:
-        super().__init__(sys.stderr)
-        self.setLevel(logging.WARNING)
+        super().__init__(logging.WARNING)
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.name.startswith("prefect") and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
-        super().emit(record)
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
 
 
-def setup_logging() -> None:
+def setup_logging() -> CliLogHandler | None:
+    """The CLI's log handler on the root logger; the handler added (None: one was there)."""
     root = logging.getLogger()
+    handler = None
     if not any(isinstance(h, CliLogHandler) for h in root.handlers):
-        root.addHandler(CliLogHandler())
+        handler = CliLogHandler()
+        root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # a Dask cluster's chatter
+    return handler
 
 
 def prefect_environment() -> None:
@@ -231,7 +237,9 @@ def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> 
 
     follow = Follow(Bar(sys.stderr.isatty() and not getattr(args, "quiet", False)))
     try:
-        if mode.prefect:
+        # --workers/--dask-address: still the Prefect-task Dask path (flows/dask_run.py) until
+        # run_job runs shards itself (the one-run model); then this special case goes.
+        if mode.prefect or settings.dask_address or settings.workers:
             from flows.backfill import run_as_flow_run
 
             state = run_as_flow_run(settings, follow)
@@ -277,8 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     prefect_environment()
     args = build_parser().parse_args(argv)
-    setup_logging()
+    handler = setup_logging()
+    try:
+        return _command(args)
+    finally:  # an in-process caller (tests) keeps its logging as it was
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
 
+
+def _command(args: argparse.Namespace) -> int:
     from moesif_backfill.errors import BackfillError
 
     if args.command in ("nightly", "range"):
