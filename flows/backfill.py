@@ -1,32 +1,34 @@
-"""The `moesif-backfill` Prefect flow: preflight, one task per input file, a summary artifact
-(or, with --workers/--dask-address, one task per shard on a Dask cluster: flows/dask_run.py).
+"""The `moesif-backfill` Prefect flow: the core's `run_job` (pipeline/job.py) as a flow run, with
+a progress artifact, a summary table artifact and a log line.
 
-The flow only wires small steps from `pipeline.run`; the logic stays plain Python. A file task is
-retried by Prefect when delivery failed with a transient error (throttling, 5xx, dropped
-connections beyond the sender's own retry budget); it resumes from the checkpoint, so a retry
-re-sends at most the chunks that were in flight. Permanent errors fail the flow at once.
+All the work, including retries of a file after transient errors (within the run's retry
+budget), is the core's: the flow adds only what the Prefect UI shows. A failed run re-raises the
+error that stopped it, so the flow run fails with the same message the CLI prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.cache_policies import NO_CACHE
 
-from moesif_backfill.errors import BackfillError, TransientDeliveryError
-from pipeline.engine import ProgressListener
+from moesif_backfill.errors import BackfillError
+from pipeline.job import JobOutcome, run_job
+from pipeline.plan import default_job_name
 from pipeline.report import RunSummary
-from pipeline.run import Run, on_dask
+from pipeline.run import on_dask
 from pipeline.settings import RunSettings
 
 ARTIFACT_EVERY_S = 2.0
@@ -46,47 +48,77 @@ class _NoTracebackForExpectedErrors(logging.Filter):
 
 for _name in ("prefect.flow_runs", "prefect.task_runs"):
     logging.getLogger(_name).addFilter(_NoTracebackForExpectedErrors())
-_listeners: list[ProgressListener] = []
-LAST_SUMMARY: dict[str, Any] = {}  # the summary of the last run in this process (for the CLI)
 
 
-def add_progress_listener(listener: ProgressListener) -> None:
-    """Let the CLI (a terminal progress bar) follow the rows of the next run."""
-    _listeners.append(listener)
+@dataclass(frozen=True)
+class FlowRunRef:
+    """The flow run a command ran as (for the CLI's "as Prefect flow run 'NAME', id ID")."""
+
+    name: str
+    id: str
 
 
-def clear_progress_listeners() -> None:
-    _listeners.clear()
+def current_flow_run() -> FlowRunRef:
+    from prefect.runtime import flow_run  # noqa: PLC0415 - resolved at call time
+
+    return FlowRunRef(name=str(flow_run.name), id=str(flow_run.id))
 
 
-class _Progress:
-    """Fans row counts out to the listeners and keeps a Prefect progress artifact current."""
+@contextlib.contextmanager
+def core_logs_to_api() -> Iterator[None]:
+    """While a flow runs, the core's INFO logs (`pipeline.*`: each day's progress) go to the
+    flow run's log in the Prefect API too (unless PREFECT_LOGGING_EXTRA_LOGGERS already sends
+    them); the console keeps only warnings (the handlers there have their own levels)."""
+    from prefect.logging.handlers import APILogHandler  # noqa: PLC0415
 
-    def __init__(self, total: int | None, job: str) -> None:
-        self.total = total
+    logger = logging.getLogger("pipeline")
+    level = logger.level
+    handler = None
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        handler = APILogHandler(level=logging.INFO)
+        logger.addHandler(handler)
+    logger.setLevel(min(level or logging.WARNING, logging.INFO))
+    try:
+        yield
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def artifact_key(job: str, what: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes) for `what` of `job`."""
+    safe = "".join(c if c.isalnum() else "-" for c in job.lower()).strip("-")
+    return f"{safe[:60]}-{what}"
+
+
+class ProgressArtifact:
+    """A progress listener keeping a Prefect progress artifact current (every 2 s at most)."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.total: int | None = None
         self.done = 0
+        self.artifact_id: UUID | None = None
         self._last = 0.0
         self._lock = threading.Lock()
-        for listener in _listeners:
-            set_total = getattr(listener, "set_total", None)
-            if set_total is not None:
-                set_total(total)
-        self.artifact_id: UUID = cast(
+
+    def set_total(self, total: int | None) -> None:
+        self.total = total
+        self.artifact_id = cast(
             UUID,
             create_progress_artifact(
                 progress=0.0,
-                key=artifact_key(job, "progress"),
-                description=f"moesif-backfill job {job}: share of input rows accounted for",
+                key=artifact_key(self.job, "progress"),
+                description=f"moesif-backfill job {self.job}: share of input rows accounted for",
             ),
         )
 
     def rows_done(self, n: int) -> None:
-        for listener in _listeners:
-            listener.rows_done(n)
         with self._lock:
             self.done += n
             now = time.monotonic()
-            if now - self._last < ARTIFACT_EVERY_S or not self.total:
+            if self.artifact_id is None or not self.total or now - self._last < ARTIFACT_EVERY_S:
                 return
             self._last = now
         update_progress_artifact(self.artifact_id, self.percent())
@@ -96,91 +128,40 @@ class _Progress:
             return 100.0
         return round(min(100.0, 100.0 * self.done / self.total), 1)
 
-
-def artifact_key(job: str, what: str) -> str:
-    """An artifact key (lowercase letters, digits, dashes) for `what` of `job`."""
-    safe = "".join(c if c.isalnum() else "-" for c in job.lower()).strip("-")
-    return f"{safe[:60]}-{what}"
-
-
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except TransientDeliveryError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-# The retry policy of a task that sends: only TransientDeliveryError is retried (a blind retry
-# of an unknown error could send twice).
-RETRY_TRANSIENT: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [10, 60],
-    "retry_condition_fn": _retry_transient,
-}
-
-
-@task(name="preflight", cache_policy=NO_CACHE)
-def preflight(run: Run) -> int:
-    plan = run.prepare()
-    logger = get_run_logger()
-    logger.info(
-        "job %s: %d file(s), mode %s, %s",
-        plan.job,
-        len(plan.files),
-        run.settings.mode,
-        f"~{plan.rows_estimate:,} rows" if plan.rows_estimate else "row count unknown",
-    )
-    return len(plan.files)
-
-
-@task(name="process-file", task_run_name="file-{index}", cache_policy=NO_CACHE, **RETRY_TRANSIENT)
-def process_file(run: Run, index: int) -> dict[str, int]:
-    counts = run.process_file(index)
-    return {
-        "rows_read": counts.rows_read,
-        "actions_sent": counts.actions_sent,
-        "rows_rejected": counts.rows_rejected,
-        "rows_skipped": counts.rows_skipped,
-    }
+    def complete(self) -> None:
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, 100.0)
 
 
 @flow(name="moesif-backfill", log_prints=False)
-def backfill(settings: RunSettings) -> dict[str, Any]:
+def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
     """Backfill the sources into Moesif through Firehose (or preview them with --dry-run).
 
-    With `dask_address` or `workers` the shards run on a Dask cluster (flows/dask_run.py, a
-    subflow); otherwise every file runs here, one task after the other."""
-    if on_dask(settings):
+    `listener` (the CLI's, not stored in the API): an object with `rows_done(n)` and
+    `set_total(n)` following the rows, and `finished(outcome, flow_run)` receiving the
+    `JobOutcome` and the `FlowRunRef` before the flow returns or fails."""
+    if on_dask(settings):  # until the one-run model runs shards from run_job
         from flows.dask_run import run_on_dask  # noqa: PLC0415 - imports distributed
 
-        return run_on_dask(settings)
-    run = Run(settings)
-    error: BaseException | None = None
-    try:
-        n_files = preflight(run)
-        assert run.plan is not None
-        progress = _Progress(run.plan.rows_estimate, run.plan.job)
-        run.progress = progress
-        for index in range(n_files):
-            process_file(run, index)
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        summary = publish_summary(run, error)
-    return summary.to_dict()
+        result = run_on_dask(settings)
+        if listener is not None:
+            fields = {k: v for k, v in result.items() if k != "accounted"}
+            listener.finished(JobOutcome(RunSummary(**fields)), current_flow_run())
+        return result
+    artifact = ProgressArtifact(settings.job or default_job_name(settings))
+    outcome = run_job(settings, progress=[artifact] if listener is None else [artifact, listener])
+    if outcome.ok:
+        artifact.complete()
+    publish_run_summary(outcome.summary)
+    if listener is not None:
+        listener.finished(outcome, current_flow_run())
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.summary.to_dict()
 
 
-def publish_summary(run: Run, error: BaseException | None) -> RunSummary:
-    """Finish `run`: its summary for the CLI (LAST_SUMMARY), as an artifact and in the log."""
-    summary = run.finish(error)
-    LAST_SUMMARY.clear()
-    LAST_SUMMARY.update(summary.to_dict())
-    if isinstance(run.progress, _Progress) and error is None:
-        update_progress_artifact(run.progress.artifact_id, 100.0)
+def publish_run_summary(summary: RunSummary) -> None:
+    """The run's summary as a table artifact and a log line."""
     create_table_artifact(
         table=summary.table_rows(),
         key=artifact_key(summary.job, "summary"),
@@ -196,4 +177,68 @@ def publish_summary(run: Run, error: BaseException | None) -> RunSummary:
         summary.rows_skipped,
         summary.duration_s,
     )
+
+
+def run_as_flow_run(settings: RunSettings, listener: Any) -> Any:
+    """The CLI's Prefect mode: `backfill` as a flow run; the outcome reaches `listener`. Its
+    final state."""
+    return backfill(settings, listener=listener, return_state=True)
+
+
+__all__ = [
+    "FlowRunRef",
+    "JobOutcome",
+    "artifact_key",
+    "backfill",
+    "current_flow_run",
+    "publish_run_summary",
+    "run_as_flow_run",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kept only for flows/dask_run.py and flows/shard_task.py (the Prefect-task Dask path) until the
+# one-run model replaces them; remove with them. Nothing else uses these names.
+
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from moesif_backfill.errors import TransientDeliveryError  # noqa: E402
+from pipeline.run import Run  # noqa: E402
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except TransientDeliveryError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+RETRY_TRANSIENT: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [10, 60],
+    "retry_condition_fn": _retry_transient,
+}
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight(run: Run) -> int:
+    plan = run.prepare()
+    return len(plan.files)
+
+
+class _Progress(ProgressArtifact):
+    def __init__(self, total: int | None, job: str) -> None:
+        super().__init__(job)
+        self.set_total(total)
+
+
+def publish_summary(run: Run, error: BaseException | None) -> RunSummary:
+    summary = run.finish(error)
+    if isinstance(run.progress, _Progress) and error is None:
+        run.progress.complete()
+    publish_run_summary(summary)
     return summary

@@ -1,5 +1,9 @@
 """Command line: `moesif-backfill run|validate|nightly|range` (nightly, range: cli_days.py).
 
+The CLI runs the core (pipeline/job.py) directly, or as Prefect flow runs when a Prefect API is
+configured (moesif_backfill/modes.py; README "Direct or Prefect"). Flag defaults and help come
+from the settings models' fields (moesif_backfill/cli_flags.py).
+
 Exit codes: 0 complete; 2 configuration/preflight error, nothing sent; 3 complete with rejected
 rows; 1 failed (undeliverable after retries, unreadable source) with the checkpoint holding
 exactly what was delivered.
@@ -11,33 +15,39 @@ import argparse
 import logging
 import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
 from moesif_backfill.cli_days import add_days_parsers, main_days
+from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.cli_output import Follow, print_error
 from moesif_backfill.cli_sql import add_sql_parser, main_sql
+from moesif_backfill.modes import MODES_HELP, Mode, choose_mode
+from pipeline.settings import RunSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REJECTS = 0, 1, 2, 3
+FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs")
-    p.add_argument("--mapping", required=True, type=Path, help="mapping YAML file")
-    p.add_argument(
-        "--allow-older-than-30-days",
-        action="store_true",
+    field_flag(p, RunSettings, "mapping", required=True, help="mapping YAML file")
+    field_flag(
+        p,
+        RunSettings,
+        "allow_older_than_30_days",
         help="send rows older than Moesif's 30-day window (account enabled for backfill)",
     )
-    p.add_argument(
-        "--chunk-rows", type=int, default=10_000, help="rows per checkpointed chunk (default 10000)"
+    field_flag(p, RunSettings, "chunk_rows", help="rows per checkpointed chunk")
+    field_flag(p, RunSettings, "region", help="AWS region (default: boto3's configuration)")
+    field_flag(
+        p,
+        RunSettings,
+        "s3_endpoint_url",
+        help="S3 endpoint URL for s3:// sources and checkpoints (e.g. moto)",
     )
-    p.add_argument("--region", help="AWS region (default: boto3's configuration)")
-    p.add_argument(
-        "--s3-endpoint-url", help="S3 endpoint URL for s3:// sources and checkpoints (e.g. moto)"
-    )
-    p.add_argument(
-        "--aws-credentials-block",
+    field_flag(
+        p,
+        RunSettings,
+        "aws_credentials_block",
         metavar="NAME",
         help="use the AWS credentials of this Prefect AwsCredentials block (prefect-aws)",
     )
@@ -47,9 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moesif-backfill",
         description="Send billing/usage rows to Moesif as actions through Amazon Data Firehose.",
+        epilog=MODES_HELP,
+        formatter_class=FORMATTER,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="backfill SOURCE... (or --dry-run to preview)")
+    run = sub.add_parser(
+        "run",
+        help="backfill SOURCE... (or --dry-run to preview)",
+        epilog=MODES_HELP,
+        formatter_class=FORMATTER,
+    )
     _common(run)
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument(
@@ -62,62 +79,60 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--dry-run",
         action="store_true",
-        help="write the records that would be sent to --out DIR; no AWS calls",
+        help="write the records that would be sent to --out DIR; no AWS calls, never Prefect",
     )
-    run.add_argument("--out", type=Path, help="output directory for --dry-run")
-    run.add_argument(
-        "--endpoint-url", help="Firehose endpoint URL (local stand-ins, VPC endpoints)"
+    field_flag(run, RunSettings, "out", help="output directory for --dry-run")
+    field_flag(
+        run, RunSettings, "endpoint_url", help="Firehose endpoint URL (local stand-ins, VPC)"
     )
-    run.add_argument(
-        "--checkpoint",
-        default=".moesif-backfill/checkpoints",
-        help="checkpoint location: a directory or s3://bucket/prefix/ "
-        "(default .moesif-backfill/checkpoints)",
+    field_flag(
+        run,
+        RunSettings,
+        "checkpoint",
+        help="checkpoint location: a directory or s3://bucket/prefix/",
     )
-    run.add_argument(
-        "--lease-seconds",
-        type=float,
-        default=60.0,
-        help="S3 checkpoint lease: how long a crashed run blocks the job (default 60)",
+    field_flag(
+        run,
+        RunSettings,
+        "lease_seconds",
+        help="S3 checkpoint lease: how long a crashed run blocks the job",
     )
-    run.add_argument("--job", help="job name (default: derived from the sources and mapping path)")
-    run.add_argument(
-        "--rejects", type=Path, help="rejects NDJSON file (default: in the checkpoint)"
-    )
-    run.add_argument("--summary-json", type=Path, help="write the run summary here")
+    field_flag(run, RunSettings, "job", help="job name (default: from the sources and mapping)")
+    field_flag(run, RunSettings, "rejects", help="rejects NDJSON file (default: in the checkpoint)")
+    field_flag(run, RunSettings, "summary_json", help="write the run summary here")
     _quota_flags(run)
-    run.add_argument(
-        "--max-in-flight", type=int, default=8, help="PutRecordBatch calls at once (per stream)"
-    )
-    run.add_argument(
-        "--adaptive-rate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="on throttling, lower the send rate and raise it again slowly (default: on)",
+    field_flag(run, RunSettings, "max_in_flight", help="PutRecordBatch calls at once (per stream)")
+    field_flag(
+        run,
+        RunSettings,
+        "adaptive_rate",
+        help="on throttling, lower the send rate and raise it again slowly",
     )
     cluster = run.add_mutually_exclusive_group()
-    cluster.add_argument(
-        "--dask-address", metavar="TCP_URL", help="run shards on an existing Dask scheduler"
-    )
-    cluster.add_argument(
-        "--workers", type=int, metavar="N", help="run shards on a local Dask cluster of N processes"
-    )
-    run.add_argument(
-        "--retry-attempts",
-        type=int,
-        default=10,
+    field_flag(cluster, RunSettings, "dask_address", metavar="TCP_URL")
+    field_flag(cluster, RunSettings, "workers", metavar="N")
+    field_flag(
+        run,
+        RunSettings,
+        "retry_attempts",
         help="give up on a batch after N attempts in a row that delivered nothing",
     )
-    run.add_argument("--reset", action="store_true", help="forget this job's checkpoint first")
-    run.add_argument(
-        "--reprocess",
+    _optional_flags(run)
+    field_flag(run, RunSettings, "reset", help="forget this job's checkpoint first")
+    field_flag(
+        run,
+        RunSettings,
+        "reprocess",
         action="append",
-        default=[],
         metavar="FILE",
         help="send FILE again although it changed since the checkpoint",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    val = sub.add_parser("validate", help="preflight: check the mapping and data, send nothing")
+    mode_flags(run)
+    val = sub.add_parser(
+        "validate",
+        help="preflight: check the mapping and data, send nothing (never Prefect)",
+    )
     _common(val)
     val.add_argument(
         "--stream",
@@ -131,224 +146,156 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _optional_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of RunSettings fields that a settings version may lack (retry budget, shards)."""
+    if "retry_budget_s" in RunSettings.model_fields:
+        field_flag(
+            p,
+            RunSettings,
+            "retry_budget_s",
+            metavar="SECONDS",
+            help="how long a file is retried after transient errors (throttling, 5xx, dropped "
+            "connections) before the run fails; the same in both modes",
+        )
+    if "shards_in_flight" in RunSettings.model_fields:
+        field_flag(p, RunSettings, "shards_in_flight", metavar="N")
+
+
 def _quota_flags(p: argparse.ArgumentParser) -> None:
     """The per-stream limits (docs/throughput.md), for run and validate."""
-    p.add_argument(
-        "--max-records-per-second",
-        type=float,
-        help="each stream's Firehose records/s quota; sends are shaped to 98%% of it",
+    field_flag(
+        p,
+        RunSettings,
+        "max_records_per_second",
+        help="each stream's Firehose records/s quota; sends are shaped to 98% of it",
     )
-    p.add_argument(
-        "--max-mib-per-second",
-        type=float,
-        help="each stream's Firehose MiB/s quota (data bytes); sends are shaped to 98%% of it",
+    field_flag(
+        p,
+        RunSettings,
+        "max_mib_per_second",
+        help="each stream's Firehose MiB/s quota (data bytes); sends are shaped to 98% of it",
     )
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> RunSettings:
     from pydantic import ValidationError
 
     from moesif_backfill.errors import ConfigError
-    from pipeline.settings import RunSettings
 
-    data: dict[str, Any] = {
-        "sources": args.sources,
-        "mapping": args.mapping,
-        "allow_older_than_30_days": args.allow_older_than_30_days,
-        "chunk_rows": args.chunk_rows,
-        "region": args.region,
-        "s3_endpoint_url": args.s3_endpoint_url,
-        "aws_credentials_block": args.aws_credentials_block,
-    }
+    data = given(args, RunSettings)
+    data["streams"] = args.stream or []
     if args.command == "validate":
-        data.update(
-            mode="validate",
-            streams=args.stream or [],
-            max_records_per_second=args.max_records_per_second,
-            max_mib_per_second=args.max_mib_per_second,
-        )
+        data["mode"] = "validate"
     else:
-        data.update(
-            mode="dry-run" if args.dry_run else "send",
-            streams=args.stream or [],
-            out=args.out,
-            endpoint_url=args.endpoint_url,
-            checkpoint=args.checkpoint,
-            lease_seconds=args.lease_seconds,
-            job=args.job,
-            rejects=args.rejects,
-            summary_json=args.summary_json,
-            max_records_per_second=args.max_records_per_second,
-            max_mib_per_second=args.max_mib_per_second,
-            max_in_flight=args.max_in_flight,
-            adaptive_rate=args.adaptive_rate,
-            dask_address=args.dask_address,
-            workers=args.workers,
-            retry_attempts=args.retry_attempts,
-            reset=args.reset,
-            reprocess=args.reprocess,
-        )
+        data["mode"] = "dry-run" if args.dry_run else "send"
     try:
         return RunSettings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError.invalid("arguments", exc) from None
 
 
-class _Bar:
-    """A rich progress bar on a terminal (rows/s, ETA); nothing otherwise."""
+class CliLogHandler(logging.Handler):
+    """Warnings of the tool's own loggers on the current sys.stderr; Prefect's records (its
+    narration, its account of a failed flow run) stay out: the CLI prints its own summary."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.progress: Any = None
-        self.task: Any = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("prefect") and super().filter(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging() -> CliLogHandler | None:
+    """The CLI's log handler on the root logger; the handler added (None: one was there)."""
+    root = logging.getLogger()
+    handler = None
+    if not any(isinstance(h, CliLogHandler) for h in root.handlers):
+        handler = CliLogHandler()
+        root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # a Dask cluster's chatter
+    return handler
+
+
+def prefect_environment() -> None:
+    """Defaults for Prefect, set before it loads (only loaded in Prefect mode, or by the lazy
+    AwsCredentials-block loader)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline,flows,connectors,transforms")
+
+
+def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> int:
+    from moesif_backfill.cli_output import Bar, print_summary, print_validate
+
+    follow = Follow(Bar(sys.stderr.isatty() and not getattr(args, "quiet", False)))
+    try:
+        # --workers/--dask-address: still the Prefect-task Dask path (flows/dask_run.py) until
+        # run_job runs shards itself (the one-run model); then this special case goes.
+        if mode.prefect or settings.dask_address or settings.workers:
+            from flows.backfill import run_as_flow_run
+
+            state = run_as_flow_run(settings, follow)
+            if follow.outcome is None:  # the flow run failed before the core ran
+                follow.bar.stop()
+                print_error(state.result(raise_on_failure=False))
+                print(
+                    "the Prefect flow run ended before the backfill started: nothing was sent; "
+                    "rerun, or run with --no-prefect",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+        else:
+            from pipeline.job import run_job
+
+            follow.outcome = run_job(settings, progress=[follow])
+    except KeyboardInterrupt:
+        follow.bar.stop()
+        print(
+            "interrupted: the checkpoint holds every acknowledged chunk; rerun to resume",
+            file=sys.stderr,
         )
-
-        self.progress = Progress(
-            TextColumn("[bold]rows"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.speed:>10,.0f} rows/s" if False else "{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self.start = time.monotonic()
-        self.task = self.progress.add_task("rows", total=None, rate="")
-        self.progress.start()
-
-    def set_total(self, total: int | None) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, total=total)
-
-    def rows_done(self, n: int) -> None:
-        if self.progress is None:
-            return
-        self.progress.advance(self.task, n)
-        done = self.progress.tasks[0].completed
-        rate = done / max(time.monotonic() - self.start, 1e-6)
-        self.progress.update(self.task, rate=f"{rate:,.0f} rows/s")
-
-    def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    if not summary:
-        return
-    mode = summary.get("mode")
-    sent_label = "would be sent" if mode == "dry-run" else "sent"
-    lines = [
-        f"job {summary['job']}: {summary['status']}",
-        f"  rows read      {summary['rows_read']:>12,}",
-        f"  {sent_label:<14} {summary['actions_sent']:>12,}",
-        f"  rejected       {summary['rows_rejected']:>12,}",
-        f"  skipped        {summary['rows_skipped']:>12,}  (delivered by an earlier run)",
-        f"  firehose calls {summary['firehose_calls']:>12,}  retried records "
-        f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}, "
-        f"throttled records {summary.get('throttled_records', 0):,}, "
-        f"server errors {summary['server_errors']:,}, "
-        f"connection errors {summary['connection_errors']:,}",
-        f"  bytes          {summary['bytes_sent']:>12,}  billable 5 KB units "
-        f"{summary['billable_5kb_units']:,}",
-        f"  duration       {summary['duration_s']:>11.1f}s  "
-        f"({summary['rows_per_second']:,.0f} rows/s)",
-    ]
-    if summary.get("rows_outside_window"):
-        lines.insert(
-            5,
-            f"  outside window {summary['rows_outside_window']:>12,}  (other days: not sent here)",
-        )
-    for label, n in (summary.get("sent_without_field") or {}).items():
-        lines.append(f"  without {label}: {n:,} rows (their files lack the column: if_missing)")
-    streams = summary.get("streams") or {}
-    if len(streams) > 1:
-        for name, c in streams.items():
-            lines.append(
-                f"  stream {name}: {c['records']:,} records, {c['calls']:,} calls, "
-                f"{c['throttled']:,} throttled calls, {c.get('throttled_records', 0):,} "
-                "throttled records"
-            )
-    quota = _quota_line(summary)
-    if quota and mode == "send":
-        lines.append(f"  {quota}")
-    if summary.get("rows_rejected") and summary.get("rejects_path"):
-        lines.append(f"  rejects file   {summary['rejects_path']}")
-    if summary.get("out_dir"):
-        lines.append(f"  output         {summary['out_dir']}")
-    if not summary.get("accounted", True):
-        lines.append("  WARNING: rows do not add up; please report this")
-    print("\n".join(lines), file=sys.stderr)
-
-
-def _print_validate(summary: dict[str, Any]) -> None:
-    print(f"mapping OK for {summary['files_total']} file(s)")
-    for warning in summary.get("warnings", []):
-        print(f"warning: {warning}")
-    for action in summary.get("sample_actions", []):
-        print(f"  example: {action}")
-    units = summary["billable_5kb_units"]
-    print(
-        f"rows {summary['rows_read']:,}: {summary['actions_sent']:,} valid actions, "
-        f"{summary['rows_rejected']:,} would be rejected, "
-        f"{summary['rows_older_than_30_days']:,} older than 30 days\n"
-        f"payload {summary['bytes_sent']:,} bytes; Firehose bills {units:,} units of 5 KB"
-    )
-    print(
-        _quota_line(summary)
-        or "expected send time: give --max-records-per-second and/or --max-mib-per-second "
-        "(each stream's Firehose quota, see docs/throughput.md) and --stream for each stream"
-    )
-
-
-def _quota_line(summary: dict[str, Any]) -> str | None:
-    """'expected send time ... at <limits>' when the summary has a records/s or MiB/s limit."""
-    expected = summary.get("expected_send_s")
-    limits = summary.get("send_limits") or {}
-    if expected is None:
-        return None
-    given = []
-    if limits.get("records_per_second"):
-        given.append(f"{limits['records_per_second']:,.0f} records/s")
-    if limits.get("mib_per_second"):
-        given.append(f"{limits['mib_per_second']:g} MiB/s")
-    n = int(limits.get("streams") or 1)
-    per = " per stream" if n > 1 else ""
-    return (
-        f"expected send time {_duration(expected)} at {' and '.join(given)}{per}"
-        f"{f' x {n} streams' if n > 1 else ''} (the quota's pace; sends are shaped to 98% of it)"
-    )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+        return 130
+    follow.bar.stop()
+    outcome = follow.outcome
+    code = EXIT_OK if outcome.error is None else print_error(outcome.error)
+    summary = outcome.summary.to_dict()
+    if settings.mode == "validate" and code == EXIT_OK:
+        print_validate(summary)
+        print(follow.label())
+        return code
+    if summary.get("rows_read") or code == EXIT_OK:
+        print_summary(summary)
+    print(follow.label(), file=sys.stderr)
+    if code == EXIT_OK and summary.get("rows_rejected"):
+        code = EXIT_REJECTS
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     # Arrow's default allocator (mimalloc) keeps freed memory; the system allocator keeps peak
     # memory ~60 MB lower at the same speed (bench/README.md). Must be set before pyarrow loads.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "flows,connectors,transforms")
-    # Prefect narrates every run at INFO; the CLI prints its own summary. PREFECT_LOGGING_LEVEL=INFO
-    # brings the narration back.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    prefect_environment()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = setup_logging()
+    try:
+        return _command(args)
+    finally:  # an in-process caller (tests) keeps its logging as it was
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
 
+
+def _command(args: argparse.Namespace) -> int:
     from moesif_backfill.errors import BackfillError
 
     if args.command in ("nightly", "range"):
@@ -357,42 +304,15 @@ def main(argv: list[str] | None = None) -> int:
         return main_sql(args)
     try:
         settings = _settings(args)
+        always_direct = {"validate": "validate", "dry-run": "run --dry-run"}.get(settings.mode)
+        mode = choose_mode(prefect=getattr(args, "prefect", None), always_direct=always_direct)
         if settings.dask_address or settings.workers:
             from flows.dask_cluster import check_cluster_settings
 
-            logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's chatter
             check_cluster_settings(settings)  # before a Prefect API or a cluster is started
     except BackfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    from flows import backfill as flow_module
-
-    bar = _Bar(sys.stderr.isatty() and not getattr(args, "quiet", False))
-    flow_module.clear_progress_listeners()
-    flow_module.add_progress_listener(bar)
-    code = EXIT_OK
-    try:
-        flow_module.backfill(settings)
-    except BackfillError as exc:
-        bar.stop()
-        print(f"error: {exc}", file=sys.stderr)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        bar.stop()
-        print(
-            "interrupted: the checkpoint holds every acknowledged chunk; rerun to resume",
-            file=sys.stderr,
-        )
-        return 130
-    bar.stop()
-    summary = dict(flow_module.LAST_SUMMARY)
-    if settings.mode == "validate" and code == EXIT_OK:
-        _print_validate(summary)
-    elif summary.get("rows_read") or code == EXIT_OK:
-        _print_summary(summary)
-    if code == EXIT_OK and summary.get("rows_rejected"):
-        code = EXIT_REJECTS
-    return code
+        return print_error(exc)
+    return run_command(args, settings, mode)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,119 +1,112 @@
-"""Command line: the `nightly` and `range` subcommands (flows/nightly.py, docs/nightly.md).
+"""Command line: the `nightly` and `range` subcommands (pipeline/nightly.py, docs/nightly.md).
 
-Each option is one parameter of the `nightly-sync` or `backfill-range` flow; the result is the
-per-day table. Exit codes as for `run` (moesif_backfill/cli.py): 0 every day delivered, 2 a
-configuration error (every failed day's), 1 a day failed, 130 interrupted. Prefect is imported
-only when a subcommand runs, so that --help answers at once.
+Each option is a field of `NightlySettings` / `RangeSettings` (pipeline/day_settings.py, where
+its default lives) or a `RunSettings` field for every day's job (`options`). Direct mode runs
+the core (`pipeline.nightly`); Prefect mode the `nightly-sync` / `backfill-range` flows
+(README "Direct or Prefect"). The result is the per-day table. Exit codes as for `run`
+(moesif_backfill/cli.py): 0 every day delivered, 2 a configuration error (every failed day's),
+1 a day failed, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from moesif_backfill.errors import BackfillError
+from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.modes import MODES_HELP
+from pipeline.day_settings import DaySettings, NightlySettings, RangeSettings
+from pipeline.settings import RunSettings
+
+# RunSettings fields the days' jobs take from the command line (DaySettings.options).
+DAY_OPTIONS = (
+    "chunk_rows",
+    "max_records_per_second",
+    "max_mib_per_second",
+    "max_in_flight",
+    "retry_attempts",
+    "retry_budget_s",
+    "shards_in_flight",
+)
 
 
 def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `nightly` and `range` to the subparsers `sub` of the CLI."""
+    fmt = argparse.RawDescriptionHelpFormatter
     nightly = sub.add_parser(
-        "nightly", help="sync yesterday (or --date) and catch up missed days (docs/nightly.md)"
+        "nightly",
+        help="sync yesterday (or --date) and catch up missed days (docs/nightly.md)",
+        epilog=MODES_HELP,
+        formatter_class=fmt,
     )
-    _days_common(nightly)
+    _days_common(nightly, NightlySettings)
     nightly.add_argument("--date", help="the day to sync, YYYY-MM-DD (default: yesterday)")
-    nightly.add_argument(
-        "--max-catch-up-days", type=int, default=7, help="missed days synced per run (default 7)"
-    )
-    nightly.add_argument(
-        "--late-arrival-days",
-        type=int,
-        default=2,
-        help="synced days re-scanned for late files (default 2)",
-    )
+    field_flag(nightly, NightlySettings, "max_catch_up_days")
+    field_flag(nightly, NightlySettings, "late_arrival_days")
     days = sub.add_parser(
-        "range", help="backfill the days --start..--end, each its own job (docs/nightly.md)"
+        "range",
+        help="backfill the days --start..--end, each its own job (docs/nightly.md)",
+        epilog=MODES_HELP,
+        formatter_class=fmt,
     )
-    _days_common(days)
+    _days_common(days, RangeSettings)
     days.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     days.add_argument("--end", required=True, help="last day, YYYY-MM-DD (included)")
-    days.add_argument("--concurrency", type=int, default=2, help="days at once (default 2)")
-    days.add_argument(
-        "--reset", action="store_true", help="forget each day's checkpoint first (resends them)"
+    field_flag(days, RangeSettings, "concurrency")
+    field_flag(
+        days,
+        RunSettings,
+        "reset",
+        dest="option.reset",
+        help="forget each day's checkpoint first (resends them)",
     )
 
 
-def _days_common(p: argparse.ArgumentParser) -> None:
-    """Options of `nightly` and `range`: one per flow parameter (flows/nightly.py)."""
+def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
+    """Options of `nightly` and `range`: one per settings field."""
     p.add_argument(
         "sources",
         nargs="+",
         metavar="SOURCE",
-        help="path/prefix templates with {date} (e.g. 'exports/dt={date:%%Y-%%m-%%d}/'); "
-        "with --window time, files read for every day",
+        help=model.model_fields["sources"]
+        .description.replace("%", "%%")  # type: ignore[union-attr]
+        .replace("window=time", "--window time"),
     )
-    p.add_argument("--mapping", required=True, type=Path, help="mapping YAML file")
-    p.add_argument("--job", required=True, help="sync name; day D's job is JOB-D")
-    p.add_argument("--stream", action="append", required=True, metavar="NAME", help="stream")
-    p.add_argument("--timezone", default="UTC", help="IANA time zone of the days (default UTC)")
-    p.add_argument(
-        "--window",
-        choices=["path", "time"],
-        default="path",
-        help="path: SOURCE names each day's files; time: send each day's rows of SOURCE",
-    )
-    p.add_argument("--checkpoint", default=".moesif-backfill/checkpoints", help="dir or s3://")
-    p.add_argument("--endpoint-url", help="Firehose endpoint URL")
-    p.add_argument("--region", help="AWS region")
-    p.add_argument("--s3-endpoint-url", help="S3 endpoint URL (sources and checkpoints)")
-    p.add_argument("--aws-credentials-block", metavar="NAME", help="Prefect AwsCredentials block")
-    p.add_argument("--allow-older-than-30-days", action="store_true")
-    p.add_argument(
-        "--allow-empty-days", action="store_true", help="a day without input is not an error"
-    )
-    p.add_argument("--chunk-rows", type=int, help="rows per checkpointed chunk")
-    p.add_argument("--max-records-per-second", type=float)
-    p.add_argument("--max-mib-per-second", type=float)
-    p.add_argument("--max-in-flight", type=int)
-    p.add_argument("--retry-attempts", type=int)
-    p.add_argument("--summary-json", type=Path, help="write the per-day result here")
+    field_flag(p, model, "mapping", required=True)
+    field_flag(p, model, "job", required=True)
+    field_flag(p, model, "streams", "--stream", action="append", required=True, metavar="NAME")
+    field_flag(p, model, "timezone")
+    field_flag(p, model, "window", choices=["path", "time"])
+    field_flag(p, model, "checkpoint")
+    field_flag(p, model, "endpoint_url")
+    field_flag(p, model, "region")
+    field_flag(p, model, "s3_endpoint_url")
+    field_flag(p, model, "aws_credentials_block", metavar="NAME")
+    field_flag(p, model, "allow_older_than_30_days")
+    field_flag(p, model, "allow_empty_days")
+    for name in DAY_OPTIONS:
+        if name in RunSettings.model_fields:
+            field_flag(p, RunSettings, name, dest=f"option.{name}")
+    p.add_argument("--summary-json", type=Path, help="write the per-day result here (JSON)")
+    mode_flags(p)
 
 
-def days_params(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("chunk_rows", "max_records_per_second", "max_mib_per_second", "max_in_flight")
-    options = {n: getattr(args, n) for n in (*names, "retry_attempts") if getattr(args, n)}
-    if getattr(args, "reset", False):
-        options["reset"] = True
-    params: dict[str, Any] = {
-        "source": args.sources,
-        "mapping": str(args.mapping),
-        "job": args.job,
-        "stream": args.stream,
-        "timezone": args.timezone,
-        "window": args.window,
-        "checkpoint": args.checkpoint,
-        "endpoint_url": args.endpoint_url,
-        "region": args.region,
-        "s3_endpoint_url": args.s3_endpoint_url,
-        "aws_credentials_block": args.aws_credentials_block,
-        "allow_older_than_30_days": args.allow_older_than_30_days,
-        "allow_empty_days": args.allow_empty_days,
-        "options": options or None,
-    }
-    if args.command == "nightly":
-        params.update(
-            date=args.date,
-            max_catch_up_days=args.max_catch_up_days,
-            late_arrival_days=args.late_arrival_days,
-        )
-    else:
-        params.update(start=args.start, end=args.end, concurrency=args.concurrency)
-    return params
+def days_settings(args: argparse.Namespace) -> NightlySettings | RangeSettings:
+    """The command's settings model from its flags (ConfigError when invalid)."""
+    from pipeline.day_settings import validated
+
+    model: type[DaySettings] = NightlySettings if args.command == "nightly" else RangeSettings
+    data = given(args, model)
+    options = {n: v for n, v in vars(args).items() if n.startswith("option.")}
+    data["options"] = {k.removeprefix("option."): v for k, v in options.items()}
+    data["mapping"] = str(data["mapping"])
+    result: NightlySettings | RangeSettings = validated(model, data)
+    return result
 
 
 def days_table(result: dict[str, Any]) -> str:
-    """The per-day table of a nightly/range result (empty when the flow never started)."""
+    """The per-day table of a nightly/range result (empty when the run never started)."""
     if not result:
         return ""
     head = f"{result['flow']} {result['job']}: {result['status']}"
@@ -132,30 +125,59 @@ def days_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _run(args: argparse.Namespace, settings: Any, prefect: bool, follow: Any) -> Any:
+    """Run the command (directly or as a flow run); its DaysOutcome (None: the flow run
+    ended before the core ran, its state's error in `follow.error`)."""
+    if prefect:
+        from flows import nightly as flows_nightly
+
+        if args.command == "nightly":
+            state = flows_nightly.nightly_sync(
+                settings, date=args.date, listener=follow, return_state=True
+            )
+        else:
+            state = flows_nightly.backfill_range(
+                settings, start=args.start, end=args.end, listener=follow, return_state=True
+            )
+        if follow.outcome is None:
+            follow.error = state.result(raise_on_failure=False)
+        return follow.outcome
+    from pipeline import nightly
+
+    if args.command == "nightly":
+        return nightly.run_nightly(settings, nightly.direct_job, date=args.date)
+    return nightly.run_range(settings, nightly.direct_job, start=args.start, end=args.end)
+
+
 def main_days(args: argparse.Namespace) -> int:
     """Run `nightly` or `range`; the exit code."""
-    # Prefect loads here, not at import: --help answers at once.
-    from flows import nightly  # noqa: PLC0415
-    from pipeline.report import write_json_atomic  # noqa: PLC0415
+    from moesif_backfill.cli_output import Follow, print_error
+    from moesif_backfill.errors import BackfillError
+    from moesif_backfill.modes import choose_mode
+    from pipeline.report import write_json_atomic
 
-    run = nightly.nightly_sync if args.command == "nightly" else nightly.backfill_range
-    code = 0
     try:
-        run(**days_params(args))
+        settings = days_settings(args)
+        mode = choose_mode(prefect=args.prefect)
     except BackfillError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI reports on the terminal
-        code = exc.exit_code
+        return print_error(exc)
+    follow = Follow()
+    try:
+        outcome = _run(args, settings, mode.prefect, follow)
     except KeyboardInterrupt:
-        print(  # noqa: T201 - the CLI reports on the terminal
-            "interrupted: every day's checkpoint holds what was delivered; rerun to resume"
-        )
+        print("interrupted: every day's checkpoint holds what was delivered; rerun to resume")
         return 130
-    result = dict(nightly.LAST_RESULT)
-    if result:
-        print(days_table(result))  # noqa: T201 - the CLI's result
-    if args.summary_json is not None and result:
-        write_json_atomic(args.summary_json, result)
+    if outcome is None:
+        code = print_error(follow.error or RuntimeError("the flow run failed"))
+        print("the Prefect flow run ended before its days ran; rerun, or --no-prefect")
+        return code
+    code = 0 if outcome.error is None else print_error(outcome.error)
+    if outcome.result:
+        print(days_table(outcome.result))
+    print(follow.label())
+    if args.summary_json is not None and outcome.result:
+        write_json_atomic(args.summary_json, outcome.result)
     return code
 
 
-__all__ = ["add_days_parsers", "days_params", "days_table", "main_days"]
+__all__ = ["add_days_parsers", "days_settings", "days_table", "main_days"]

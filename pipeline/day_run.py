@@ -13,11 +13,9 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-from pydantic import ValidationError
 
 from connectors import storage
 from connectors.sources import local_data_files
@@ -28,113 +26,13 @@ from moesif_backfill.errors import (
     EmptyDayError,
     MissingDayError,
 )
-from pipeline.days import (
-    DayKind,
-    WindowMode,
-    check_job,
-    check_templates,
-    day_bounds,
-    day_job,
-    format_sources,
-    zone,
-)
+from pipeline.day_settings import DaySettings
+from pipeline.days import DayKind, day_job, format_sources
 from pipeline.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 OK_STATUSES = ("complete", "complete_with_rejects", "empty")
-
-# RunSettings fields a day's settings fix themselves: not accepted in `options`.
-_FIXED = frozenset(
-    {
-        "sources",
-        "mapping",
-        "job",
-        "stream",
-        "streams",
-        "checkpoint",
-        "endpoint_url",
-        "region",
-        "s3_endpoint_url",
-        "aws_credentials_block",
-        "allow_older_than_30_days",
-        "mode",
-        "out",
-        "window_start",
-        "window_end",
-        "rejects",
-        "summary_json",
-    }
-)
-
-
-@dataclass(frozen=True)
-class DayConfig:
-    """Everything the days of one nightly/range run share. Holds no secret."""
-
-    sources: tuple[str, ...]
-    mapping: str
-    job: str
-    streams: tuple[str, ...]
-    timezone: str = "UTC"
-    window: WindowMode = "path"
-    checkpoint: str = ".moesif-backfill/checkpoints"
-    endpoint_url: str | None = None
-    region: str | None = None
-    s3_endpoint_url: str | None = None
-    aws_credentials_block: str | None = None
-    allow_older_than_30_days: bool = False
-    allow_empty_days: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def lease_seconds(self) -> float:
-        """The S3 checkpoint lease of the days (options.lease_seconds, default 60)."""
-        return float(self.options.get("lease_seconds", 60.0))
-
-    def check(self, *, allow_reset: bool) -> None:
-        """Everything that can be checked before the first day runs (ConfigError)."""
-        check_job(self.job)
-        zone(self.timezone)
-        if self.window not in ("path", "time"):
-            raise ConfigError(f"window must be 'path' or 'time', got {self.window!r}")
-        check_templates(self.sources, self.window)
-        fixed = sorted(_FIXED.intersection(self.options))
-        if fixed:
-            raise ConfigError(
-                f"options may not set {', '.join(fixed)}: these are parameters of the flow "
-                "itself, or fixed per day"
-            )
-        if self.options.get("reset") and not allow_reset:
-            raise ConfigError(
-                "options.reset is not accepted by nightly-sync (it would forget every re-scanned "
-                "day's checkpoint on every run); reset days with backfill-range instead"
-            )
-        self.settings_for(dt.date(2001, 1, 31), Path("summary.json"))
-
-    def settings_for(
-        self, day: dt.date, summary_json: Path, sources: Sequence[str] | None = None
-    ) -> RunSettings:
-        data: dict[str, Any] = dict(self.options)
-        data.update(
-            sources=list(sources) if sources is not None else format_sources(self.sources, day),
-            mapping=self.mapping,
-            job=day_job(self.job, day),
-            streams=list(self.streams),
-            checkpoint=self.checkpoint,
-            endpoint_url=self.endpoint_url,
-            region=self.region,
-            s3_endpoint_url=self.s3_endpoint_url,
-            aws_credentials_block=self.aws_credentials_block,
-            allow_older_than_30_days=self.allow_older_than_30_days,
-            summary_json=summary_json,
-        )
-        if self.window == "time":
-            data["window_start"], data["window_end"] = day_bounds(day, self.timezone)
-        try:
-            return RunSettings.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError.invalid("settings", exc) from None
 
 
 @dataclass
@@ -181,7 +79,7 @@ def input_absent(spec: str) -> bool:
     return not local_data_files(spec)
 
 
-def _day_inputs(config: DayConfig, day: dt.date) -> list[str] | None:
+def _day_inputs(config: DaySettings, day: dt.date) -> list[str] | None:
     """The day's sources; None for an allowed empty day (every source empty); MissingDayError
     if any source is absent while others have data, or if all are absent and empty days are
     not allowed. A day is delivered only when every source template has delivered it."""
@@ -214,7 +112,7 @@ RunJob = Callable[[str, RunSettings], object]
 
 
 def run_day(
-    config: DayConfig, day: dt.date, kind: DayKind, workdir: Path, run_job: RunJob
+    config: DaySettings, day: dt.date, kind: DayKind, workdir: Path, run_job: RunJob
 ) -> DayResult:
     """Run day `day` as its own backfill job through `run_job`; never raises for a failed day
     (see `status`)."""
@@ -298,7 +196,6 @@ def table_rows(results: Sequence[DayResult]) -> list[dict[str, str]]:
 
 
 __all__ = [
-    "DayConfig",
     "DayResult",
     "input_absent",
     "run_day",

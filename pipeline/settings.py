@@ -17,7 +17,7 @@ DEFAULT_REJECTS_DIR = Path(".moesif-backfill/rejects")
 class RunSettings(BaseModel):
     """Everything one run needs. Holds no secret: credentials come from boto3's chain."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     sources: list[str] = Field(min_length=1, description="files, directories or globs")
     mapping: Path = Field(description="the mapping YAML file")

@@ -21,6 +21,7 @@ import pytest
 from flows.nightly import backfill_range
 from moesif_backfill import cli
 from moesif_backfill.errors import DaysFailedError
+from pipeline.day_settings import RangeSettings
 from tests.datasets import expected_ids, write_mapping
 from tests.test_nightly import (
     _artifact_keys,
@@ -125,10 +126,10 @@ def test_a_failing_day_does_not_stop_the_others(
     for i in (0, 2):  # day 1's export is missing
         write_day(partition(tmp_path / "usage", days[i]), days[i], day_start(i), 200)
     p = params(tmp_path, strict_firehose, firehose_stream, job="rng", concurrency=3)
-    p.update(start=days[0].isoformat(), end=days[-1].isoformat())
+    settings = RangeSettings.model_validate(p)
 
     with pytest.raises(DaysFailedError) as failed:
-        backfill_range(**p)
+        backfill_range(settings, start=days[0].isoformat(), end=days[-1].isoformat())
     message = str(failed.value)
     assert f"1 of 3 day(s) not delivered:\n  {days[1]} (rng-{days[1]}): day {days[1]}" in message
     assert "rerun the same range" in message

@@ -96,7 +96,7 @@ def test_entry_points_and_the_nightly_schedule_and_time_zone_agree() -> None:
     nightly = by_name["nightly-sync"]
     (schedule,) = nightly["schedules"]
     assert schedule["cron"] == "0 2 * * *"
-    assert schedule["timezone"] == nightly["parameters"]["timezone"] == "UTC"
+    assert schedule["timezone"] == nightly["parameters"]["settings"]["timezone"] == "UTC"
     assert nightly["concurrency_limit"]["limit"] == 1
     assert "schedules" not in by_name["backfill"] and "schedules" not in by_name["backfill-range"]
 
@@ -225,16 +225,19 @@ def test_deploy_creates_the_three_deployments(
 
         ranged = found["backfill-range/backfill-range"]
         assert not ranged.schedules
-        assert ranged.parameters["source"] == [DEPLOY_ENV["MOESIF_BACKFILL_SOURCE_TEMPLATE"]]
+        assert ranged.parameters["settings"]["sources"] == [
+            DEPLOY_ENV["MOESIF_BACKFILL_SOURCE_TEMPLATE"]
+        ]
 
         nightly = found["nightly-sync/nightly-sync"]
         (schedule,) = nightly.schedules
         assert schedule.active
         assert schedule.schedule.cron == "0 2 * * *"
         assert schedule.schedule.timezone == "UTC"
-        assert nightly.parameters["timezone"] == "UTC"
-        assert nightly.parameters["source"] == [DEPLOY_ENV["MOESIF_BACKFILL_SOURCE_TEMPLATE"]]
-        assert nightly.parameters["stream"] == [DEPLOY_ENV["MOESIF_BACKFILL_STREAM"]]
+        nightly_settings = nightly.parameters["settings"]
+        assert nightly_settings["timezone"] == "UTC"
+        assert nightly_settings["sources"] == [DEPLOY_ENV["MOESIF_BACKFILL_SOURCE_TEMPLATE"]]
+        assert nightly_settings["streams"] == [DEPLOY_ENV["MOESIF_BACKFILL_STREAM"]]
         assert nightly.global_concurrency_limit is not None
         assert nightly.global_concurrency_limit.limit == 1
         assert nightly.concurrency_options is not None
@@ -327,16 +330,17 @@ def test_nightly_sync_delivers_each_day_once_late_files_and_missed_days(
     write_payments(partition(day) / "part-1.parquet", 200, 100)
     for k in (1, 2, 3):
         write_payments(partition(day + dt.timedelta(days=k)) / "part-0.parquet", k * 10_000, 100)
-    parameters = {
-        "source": [str(data) + "/dt={date:%Y-%m-%d}/"],
+    settings = {  # a whole NightlySettings: a run's parameters replace the deployment's
+        "sources": [str(data) + "/dt={date:%Y-%m-%d}/"],
         "mapping": str(write_mapping(tmp_path / "mapping.yaml")),
         "job": f"e2e-{uuid.uuid4().hex[:8]}",
-        "stream": [firehose_stream],
+        "streams": [firehose_stream],
         "checkpoint": str(tmp_path / "checkpoints"),
         "endpoint_url": strict_firehose.endpoint_url,
         "region": "us-east-1",
         "timezone": "UTC",
     }
+    parameters = {"settings": settings}
     delivered: list[str] = []
 
     def new_ids() -> set[str]:

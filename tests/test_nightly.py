@@ -30,6 +30,7 @@ from moesif_backfill.errors import (
     PermanentDeliveryError,
 )
 from pipeline.day_run import input_absent
+from pipeline.day_settings import NightlySettings
 from pipeline.days import (
     advance_watermark,
     check_templates,
@@ -75,10 +76,10 @@ def recent_day(days_ago: int) -> dt.date:
 
 def params(tmp_path: Path, server: Any, stream: str, **kw: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "source": [str(tmp_path / "usage" / "dt={date:%Y-%m-%d}") + "/"],
+        "sources": [str(tmp_path / "usage" / "dt={date:%Y-%m-%d}") + "/"],
         "mapping": str(write_mapping(tmp_path / "mapping.yaml")),
         "job": "usage",
-        "stream": [stream],
+        "streams": [stream],
         "checkpoint": str(tmp_path / "ckpt"),
         "endpoint_url": server.endpoint_url,
         "region": "us-east-1",
@@ -86,6 +87,11 @@ def params(tmp_path: Path, server: Any, stream: str, **kw: Any) -> dict[str, Any
     }
     base.update(kw)
     return base
+
+
+def sync(p: dict[str, Any], date: str | None = None, **settings: Any) -> dict[str, Any]:
+    """The `nightly-sync` flow with the settings `p` (updated with `settings`) for `date`."""
+    return nightly_sync(NightlySettings.model_validate({**p, **settings}), date=date)
 
 
 def by_day(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -342,7 +348,7 @@ def test_nightly_day_rerun_late_file_and_catch_up(
     p = params(tmp_path, strict_firehose, firehose_stream)
 
     # 1. the day D: exactly D's ids (D+1's partition exists but is not D)
-    first = nightly_sync(**p, date=d[0].isoformat())
+    first = sync(p, date=d[0].isoformat())
     assert first["status"] == "complete" and first["watermark_after"] == d[0].isoformat()
     assert [(x["day"], x["kind"], x["sent"]) for x in first["days"]] == [
         (d[0].isoformat(), "new", 1_200)
@@ -351,13 +357,13 @@ def test_nightly_day_rerun_late_file_and_catch_up(
     assert Counter(delivered) == Counter(expected_ids(day_start(0), 1_200))
 
     # 2. the same day again: nothing new, everything skipped
-    second = nightly_sync(**p, date=d[0].isoformat())
+    second = sync(p, date=d[0].isoformat())
     assert [(x["kind"], x["sent"], x["skipped"]) for x in second["days"]] == [("rescan", 0, 1_200)]
     assert len(strict_firehose.transaction_ids(firehose_stream)) == 1_200
 
     # 3. a late file in D's partition: delivered alone on the next run for D
     write_day(partition(root, d[0], 1), d[0], day_start(0) + 50_000, 300)
-    third = nightly_sync(**p, date=d[0].isoformat())
+    third = sync(p, date=d[0].isoformat())
     assert [(x["sent"], x["skipped"]) for x in third["days"]] == [(300, 1_200)]
     new = strict_firehose.transaction_ids(firehose_stream)[1_200:]
     assert Counter(new) == Counter(expected_ids(day_start(0) + 50_000, 300))
@@ -365,7 +371,7 @@ def test_nightly_day_rerun_late_file_and_catch_up(
     # 4. a run for D+3 catches up D+1 and D+2 (oldest first), re-scans D
     write_day(partition(root, d[2]), d[2], day_start(2), 400)
     write_day(partition(root, d[3]), d[3], day_start(3), 500)
-    fourth = nightly_sync(**p, date=d[3].isoformat())
+    fourth = sync(p, date=d[3].isoformat())
     days = by_day(fourth)
     assert [(x["day"], x["kind"]) for x in fourth["days"]] == [
         (d[0].isoformat(), "rescan"),
@@ -408,10 +414,10 @@ def test_catch_up_bound_fails_loudly_naming_the_remaining_days(
     for i, day in enumerate(d):
         write_day(partition(root, day), day, day_start(i), 100)
     p = params(tmp_path, strict_firehose, firehose_stream, late_arrival_days=0)
-    nightly_sync(**p, date=d[0].isoformat())
+    sync(p, date=d[0].isoformat())
 
     with pytest.raises(DaysFailedError) as failed:
-        nightly_sync(**p, date=d[4].isoformat(), max_catch_up_days=2)
+        sync(p, date=d[4].isoformat(), max_catch_up_days=2)
     message = str(failed.value)
     assert f"{d[3]} .. {d[4]} (2 days)" in message
     assert "--max-catch-up-days 4" in message and "backfill-range" in message
@@ -420,7 +426,7 @@ def test_catch_up_bound_fails_loudly_naming_the_remaining_days(
     assert set(strict_firehose.transaction_ids(firehose_stream)) == {
         i for k in range(3) for i in expected_ids(day_start(k), 100)
     }
-    done = nightly_sync(**p, date=d[4].isoformat(), max_catch_up_days=2)
+    done = sync(p, date=d[4].isoformat(), max_catch_up_days=2)
     assert done["watermark_after"] == d[4].isoformat()
     assert [x["day"] for x in done["days"]] == [d[3].isoformat(), d[4].isoformat()]
 
@@ -434,10 +440,10 @@ def test_missing_day_fails_and_keeps_the_watermark(
     write_day(partition(root, d[0]), d[0], day_start(0), 100)
     write_day(partition(root, d[2]), d[2], day_start(2), 100)
     p = params(tmp_path, strict_firehose, firehose_stream, late_arrival_days=0)
-    nightly_sync(**p, date=d[0].isoformat())
+    sync(p, date=d[0].isoformat())
 
     with pytest.raises(DaysFailedError, match=rf"{d[1]} \(usage-{d[1]}\): day {d[1]}: no input"):
-        nightly_sync(**p, date=d[2].isoformat())
+        sync(p, date=d[2].isoformat())
     store = LocalCheckpointStore(tmp_path / "ckpt")
     wm = load_watermark(store, "usage")
     assert wm is not None and wm.last_synced_day == d[0]  # not past the missing day
@@ -448,13 +454,13 @@ def test_missing_day_fails_and_keeps_the_watermark(
 
     # the export lands: the next run delivers it, skips D+2, and moves the watermark
     write_day(partition(root, d[1]), d[1], day_start(1), 100)
-    done = nightly_sync(**p, date=d[2].isoformat())
+    done = sync(p, date=d[2].isoformat())
     days = by_day(done)
     assert days[d[1].isoformat()]["sent"] == 100 and days[d[2].isoformat()]["skipped"] == 100
     assert len(strict_firehose.transaction_ids(firehose_stream)) == 300
     assert done["watermark_after"] == d[2].isoformat()
     # an empty day, allowed: counted as empty, the watermark moves over it
-    empty = nightly_sync(**p, date=(d[2] + dt.timedelta(days=1)).isoformat(), allow_empty_days=True)
+    empty = sync(p, date=(d[2] + dt.timedelta(days=1)).isoformat(), allow_empty_days=True)
     assert empty["days"][-1]["status"] == "empty"
     assert empty["watermark_after"] == (d[2] + dt.timedelta(days=1)).isoformat()
 
@@ -473,22 +479,22 @@ def test_a_day_with_one_of_two_sources_missing_is_incomplete(
     write_day(partition(seats, d[0]), d[0], day_start(0) + 50_000, 50)
     write_day(partition(usage, d[1]), d[1], day_start(1), 100)  # seats of d[1]: not yet
     sources = [str(root / "dt={date:%Y-%m-%d}") + "/" for root in (usage, seats)]
-    p = params(tmp_path, strict_firehose, firehose_stream, source=sources, late_arrival_days=0)
-    nightly_sync(**p, date=d[0].isoformat())
+    p = params(tmp_path, strict_firehose, firehose_stream, sources=sources, late_arrival_days=0)
+    sync(p, date=d[0].isoformat())
     assert len(strict_firehose.transaction_ids(firehose_stream)) == 150
 
     with pytest.raises(DaysFailedError, match=rf"day {d[1]} is incomplete: no input at .*seats"):
-        nightly_sync(**p, date=d[1].isoformat(), allow_empty_days=True)
+        sync(p, date=d[1].isoformat(), allow_empty_days=True)
     wm = load_watermark(LocalCheckpointStore(tmp_path / "ckpt"), "usage")
     assert wm is not None and wm.last_synced_day == d[0]  # not past the incomplete day
     assert len(strict_firehose.transaction_ids(firehose_stream)) == 150  # nothing of d[1]
 
     write_day(partition(seats, d[1]), d[1], day_start(1) + 50_000, 50)
-    done = nightly_sync(**p, date=d[1].isoformat())
+    done = sync(p, date=d[1].isoformat())
     assert by_day(done)[d[1].isoformat()]["sent"] == 150
     assert done["watermark_after"] == d[1].isoformat()
     # a day where every source is empty is what allow_empty_days accepts
-    empty = nightly_sync(**p, date=(d[1] + dt.timedelta(days=1)).isoformat(), allow_empty_days=True)
+    empty = sync(p, date=(d[1] + dt.timedelta(days=1)).isoformat(), allow_empty_days=True)
     assert empty["days"][-1]["status"] == "empty"
 
 
@@ -523,18 +529,18 @@ def test_time_window_mode_sends_each_day_only_its_rows(
         encoding="utf-8",
     )
     p = params(
-        tmp_path, strict_firehose, firehose_stream, source=[str(src)], window="time", timezone=tz
+        tmp_path, strict_firehose, firehose_stream, sources=[str(src)], window="time", timezone=tz
     )
     p["options"] = {"chunk_rows": 40}
 
-    first = nightly_sync(**p, date=d[0].isoformat())
+    first = sync(p, date=d[0].isoformat())
     (day0,) = first["days"]
     assert day0["sent"] == len(want[d[0]]) and day0["rejected"] == 1  # the unreadable time
     assert day0["outside_window"] == len(rows) - len(want[d[0]]) - 1
     assert day0["rows_read"] == len(rows)
     assert set(strict_firehose.transaction_ids(firehose_stream)) == want[d[0]]
 
-    done = nightly_sync(**p, date=d[2].isoformat())
+    done = sync(p, date=d[2].isoformat())
     days = by_day(done)
     for day in d:
         x = days[day.isoformat()]
@@ -579,16 +585,16 @@ def test_nightly_on_s3_partitions_and_s3_checkpoint(
         tmp_path,
         strict_firehose,
         firehose_stream,
-        source=[f"s3://{bucket}/exports/usage/dt={{date:%Y-%m-%d}}/"],
+        sources=[f"s3://{bucket}/exports/usage/dt={{date:%Y-%m-%d}}/"],
         checkpoint=f"s3://{bucket}/ckpt/",
         s3_endpoint_url=moto_firehose.endpoint_url,
         late_arrival_days=0,
     )
-    nightly_sync(**p, date=d[0].isoformat())
+    sync(p, date=d[0].isoformat())
     with pytest.raises(DaysFailedError, match=rf"day {d[1]}: no input at s3://{bucket}/"):
-        nightly_sync(**p, date=d[1].isoformat())
+        sync(p, date=d[1].isoformat())
     upload(1)
-    done = nightly_sync(**p, date=d[1].isoformat())
+    done = sync(p, date=d[1].isoformat())
     assert done["watermark_after"] == d[1].isoformat()
     assert done["watermark_location"] == f"s3://{bucket}/ckpt/usage/nightly.json"
     body = json.loads(s3.get_object(Bucket=bucket, Key="ckpt/usage/nightly.json")["Body"].read())
