@@ -70,8 +70,7 @@ def _config(params: dict[str, Any]) -> DayConfig:
 
 
 def _store(config: DayConfig) -> CheckpointStore:
-    """The checkpoint store of the run (the same credentials as the day runs use); configures
-    S3 access for the days' input checks."""
+    """The checkpoint store of the run (the same credentials as the day runs use)."""
     return checkpoint_store(config, open_aws(config))
 
 
@@ -314,7 +313,7 @@ def backfill_range(  # noqa: PLR0917 - the agreed deployment signature (docs/nig
         raise ConfigError(f"{len(days)} days is more than {MAX_RANGE_DAYS}; split the range")
     if not 1 <= concurrency <= 32:
         raise ConfigError(f"concurrency must be 1..32 days at once, got {concurrency}")
-    _store(config)  # configures S3 access (and credentials) for the days' input checks
+    _store(config)  # checks the credentials and the checkpoint before any day starts
     workdir = Path(tempfile.mkdtemp(prefix="moesif-range-"))
     results: dict[dt.date, DayResult] = {}
     try:

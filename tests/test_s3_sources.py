@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
+from connectors.sources import SourceFile, discover_sources
 
 from connectors import ndjson, readers, sources, storage
 from connectors.checkpoint_local import LocalCheckpointStore
 from connectors.readers import iter_batches, read_schema
-from connectors.sources import SourceFile, discover_sources
 from moesif_backfill.errors import CheckpointMismatchError, SourceChangedError, SourceError
 from pipeline.run import Run
 from tests.datasets import expected_ids, write_payments
