@@ -89,6 +89,7 @@ class S3Store:
         endpoint_url: str | None = None,
         region: str | None = None,
         session: Any = None,
+        client: Any = None,
         small_object_bytes: int = 1 << 20,
         cache_bytes: int = 64 << 20,
         prefetch_objects: int = 16,
@@ -107,7 +108,7 @@ class S3Store:
         self.object_budget_bytes = object_budget_bytes
         self.shown_endpoint = shown_endpoint(self.endpoint_url)
         self._lock = threading.RLock()
-        self._client: Any = None
+        self._client: Any = client  # None: built from the session on first use
         self._listed: dict[str, tuple[str | None, int]] = {}  # url -> (etag, size) as listed
         self._cache: OrderedDict[_Key, Fetched] = OrderedDict()
         self._cached_bytes = 0
@@ -247,7 +248,7 @@ class S3Store:
                 if self._inflight[key].cancel():  # still queued: never started
                     del self._inflight[key]
             for key, size in wanted:
-                if key in self._cache or key in self._inflight:
+                if key in self._inflight or self._enough(self._cache.get(key), size):
                     continue
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.prefetch_workers, "s3-prefetch")
@@ -261,6 +262,26 @@ class S3Store:
                 del self._inflight[key]
         if not future.cancelled() and future.exception() is None:
             self._keep(key, future.result())
+
+    def fetched(self, url: str, etag: str | None, *, wait: bool = False) -> Fetched | None:
+        """What is in memory of this version of the object (`wait`: also once a fetch in
+        flight lands), or None; never reads anything itself."""
+        key = (url, etag)
+        with self._lock:
+            entry = self._cache.get(key)
+            future = self._inflight.get(key)
+        if future is not None and wait:
+            try:
+                return future.result()
+            except Exception:  # the reader's own read reports the problem
+                return None
+        return entry
+
+    def _enough(self, entry: Fetched | None, size: int) -> bool:
+        """Whether `entry` holds what a prefetch would (not just a detection head)."""
+        if entry is None:
+            return False
+        return entry.whole or bool(entry.tail) or len(entry.head) >= min(size, self._budget(size))
 
     def _budget(self, size: int) -> int:
         return size if size <= self.small_object_bytes else self.object_budget_bytes

@@ -526,7 +526,7 @@ def check_late_window(plan: Plan, *, now: dt.datetime | None = None) -> None:
             continue
         time_col = fp.resolved.columns[plan.spec.time.column]
         try:
-            for batch in fp.batches([time_col]):
+            for batch in fp.batches([time_col], s3=plan.s3):
                 us, _bad = time_bounds(batch.column(0), plan.spec)
                 is_old = np.asarray(
                     pc.fill_null(pc.less(us, cutoff_us), False).to_numpy(zero_copy_only=False)
