@@ -46,8 +46,11 @@ BUCKET = "bench-small"
 # Runs the job as the CLI's core does, in a fresh process; works on this tree (pipeline.run)
 # and on older ones where the core lived in flows/ (b96172b).
 RUNNER = """
-import json, sys, time
+import cProfile, json, os, sys, time
 t0 = time.perf_counter()
+profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
+if profile is not None:
+    profile.enable()
 try:
     from pipeline.run import Run
     from pipeline.settings import RunSettings
@@ -64,6 +67,9 @@ try:
 except Exception as exc:
     error = exc
 summary = run.finish(error)
+if profile is not None:
+    profile.disable()
+    profile.dump_stats(os.environ["BENCH_PROFILE"])
 print(json.dumps({"status": summary.status, "error": summary.error,
                   "actions_sent": summary.actions_sent, "files": summary.files_total,
                   "duration_s": summary.duration_s,
@@ -139,7 +145,14 @@ def upload(moto: Moto, objects: int, rows: int) -> None:
 
 
 def run_job(  # noqa: PLR0917 - one call site
-    tree: Path, source: str, mapping: Path, moto: Moto, fh: StandIn, work: Path, tag: str
+    tree: Path,
+    source: str,
+    mapping: Path,
+    moto: Moto,
+    fh: StandIn,
+    work: Path,
+    tag: str,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     ckpt = work / f"ckpt-{tag}"
     settings = {
@@ -156,6 +169,8 @@ def run_job(  # noqa: PLR0917 - one call site
     env = aws_env(work)
     env["PYTHONPATH"] = str(tree)
     env.pop("PREFECT_API_URL", None)
+    if profile is not None:
+        env["BENCH_PROFILE"] = str(profile.with_suffix(f".{tag}.prof"))
     before = fh.stats().get("records_stored", 0)
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -181,6 +196,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=2, help="rows per object")
     p.add_argument("--baseline-worktree", type=Path, default=None)
     p.add_argument("--skip-one", action="store_true", help="leave out the one-object run")
+    p.add_argument("--profile", type=Path, help="cProfile each run to PATH.<run>.prof")
     args = p.parse_args()
     trees = [("this tree", ROOT)]
     if args.baseline_worktree is not None:
@@ -204,7 +220,7 @@ def main() -> int:
                 for name, tree in trees:
                     for what, source in runs:
                         tag = f"{what}-{'base' if tree != ROOT else 'head'}"
-                        r = run_job(tree, source, mapping, moto, fh, work, tag)
+                        r = run_job(tree, source, mapping, moto, fh, work, tag, args.profile)
                         results[f"{name}/{what}"] = r
                         ok = r["status"] == "complete" and r["records_stored"] == total_rows
                         failed |= not ok
