@@ -114,6 +114,7 @@ class S3Store:
         self._cached_bytes = 0
         self._inflight: dict[_Key, Future[Fetched]] = {}
         self._footers: OrderedDict[_Key, pq.FileMetaData] = OrderedDict()
+        self._footer_bytes = 0
         self._pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -147,6 +148,7 @@ class S3Store:
             self._cache.clear()
             self._cached_bytes = 0
             self._footers.clear()
+            self._footer_bytes = 0
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -360,10 +362,14 @@ class S3Store:
         if metadata.serialized_size > _FOOTER_MAX_BYTES:
             return
         with self._lock:
+            old = self._footers.pop(key, None)
+            self._footer_bytes += metadata.serialized_size - (old.serialized_size if old else 0)
             self._footers[key] = metadata
-            total = sum(m.serialized_size for m in self._footers.values())
-            while len(self._footers) > _FOOTER_CACHE_ENTRIES or total > _FOOTER_CACHE_MAX_BYTES:
-                total -= self._footers.popitem(last=False)[1].serialized_size
+            while (
+                len(self._footers) > _FOOTER_CACHE_ENTRIES
+                or self._footer_bytes > _FOOTER_CACHE_MAX_BYTES
+            ):
+                self._footer_bytes -= self._footers.popitem(last=False)[1].serialized_size
 
 
 def _resolve_endpoint(given: str | None) -> str | None:
