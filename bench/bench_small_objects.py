@@ -13,6 +13,8 @@ child process with the S3 endpoint and dummy keys in its environment. Prints the
 each run (process start to exit: planning included) and the run's own ``duration_s``. With
 ``--baseline-worktree PATH`` the same runs of that checkout (``PYTHONPATH=PATH``, the same
 venv) and the ratio. Checks the stand-in stored exactly one record per row (exit 1 if not).
+``--mode validate`` reads and transforms everything but sends nothing and commits no checkpoint:
+the S3 and reading part alone. ``--profile PATH`` writes a cProfile of each run.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ if profile is not None:
     profile.disable()
     profile.dump_stats(os.environ["BENCH_PROFILE"])
 print(json.dumps({"status": summary.status, "error": summary.error,
-                  "actions_sent": summary.actions_sent, "files": summary.files_total,
+                  "actions_sent": summary.actions_sent, "rows_read": summary.rows_read,
+                  "files": summary.files_total,
                   "duration_s": summary.duration_s,
                   "in_process_s": round(time.perf_counter() - t0, 2)}))
 """
@@ -153,12 +156,14 @@ def run_job(  # noqa: PLR0917 - one call site
     work: Path,
     tag: str,
     profile: Path | None = None,
+    mode: str = "send",
 ) -> dict[str, Any]:
     ckpt = work / f"ckpt-{tag}"
     settings = {
         "sources": [source],
         "mapping": str(mapping),
-        "streams": ["s"],
+        "mode": mode,
+        "streams": ["s"] if mode == "send" else [],
         "endpoint_url": fh.url,
         "region": REGION,
         "checkpoint": str(ckpt),
@@ -197,6 +202,13 @@ def main() -> int:
     p.add_argument("--baseline-worktree", type=Path, default=None)
     p.add_argument("--skip-one", action="store_true", help="leave out the one-object run")
     p.add_argument("--profile", type=Path, help="cProfile each run to PATH.<run>.prof")
+    p.add_argument(
+        "--mode",
+        choices=["send", "validate"],
+        default="send",
+        help="validate: read and transform everything, send nothing, no checkpoint commits "
+        "(the S3 and reading part alone)",
+    )
     args = p.parse_args()
     trees = [("this tree", ROOT)]
     if args.baseline_worktree is not None:
@@ -220,8 +232,12 @@ def main() -> int:
                 for name, tree in trees:
                     for what, source in runs:
                         tag = f"{what}-{'base' if tree != ROOT else 'head'}"
-                        r = run_job(tree, source, mapping, moto, fh, work, tag, args.profile)
+                        r = run_job(
+                            tree, source, mapping, moto, fh, work, tag, args.profile, args.mode
+                        )
                         results[f"{name}/{what}"] = r
+                        if args.mode == "validate":
+                            r["records_stored"] = r["rows_read"]  # nothing is sent
                         ok = r["status"] == "complete" and r["records_stored"] == total_rows
                         failed |= not ok
                         objects = args.objects if what == "many" else 1
