@@ -1,9 +1,14 @@
-"""Bounded-memory Arrow readers for local `SourceFile`s (Parquet, CSV, NDJSON).
+"""Bounded-memory Arrow readers for `SourceFile`s, local or on S3 (Parquet, CSV, NDJSON).
 
-    read_schema(src, *, text_columns=(), number_columns=()) -> pa.Schema
+    read_schema(src, *, text_columns=(), number_columns=(), options=None, s3=None) -> pa.Schema
     iter_batches(src, *, columns=None, text_columns=(), number_columns=(), batch_rows=65_536,
-                 row_groups=None) -> Iterator[RecordBatch]
-    parquet_row_groups(src) -> list[int]   (rows in each row group, from the footer)
+                 options=None, row_groups=None, s3=None) -> Iterator[RecordBatch]
+    parquet_row_groups(src, s3=None) -> list[int]   (rows in each row group, from the footer)
+    scan_number_columns(src, columns, options=None, *, s3=None) -> frozenset[str]
+
+`s3`: the run's `S3Store` (connectors.s3_store), needed for s3:// files. CSV lives in
+`connectors.csv_reader` (dialect: `csv_dialect`, error messages: `csv_errors`), NDJSON in
+`connectors.ndjson` (values: `ndjson_values`).
 
 `row_groups=(a, b)` reads only a Parquet file's row groups a..b-1 (a shard of the file on a
 Dask cluster, pipeline/shards.py); error messages still number rows from the start of the file.
