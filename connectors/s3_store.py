@@ -9,13 +9,12 @@
     store.prefetch(files, index)                  fetch the next objects in the background
     store.close()
 
-Nothing is process-wide: the pipeline builds one store per run (pipeline.run) and passes it to
-discovery, planning and the readers; a Dask worker builds its own. The client comes from the
-boto3 session given (e.g. ``AwsCredentials.get_boto3_session()`` of a prefect-aws block) or
-boto3's standard credential chain. Endpoint: `endpoint_url`, else
-``MOESIF_BACKFILL_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``,
-else AWS; region: with a custom endpoint the one given, boto3's, or us-east-1; on AWS boto3
-follows S3's redirect to the bucket's region.
+No process-wide state: one store per run (pipeline.run), passed to discovery, planning and
+the readers; a Dask worker builds its own. The client comes from the boto3 session given
+(a prefect-aws block's ``get_boto3_session()``) or boto3's standard credential chain.
+Endpoint: `endpoint_url`, else ``MOESIF_BACKFILL_S3_ENDPOINT_URL``, else
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, else AWS; region: with a custom endpoint the
+one given, boto3's, or us-east-1; on AWS boto3 follows S3's redirect to the bucket's region.
 
 Requests: the listing gives every object's size and ETag, so no HeadObject is needed. A small
 object (at most ``small_object_bytes``) is fetched whole with ONE GET the first time anything
@@ -290,15 +289,16 @@ class S3Store:
 
     def _fetch(self, url: str, etag: str | None, size: int | None) -> Fetched:
         """One object's bytes as far as the budget goes: a small object whole (one GET); of a
-        bigger one its beginning and, for Parquet, its footer."""
+        bigger one its beginning and, for Parquet, its footer (unless planning read it)."""
         obj = self._object(url, etag, size)
         size = obj.size()
         budget = self._budget(size)
         tail = b""
-        if size > budget and url.lower().endswith((".parquet", ".pq")):
+        footer = (url, etag) not in self._footers  # a known footer is not read again
+        if footer and size > budget and url.lower().endswith((".parquet", ".pq")):
             tail = _footer(obj, size, budget)
         head = obj.read_range(0, min(size, budget - len(tail)))
-        if not tail and size > len(head) and head.startswith(PARQUET_MAGIC):
+        if footer and not tail and size > len(head) and head.startswith(PARQUET_MAGIC):
             tail = _footer(obj, size, budget)
             head = head[: max(0, budget - len(tail))]
         return Fetched(size, obj.etag, head, tail)

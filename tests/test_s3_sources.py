@@ -437,6 +437,24 @@ def test_prefetch_window_is_bounded(bucket: Bucket) -> None:
     assert len(gets.ranges) == 1
 
 
+def test_prefetch_does_not_read_a_footer_planning_read(bucket: Bucket) -> None:
+    data = _ids_parquet(0, 20_000)
+    urls = [bucket.put("f/0.csv", CSV_TEXT), bucket.put("f/1.parquet", data)]
+    store = bucket.new_store(small_object_bytes=1024, object_budget_bytes=len(data) // 2)
+    files = bucket.discover([bucket.url("f/")])
+    assert [f.path for f in files] == urls
+    assert read_schema(files[1], s3=store).names == ["id", "n"]  # planning reads the footer
+    gets = Gets(store)
+    store.prefetch(files, 0)
+    _settle(store, files[1])
+    assert gets.ranges == [f"bytes=0-{len(data) // 2 - 1}"]  # the beginning only
+    got = store.fetched(urls[1], files[1].etag)
+    assert got is not None and got.tail == b""
+    gets.clear()
+    assert read_all(files[1], store).num_rows == 20_000
+    assert not any(r.startswith("bytes=0-") for r in gets.ranges)  # the rest, footer known
+
+
 def test_many_small_parquet_objects_take_at_most_two_requests_each(
     bucket: Bucket,
     tmp_path: Path,
