@@ -84,7 +84,7 @@ class S3Object(io.RawIOBase):
     ) -> None:
         super().__init__()
         self._client = client
-        self._endpoint = endpoint
+        self._where = endpoint
         self._url = url
         self._bucket, self._key = split_url(url)
         self._etag = etag
@@ -221,7 +221,7 @@ class S3Object(io.RawIOBase):
             self._size = int(total)
 
     def _error(self, exc: BaseException) -> str:
-        return client_error_message(self._url, exc, listing=False, endpoint=self._endpoint)
+        return client_error_message(self._url, exc, listing=False, endpoint=self._where)
 
     def close(self) -> None:
         self._head = self._tail = b""
