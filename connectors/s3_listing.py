@@ -133,11 +133,12 @@ class _Lister:
         return result
 
 
-@cache
 def _glob_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
     """True when a leading run of `parts` (at least one) matches `pattern` component by
-    component: the object itself, or a "directory" it is under, matches the glob."""
+    component: the object itself, or a "directory" it is under, matches the glob. (Memoized
+    per call only: nothing is kept across listings.)"""
 
+    @cache
     def ok(i: int, j: int) -> bool:
         if i == len(pattern):
             return j >= 1
