@@ -5,23 +5,41 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from connectors.checkpoint import FileProgress
+from connectors.checkpoint_local import LocalCheckpointStore
+from pipeline.job import run_job
+from pipeline.layout import load_layout
 from pipeline.report import RunSummary
-from pipeline.run import Run
 from pipeline.settings import RunSettings
 from tests.datasets import write_mapping
 
 
 def run_plain(settings: RunSettings) -> tuple[RunSummary, BaseException | None]:
-    """What the Prefect flow does, without Prefect: prepare, every file, finish."""
-    run = Run(settings)
-    error: BaseException | None = None
-    try:
-        plan = run.prepare()
-        for i in range(len(plan.files)):
-            run.process_file(i)
-    except Exception as exc:
-        error = exc
-    return run.finish(error), error
+    """What the CLI and the Prefect flow do: `pipeline.job.run_job`."""
+    outcome = run_job(settings)
+    return outcome.summary, outcome.error
+
+
+def shard_dir(checkpoint: Path | str, job: str, src: Path | str) -> Path:
+    """The checkpoint directory of the only shard of local file `src` (a whole file, or one
+    range of row groups) in a local checkpoint."""
+    key = str(Path(src).resolve()) if "://" not in str(src) else str(src)
+    layout = load_layout(LocalCheckpointStore(checkpoint), job)
+    (shard,) = layout.shards_of(key)
+    return Path(checkpoint) / shard.job(job)
+
+
+def file_progress(checkpoint: Path | str, job: str, src: Path | str) -> FileProgress | None:
+    """The progress of file `src` (a local path or an s3:// key) in a local checkpoint: that of
+    its only shard (None: nothing committed yet)."""
+    key = str(Path(src).resolve()) if "://" not in str(src) else str(src)
+    store = LocalCheckpointStore(checkpoint)
+    layout = load_layout(store, job)
+    if key not in layout.files:
+        return None
+    (shard,) = layout.shards_of(key)
+    state = store.load(shard.job(job))
+    return state.files.get(key) if state is not None else None
 
 
 def settings_for(tmp_path: Path, sources: list[Path], **kw: Any) -> RunSettings:

@@ -46,13 +46,12 @@ from typing import Any
 import pytest
 
 import pipeline.run
-from connectors.checkpoint_local import LocalCheckpointStore
 from connectors.firehose import FirehoseSender, RetryPolicy
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
 from pipeline.report import RunSummary
 from pipeline.settings import RunSettings
 from tests.datasets import expected_ids, write_payments
-from tests.runner import run_plain, settings_for
+from tests.runner import file_progress, run_plain, settings_for
 from tests.standins.strict_firehose import StrictFirehose
 
 pytestmark = pytest.mark.integration
@@ -161,9 +160,7 @@ def chunk_ids(chunk: int, case: Case) -> set[str]:
 
 
 def committed_chunks(settings: RunSettings, src: Path) -> tuple[set[int], int]:
-    state = LocalCheckpointStore(settings.checkpoint).load("test-job")
-    assert state is not None
-    prog = state.files.get(str(src.resolve()))
+    prog = file_progress(settings.checkpoint, "test-job", src)
     if prog is None:  # no chunk was ever committed
         return set(), 0
     return {c for a, b in prog.done for c in range(a, b)}, prog.rows_sent

@@ -21,13 +21,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from flows.shard_task import merge_stats, run_shard
 from hypothesis import given
 from hypothesis import strategies as st
 
 from connectors.readers import iter_batches, parquet_row_groups
 from connectors.sources import discover_sources
 from flows.dask_run import ShardedRun
-from flows.shard_task import merge_stats, run_shard
 from moesif_backfill.errors import CheckpointMismatchError, SourceError
 from pipeline.run import Run
 from pipeline.shards import Shard, load_layout, split_row_groups, target_rows
