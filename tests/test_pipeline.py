@@ -126,7 +126,8 @@ def test_throttled_beyond_budget_is_transient_and_resumable(
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 2_000)
     strict_firehose.configure(throttle_rate=1.0)
-    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream)
+    # No retries by the runner (retry_budget_s=0): the sender's own budget runs out.
+    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream, retry_budget_s=0)
     summary, err = run_plain(s)
     assert isinstance(err, TransientDeliveryError)
     assert "rerun" in str(err).lower() or "resume" in str(err).lower()
