@@ -31,15 +31,34 @@ def shard_dir(checkpoint: Path | str, job: str, src: Path | str) -> Path:
 
 def file_progress(checkpoint: Path | str, job: str, src: Path | str) -> FileProgress | None:
     """The progress of file `src` (a local path or an s3:// key) in a local checkpoint: that of
-    its only shard (None: nothing committed yet)."""
+    its only shard, or its shards' progress put together, chunks numbered from the file's
+    first row (each shard must start on a chunk boundary). None: nothing committed yet."""
     key = str(Path(src).resolve()) if "://" not in str(src) else str(src)
     store = LocalCheckpointStore(checkpoint)
     layout = load_layout(store, job)
     if key not in layout.files:
         return None
-    (shard,) = layout.shards_of(key)
-    state = store.load(shard.job(job))
-    return state.files.get(key) if state is not None else None
+    progs = []
+    for shard in layout.shards_of(key):
+        state = store.load(shard.job(job))
+        prog = state.files.get(key) if state is not None else None
+        if prog is not None:
+            progs.append((shard.first_row, prog))
+    if len(progs) <= 1 and len(layout.shards_of(key)) == 1:
+        return progs[0][1] if progs else None
+    if not progs:
+        return None
+    size = progs[0][1].chunk_rows
+    whole = FileProgress(identity=progs[0][1].identity, chunk_rows=size)
+    for first, prog in progs:
+        assert prog.chunk_rows == size and first % size == 0, (first, prog.chunk_rows)
+        for a, b in prog.done:
+            for chunk in range(a, b):
+                whole.mark_done(first // size + chunk, sent=0, rejected=0)
+        whole.rows_sent += prog.rows_sent
+        whole.rows_rejected += prog.rows_rejected
+        whole.rows_outside_window += prog.rows_outside_window
+    return whole
 
 
 def settings_for(tmp_path: Path, sources: list[Path], **kw: Any) -> RunSettings:

@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-import pipeline.run
+import pipeline.resources
 from connectors.firehose import FirehoseSender, RetryPolicy
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
 from pipeline.report import RunSummary
@@ -197,7 +197,7 @@ def test_fault_matrix(
     started = time.monotonic()
     server, stream = strict_firehose, firehose_stream
     probe = Probe(RetryPolicy(max_attempts=case.attempts, base_delay_s=0.002, max_delay_s=0.02))
-    monkeypatch.setattr(pipeline.run, "FirehoseSender", probe.factory)
+    monkeypatch.setattr(pipeline.resources, "FirehoseSender", probe.factory)
     src = write_payments(tmp_path / "payments.parquet", 1, case.rows)
     expected = expected_ids(1, case.rows)
     per_call = min(500, case.chunk_rows)  # every call carries a full chunk or half of one
@@ -213,6 +213,8 @@ def test_fault_matrix(
         read_timeout_s=case.read_timeout_s,
         # Random throttling is not a quota; these cases test retries, not the adaptive rate.
         adaptive_rate=False,
+        # The sender's budget is under test: the runner does not retry the shard on top.
+        retry_budget_s=0,
     )
     server.reseed(zlib.crc32(f"{SEED}:{case.name}".encode()))  # independent draws per case
     server.configure(**case.faults)
