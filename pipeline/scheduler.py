@@ -4,7 +4,8 @@ process and on a Dask cluster.
 It keeps the runner's slots full; adds each result to the run as it arrives (also a failed
 shard's, which its error carries); retries a shard that failed with TransientDeliveryError
 (throttling, 5xx, dropped connections beyond the sender's own retries) from its checkpoint,
-after an exponential backoff, while the run's retry budget (RunSettings.retry_budget_s: total
+after an exponential backoff (starting over once the shard made progress), while the run's
+retry budget (RunSettings.retry_budget_s: total
 seconds of backoff over the whole run) lasts, passing on the chunks its earlier attempts counted
 so that each row is counted once; and after any other failure (or an exhausted budget) starts
 no new shard, tells the running ones to stop starting chunks (in this process), lets them
@@ -49,6 +50,10 @@ class RetryBudget:
         self.left -= delay
         return delay
 
+    def progressed(self, sid: str) -> None:
+        """Shard `sid` committed chunks since its last failure: its next backoff starts over."""
+        self.attempts.pop(sid, None)
+
 
 class ShardHost(Protocol):
     """What the scheduler asks of the run (pipeline/run.py `Run`)."""
@@ -92,6 +97,9 @@ class _Loop:
             return
         delay = None
         if isinstance(error, TransientDeliveryError) and self.first_error is None:
+            done = getattr(error, "shard_result", None)
+            if isinstance(done, ShardResult) and done.counts.chunks_committed:
+                self.host.budget.progressed(shard.sid)
             delay = self.host.budget.take(shard.sid)
         if delay is not None:
             log.warning(
