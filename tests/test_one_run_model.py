@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import pipeline.scheduler
 from connectors.checkpoint_local import LocalCheckpointStore
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
-from pipeline.scheduler import RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S, RetryBudget
+from pipeline.engine import Counts
+from pipeline.layout import Shard, ShardTotals
+from pipeline.scheduler import RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S, RetryBudget, run_shards
 from pipeline.settings import RunSettings
+from pipeline.shard_work import ShardResult
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, strict_settings
 
@@ -160,3 +165,93 @@ def test_transient_failure_is_retried_by_the_runner_within_the_budget(
     assert summary.actions_sent == 1_000 and summary.accounted and summary.rows_skipped == 0
     assert set(strict_firehose.transaction_ids(firehose_stream)) == expected_ids(1, 1_000)
     assert summary.throttled_calls > 0  # it was retried
+
+
+class _FakeHost:
+    """The run's side of the scheduler, recording what it was told."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget = RetryBudget(budget_s)
+        self.absorbed: list[int] = []
+
+    def work(self, shard: Shard) -> Any:
+        return shard
+
+    def absorb(self, shard: Shard, result: ShardResult) -> None:
+        self.absorbed.append(shard.index)
+
+    def reload(self, shard: Shard) -> None:
+        return None
+
+    def save_layout(self) -> None:
+        return None
+
+
+class _FakeRunner:
+    """Runs nothing: each shard's attempts end as `script` says (an exception, or a result)."""
+
+    def __init__(self, script: dict[int, list[BaseException | None]], slots: int) -> None:
+        self.script, self.n = script, slots
+        self.submitted: list[int] = []
+        self.stopped = False
+
+    def slots(self) -> int:
+        return self.n
+
+    def adapt(self, work: Any) -> Any:
+        return work
+
+    def submit(self, shard: Shard) -> Future[ShardResult]:
+        self.submitted.append(shard.index)
+        future: Future[ShardResult] = Future()
+        outcome = self.script.get(shard.index, [None]).pop(0)
+        result = ShardResult(shard.sid, Counts(), {}, ShardTotals())
+        if outcome is None:
+            future.set_result(result)
+        else:
+            outcome.shard_result = result  # type: ignore[attr-defined]
+            future.set_exception(outcome)
+        return future
+
+    def wait(self, handles: Any, timeout: float | None) -> list[Any]:
+        return list(handles)[:1]
+
+    def result(self, handle: Any) -> ShardResult:
+        result: ShardResult = handle.result()
+        return result
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def _shards(n: int) -> list[Shard]:
+    return [Shard(i, i, f"f{i}", None, 0, None) for i in range(n)]
+
+
+def test_after_a_permanent_failure_no_new_shard_starts_and_the_first_error_is_reported() -> None:
+    boom, later = PermanentDeliveryError("boom"), PermanentDeliveryError("later")
+    runner = _FakeRunner({0: [boom], 1: [later]}, slots=2)
+    host = _FakeHost(60)
+    error = run_shards(host, runner, _shards(5))
+    assert error is boom and runner.stopped
+    assert runner.submitted == [0, 1]  # shards 2-4 never started; 1 was running and ended
+    assert host.absorbed == [0, 1]  # the failed attempts' counts are added too
+
+
+def test_transient_failures_are_retried_until_the_budget_is_spent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline.scheduler, "RETRY_FIRST_DELAY_S", 0.01)
+    flaky = [TransientDeliveryError("slow"), TransientDeliveryError("slow"), None]
+    runner = _FakeRunner({1: flaky}, slots=1)
+    host = _FakeHost(1.0)
+    assert run_shards(host, runner, _shards(3)) is None
+    # shard 2 starts while shard 1 waits for its retry
+    assert Counter(runner.submitted) == {0: 1, 1: 3, 2: 1} and not runner.stopped
+    assert host.budget.left == pytest.approx(1.0 - 0.03)
+    # a budget too small for the next backoff: the run stops with the transient error
+    always = [TransientDeliveryError(f"slow {i}") for i in range(10)]
+    runner = _FakeRunner({0: always}, slots=1)
+    host = _FakeHost(0.025)
+    error = run_shards(host, runner, _shards(2))
+    assert isinstance(error, TransientDeliveryError) and runner.submitted.count(0) == 3
