@@ -49,24 +49,28 @@ class Fanout:
             listener.rows_done(n)
 
 
-def _run_on_dask(run: Run) -> None:
-    """The shards not yet complete on the cluster the settings name (started or reached only
-    when some shard is left to run)."""
+def _run_on_dask(run: Run, fanout: Fanout) -> None:
+    """Reach the cluster the settings name (or start it) first, so that a wrong address fails
+    before the preflight; then plan and run the shards not yet complete on it."""
     from pipeline import cluster  # noqa: PLC0415 - imports distributed
     from pipeline.runners import DaskRunner  # noqa: PLC0415
 
-    assert run.plan is not None
-    todo = run.pending()
-    if not todo:
-        return
+    cluster.check_cluster_settings(run.settings)
     cluster.quiet_dask_logs()
     with cluster.dask_client(run.settings) as client:
+        plan = run.prepare()
+        fanout.set_total(plan.rows_estimate)
+        todo = run.pending()
+        if not todo:
+            return
         cluster.wait_for_workers(client, run.settings)
-        cluster.check_workers(client, run.settings, run.plan.job)
+        cluster.check_workers(client, run.settings, plan.job)
         run.run_shards(DaskRunner(client, lambda: cluster.threads(client)), todo)
 
 
-def _run_here(run: Run) -> None:
+def _run_here(run: Run, fanout: Fanout) -> None:
+    plan = run.prepare()
+    fanout.set_total(plan.rows_estimate)
     runner = run.local_runner()
     try:
         run.run_shards(runner, run.pending())
@@ -82,15 +86,9 @@ def run_job(settings: RunSettings, *, progress: Sequence[ProgressListener] = ())
     error: BaseException | None = None
     try:
         if on_dask(settings):
-            from pipeline.cluster import check_cluster_settings  # noqa: PLC0415
-
-            check_cluster_settings(settings)
-        plan = run.prepare()
-        fanout.set_total(plan.rows_estimate)
-        if on_dask(settings):
-            _run_on_dask(run)
+            _run_on_dask(run, fanout)
         else:
-            _run_here(run)
+            _run_here(run, fanout)
     except Exception as exc:
         error = exc
     except BaseException as exc:
