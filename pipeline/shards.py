@@ -164,8 +164,8 @@ def plan_shards(plan: Plan, store: CheckpointStore) -> tuple[list[Shard], ShardL
     if changed:
         shown = "\n  ".join(changed[:10])
         raise CheckpointMismatchError(
-            f"job {job!r}: {len(changed)} input file(s) changed since their shards were "
-            f"(partly) delivered:\n  {shown}\nRows already delivered from them would be skipped "
+            f"job {job!r}: {len(changed)} input file(s) changed since they were (partly) "
+            f"delivered:\n  {shown}\nRows already delivered from them would be skipped "
             "by position, which is no longer safe. Rerun with --reprocess FILE for each changed "
             "file (its rows are sent again; unchanged rows keep their transaction_id, so Moesif "
             "deduplicates them), or --reset to start the whole job over."
