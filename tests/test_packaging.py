@@ -24,7 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_PACKAGES = {"moesif_backfill", "flows", "transforms", "connectors"}
+RUNTIME_PACKAGES = {"moesif_backfill", "pipeline", "flows", "transforms", "connectors"}
 DEV_ONLY = {"moto"}  # the stand-ins' dependency: never imported by the runtime
 
 # Imports every runtime module named in argv[1] (from the unpacked wheel at argv[2] only) and
