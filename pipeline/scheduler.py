@@ -162,7 +162,10 @@ def _collect(host: ShardHost, runner: Runner, handle: Any, shard: Shard) -> Base
     error: BaseException | None = None
     try:
         result: Any = runner.result(handle)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as exc:  # inside the shard: count it, then stop
+        done = getattr(exc, "shard_result", None)
+        if isinstance(done, ShardResult):
+            host.absorb(shard, done)
         raise
     except BaseException as exc:  # a shard's error, or Dask's (KilledWorker, cancelled)
         error = exc

@@ -23,6 +23,7 @@ import pipeline.scheduler
 from connectors.checkpoint_local import LocalCheckpointStore
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
 from pipeline.engine import Counts
+from pipeline.job import run_job
 from pipeline.layout import Shard, ShardTotals
 from pipeline.scheduler import RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S, RetryBudget, run_shards
 from pipeline.settings import RunSettings
@@ -255,3 +256,37 @@ def test_transient_failures_are_retried_until_the_budget_is_spent(
     host = _FakeHost(0.025)
     error = run_shards(host, runner, _shards(2))
     assert isinstance(error, TransientDeliveryError) and runner.submitted.count(0) == 3
+
+
+class _Interrupt:
+    """A progress listener that raises KeyboardInterrupt (Ctrl-C) once `after` rows are done."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.done = after, 0
+
+    def rows_done(self, n: int) -> None:
+        self.done += n
+        if self.done >= self.after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.integration
+@pytest.mark.e2e
+def test_interrupted_in_one_process_finished_on_dask(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    one = _settings(tmp_path, strict_firehose, firehose_stream, summary_json=tmp_path / "s.json")
+    with pytest.raises(KeyboardInterrupt):
+        run_job(one, progress=[_Interrupt(after=3_000)])
+    summary = json.loads((tmp_path / "s.json").read_text())  # written before the interrupt
+    assert summary["status"] == "failed" and summary["error_type"] == "KeyboardInterrupt"
+    assert summary["accounted"] and summary["actions_sent"] >= 3_000
+    first = set(strict_firehose.transaction_ids(firehose_stream))
+    assert len(first) == summary["actions_sent"]
+    dask = one.model_copy(update={"workers": 2, "summary_json": None})
+    summary2, error = run_plain(dask)
+    assert error is None, error
+    again = strict_firehose.transaction_ids(firehose_stream)
+    assert set(again) == ALL  # no gap
+    assert len(again) - len(ALL) <= CHUNK  # at most the chunk in flight sent twice
+    assert summary2.rows_skipped + summary2.actions_sent == len(ALL)
