@@ -85,6 +85,13 @@ def core_logs_to_api() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def announce(listener: Any) -> None:
+    """Tell the CLI's listener which flow run this is, as soon as it starts (`flow_run`: after
+    Ctrl-C/SIGTERM the CLI sets it Cancelled)."""
+    if listener is not None and getattr(listener, "flow_run", True) is None:
+        listener.flow_run = current_flow_run()
+
+
 def artifact_key(job: str, what: str) -> str:
     """An artifact key (lowercase letters, digits, dashes) for `what` of `job`."""
     safe = "".join(c if c.isalnum() else "-" for c in job.lower()).strip("-")
@@ -140,7 +147,12 @@ def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
     `set_total(n)` following the rows, and `finished(outcome, flow_run)` receiving the
     `JobOutcome` and the `FlowRunRef` before the flow returns or fails."""
     artifact = ProgressArtifact(settings.job or default_job_name(settings))
-    outcome = run_job(settings, progress=[artifact] if listener is None else [artifact, listener])
+    announce(listener)
+    outcome = run_job(
+        settings,
+        progress=[artifact] if listener is None else [artifact, listener],
+        stop=getattr(listener, "stop", None),
+    )
     if outcome.ok:
         artifact.complete()
     publish_run_summary(outcome.summary)
@@ -179,6 +191,7 @@ def run_as_flow_run(settings: RunSettings, listener: Any) -> Any:
 __all__ = [
     "FlowRunRef",
     "JobOutcome",
+    "announce",
     "artifact_key",
     "backfill",
     "current_flow_run",

@@ -18,7 +18,13 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.backfill import artifact_key, backfill, core_logs_to_api, current_flow_run
+from flows.backfill import (
+    announce,
+    artifact_key,
+    backfill,
+    core_logs_to_api,
+    current_flow_run,
+)
 from pipeline.day_run import table_rows
 from pipeline.day_settings import NightlySettings, RangeSettings
 from pipeline.nightly import DaysOutcome, run_nightly, run_range
@@ -59,6 +65,7 @@ def nightly_sync(
 ) -> dict[str, Any]:
     """Sync yesterday (or `date`, YYYY-MM-DD) and catch up missed days; see docs/nightly.md.
     `listener` (the CLI's): `finished(outcome, flow_run)` receives the `DaysOutcome`."""
+    announce(listener)
     with core_logs_to_api():
         outcome = run_nightly(settings, _run_backfill, date=date, scheduled_start=scheduled_start())
     return _finish("nightly", settings.job, outcome, listener)
@@ -70,6 +77,7 @@ def backfill_range(
 ) -> dict[str, Any]:
     """Backfill the days start..end (YYYY-MM-DD, inclusive), `settings.concurrency` days at
     once; see docs/nightly.md. Does not move the nightly watermark."""
+    announce(listener)
     with core_logs_to_api():
         outcome = run_range(settings, _run_backfill, start=start, end=end)
     return _finish("range", settings.job, outcome, listener)

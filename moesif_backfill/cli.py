@@ -17,10 +17,11 @@ import os
 import sys
 
 from moesif_backfill.cli_days import add_days_parsers, main_days
+from moesif_backfill.cli_errors import add_debug_flag, print_failure
 from moesif_backfill.cli_flags import field_flag, given, mode_flags
-from moesif_backfill.cli_output import Follow, print_error
 from moesif_backfill.cli_sql import add_sql_parser, main_sql
 from moesif_backfill.modes import MODES_HELP, Mode, choose_mode
+from moesif_backfill.signals import INTERRUPTED
 from pipeline.settings import RunSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REJECTS = 0, 1, 2, 3
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     _quota_flags(val)
     add_days_parsers(sub)
     add_sql_parser(sub)
+    for command in sub.choices.values():
+        add_debug_flag(command)
     return parser
 
 
@@ -196,13 +199,17 @@ def _settings(args: argparse.Namespace) -> RunSettings:
 
 class CliLogHandler(logging.Handler):
     """Warnings of the tool's own loggers on the current sys.stderr; Prefect's records (its
-    narration, its account of a failed flow run) stay out: the CLI prints its own summary."""
+    narration, its account of a failed flow run) stay out, and so do the core's ERROR records
+    unless --debug: the error that ends a run is printed once, by the CLI (`error: ...`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, debug: bool = False) -> None:
         super().__init__(logging.WARNING)
+        self.debug = debug
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and not self.debug:
+            return False
         return not record.name.startswith("prefect") and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -213,12 +220,12 @@ class CliLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging() -> CliLogHandler | None:
+def setup_logging(debug: bool = False) -> CliLogHandler | None:
     """The CLI's log handler on the root logger; the handler added (None: one was there)."""
     root = logging.getLogger()
     handler = None
     if not any(isinstance(h, CliLogHandler) for h in root.handlers):
-        handler = CliLogHandler()
+        handler = CliLogHandler(debug)
         root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)
@@ -235,37 +242,32 @@ def prefect_environment() -> None:
 
 
 def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> int:
+    from moesif_backfill.cli_interrupts import StoppableFollow, run_interruptible
     from moesif_backfill.cli_output import Bar, print_summary, print_validate
 
-    follow = Follow(Bar(sys.stderr.isatty() and not getattr(args, "quiet", False)))
-    try:
-        if mode.prefect:
-            from flows.backfill import run_as_flow_run
+    follow = StoppableFollow(Bar(sys.stderr.isatty() and not getattr(args, "quiet", False)))
+    if mode.prefect:
+        from flows.backfill import run_as_flow_run
 
-            state = run_as_flow_run(settings, follow)
-            if follow.outcome is None:  # the flow run failed before the core ran
-                follow.bar.stop()
-                print_error(state.result(raise_on_failure=False))
-                print(
-                    "the Prefect flow run ended before the backfill started: nothing was sent; "
-                    "rerun, or run with --no-prefect",
-                    file=sys.stderr,
-                )
-                return EXIT_FAILED
-        else:
-            from pipeline.job import run_job
+        state = run_interruptible(follow, lambda: run_as_flow_run(settings, follow), INTERRUPTED)
+        if follow.outcome is None:  # the flow run failed before the core ran
+            follow.bar.stop()
+            print_failure(state.result(raise_on_failure=False), debug=args.debug)
+            print(
+                "the Prefect flow run ended before the backfill started: nothing was sent; "
+                "rerun, or run with --no-prefect",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+    else:
+        from pipeline.job import run_job
 
-            follow.outcome = run_job(settings, progress=[follow])
-    except KeyboardInterrupt:
-        follow.bar.stop()
-        print(
-            "interrupted: the checkpoint holds every acknowledged chunk; rerun to resume",
-            file=sys.stderr,
+        follow.outcome = run_interruptible(
+            follow, lambda: run_job(settings, progress=[follow], stop=follow.stop), INTERRUPTED
         )
-        return 130
     follow.bar.stop()
     outcome = follow.outcome
-    code = EXIT_OK if outcome.error is None else print_error(outcome.error)
+    code = EXIT_OK if outcome.error is None else print_failure(outcome.error, debug=args.debug)
     summary = outcome.summary.to_dict()
     if settings.mode == "validate" and code == EXIT_OK:
         print_validate(summary)
@@ -285,9 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     prefect_environment()
     args = build_parser().parse_args(argv)
-    handler = setup_logging()
+    handler = setup_logging(getattr(args, "debug", False))
     try:
         return _command(args)
+    except KeyboardInterrupt:  # before the command's own handlers were installed
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except Exception as exc:  # unexpected: one line, the traceback only with --debug
+        return print_failure(exc, debug=getattr(args, "debug", False))
     finally:  # an in-process caller (tests) keeps its logging as it was
         if handler is not None:
             logging.getLogger().removeHandler(handler)
@@ -309,7 +316,7 @@ def _command(args: argparse.Namespace) -> int:
 
             check_cluster_settings(settings)  # before a Prefect API or a cluster is started
     except BackfillError as exc:
-        return print_error(exc)
+        return print_failure(exc, debug=args.debug)
     return run_command(args, settings, mode)
 
 

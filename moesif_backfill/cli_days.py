@@ -151,27 +151,29 @@ def _run(args: argparse.Namespace, settings: Any, prefect: bool, follow: Any) ->
 
 def main_days(args: argparse.Namespace) -> int:
     """Run `nightly` or `range`; the exit code."""
-    from moesif_backfill.cli_output import Follow, print_error
+    from moesif_backfill.cli_errors import print_failure
+    from moesif_backfill.cli_interrupts import StoppableFollow, run_interruptible
     from moesif_backfill.errors import BackfillError
     from moesif_backfill.modes import choose_mode
     from pipeline.report import write_json_atomic
 
+    debug = getattr(args, "debug", False)
     try:
         settings = days_settings(args)
         mode = choose_mode(prefect=args.prefect)
     except BackfillError as exc:
-        return print_error(exc)
-    follow = Follow()
-    try:
-        outcome = _run(args, settings, mode.prefect, follow)
-    except KeyboardInterrupt:
-        print("interrupted: every day's checkpoint holds what was delivered; rerun to resume")
-        return 130
+        return print_failure(exc, debug=debug)
+    follow = StoppableFollow()
+    outcome = run_interruptible(
+        follow,
+        lambda: _run(args, settings, mode.prefect, follow),
+        "interrupted: every day's checkpoint holds what was delivered; rerun to resume",
+    )
     if outcome is None:
-        code = print_error(follow.error or RuntimeError("the flow run failed"))
+        code = print_failure(follow.error or RuntimeError("the flow run failed"), debug=debug)
         print("the Prefect flow run ended before its days ran; rerun, or --no-prefect")
         return code
-    code = 0 if outcome.error is None else print_error(outcome.error)
+    code = 0 if outcome.error is None else print_failure(outcome.error, debug=debug)
     if outcome.result:
         print(days_table(outcome.result))
     print(follow.label())

@@ -18,6 +18,8 @@
     │   │                             connections: rerunning later resumes safely
     │   └── PermanentDeliveryError    unknown stream, access denied, invalid request:
     │                                 fix the cause, then rerun
+    ├── RunInterruptedError           Ctrl-C / SIGTERM: stopped early, the checkpoint holds what
+    │                                 was acknowledged; exit 130 (SIGINT) / 143 (SIGTERM)
     └── DaysFailedError               days of a nightly sync or date range not delivered: exit 2
                                       when every failed day failed on configuration, else 1
 
@@ -118,3 +120,10 @@ class DaysFailedError(BackfillError):
     def __init__(self, message: str, *, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RunInterruptedError(BackfillError):
+    """The run was stopped (Ctrl-C, SIGTERM) before it finished: the checkpoint holds every
+    acknowledged chunk; a rerun resumes. The CLI exits 128 + the signal's number."""
+
+    exit_code = 130

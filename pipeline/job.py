@@ -11,6 +11,7 @@ the same, so a job may move between the two.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,11 +79,18 @@ def _run_here(run: Run, fanout: Fanout) -> None:
         runner.close()
 
 
-def run_job(settings: RunSettings, *, progress: Sequence[ProgressListener] = ()) -> JobOutcome:
+def run_job(
+    settings: RunSettings,
+    *,
+    progress: Sequence[ProgressListener] = (),
+    stop: threading.Event | None = None,
+) -> JobOutcome:
     """Plan, run every shard, finish. Errors are returned in the outcome, not raised, except
-    KeyboardInterrupt/SystemExit (after the summary was written); the caller decides the exit."""
+    KeyboardInterrupt/SystemExit (after the summary was written); the caller decides the exit.
+    `stop` (set by the CLI on Ctrl-C/SIGTERM): no new shard or chunk starts, the chunks in
+    flight finish, and the outcome's error is a RunInterruptedError."""
     fanout = Fanout(progress)
-    run = Run(settings, progress=fanout)
+    run = Run(settings, progress=fanout, stop=stop)
     error: BaseException | None = None
     try:
         if on_dask(settings):

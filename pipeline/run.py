@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from connectors.checkpoint import CheckpointStore
 from connectors.s3_store import S3Store
 from moesif_backfill import PROCESS_T0
-from moesif_backfill.errors import BackfillError
+from moesif_backfill.errors import BackfillError, RunInterruptedError
 from pipeline import shards as shard_plans
 from pipeline.engine import Counts, ProgressListener
 from pipeline.layout import Shard, ShardLayout, ShardTotals, save_layout
@@ -44,8 +45,16 @@ class Run:
     """Owns the resources of one run: the plan, its shards, the job lock, the sink, the
     counters and the retry budget."""
 
-    def __init__(self, settings: RunSettings, progress: ProgressListener | None = None) -> None:
+    def __init__(
+        self,
+        settings: RunSettings,
+        progress: ProgressListener | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.settings = settings
+        # Set from outside (the CLI's Ctrl-C/SIGTERM handler): no new shard or chunk starts;
+        # the chunks in flight finish and are committed if acknowledged.
+        self.stop = stop if stop is not None else threading.Event()
         self.progress = progress
         self.started = time.monotonic()
         self.counts = Counts()
@@ -117,6 +126,7 @@ class Run:
             plan_files=self.plan.files,
             s3=self.s3,
             shards_in_flight=in_flight,
+            stopping=self.stop,
         )
 
     def pending(self, shards: list[Shard] | None = None) -> list[Shard]:
@@ -144,6 +154,10 @@ class Run:
             self.save_layout()
         if error is not None:
             raise error
+        if self.stop.is_set() and todo:
+            raise RunInterruptedError(
+                "interrupted: the checkpoint holds every acknowledged chunk; rerun to resume"
+            )
 
     def process_file(self, index: int) -> Counts:
         """Run the shards of file `index` here, one after the other; what they counted."""

@@ -65,11 +65,13 @@ class LocalRunner:
         plan_files: list[FilePlan],
         shards_in_flight: int = 1,
         s3: S3Store | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.store, self.session, self.sink, self.s3 = store, session, sink, s3
         self.progress, self.plan_files = progress, plan_files
         self.n = shards_in_flight
-        self.stopping = threading.Event()
+        # Set by stop(), or from outside (the CLI's Ctrl-C/SIGTERM): shards stop starting chunks.
+        self.stopping = stopping if stopping is not None else threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=self.n, thread_name_prefix="shard")
 
     def slots(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class ShardHost(Protocol):
     """What the scheduler asks of the run (pipeline/run.py `Run`)."""
 
     budget: RetryBudget
+    stop: threading.Event  # set: start no new shard (Ctrl-C, SIGTERM)
 
     def work(self, shard: Shard) -> ShardWork: ...
     def absorb(self, shard: Shard, result: ShardResult) -> None: ...
@@ -77,6 +79,10 @@ class _Loop:
         self.first_error: BaseException | None = None
 
     def start_ready(self, now: float) -> None:
+        if self.host.stop.is_set():  # interrupted: no new shard, no retry
+            self.pending.clear()
+            self.delayed.clear()
+            return
         for item in [d for d in self.delayed if d[0] <= now]:
             self.delayed.remove(item)
             self.pending.appendleft(item[1])

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from concurrent.futures import Future
 from pathlib import Path
@@ -173,6 +174,7 @@ class _FakeHost:
 
     def __init__(self, budget_s: float) -> None:
         self.budget = RetryBudget(budget_s)
+        self.stop = threading.Event()
         self.absorbed: list[int] = []
 
     def work(self, shard: Shard) -> Any:
