@@ -126,7 +126,7 @@ class Run:
             plan_files=self.plan.files,
             s3=self.s3,
             shards_in_flight=in_flight,
-            stopping=self.stop,
+            interrupt=self.stop,
         )
 
     def pending(self, shards: list[Shard] | None = None) -> list[Shard]:

@@ -65,13 +65,13 @@ class LocalRunner:
         plan_files: list[FilePlan],
         shards_in_flight: int = 1,
         s3: S3Store | None = None,
-        stopping: threading.Event | None = None,
+        interrupt: threading.Event | None = None,
     ) -> None:
         self.store, self.session, self.sink, self.s3 = store, session, sink, s3
         self.progress, self.plan_files = progress, plan_files
         self.n = shards_in_flight
-        # Set by stop(), or from outside (the CLI's Ctrl-C/SIGTERM): shards stop starting chunks.
-        self.stopping = stopping if stopping is not None else threading.Event()
+        self.stopping = threading.Event()  # set by stop(): shards stop starting chunks
+        self.interrupt = interrupt  # set from outside (Ctrl-C/SIGTERM): the same
         self.pool = ThreadPoolExecutor(max_workers=self.n, thread_name_prefix="shard")
 
     def slots(self) -> int:
@@ -88,10 +88,13 @@ class LocalRunner:
             session=self.session,
             sink=self.sink,
             progress=self.progress,
-            should_stop=self.stopping.is_set,
+            should_stop=self.should_stop,
             plan_files=self.plan_files,
             s3=self.s3,
         )
+
+    def should_stop(self) -> bool:
+        return self.stopping.is_set() or (self.interrupt is not None and self.interrupt.is_set())
 
     def wait(self, handles: Sequence[Any], timeout: float | None) -> list[Any]:
         done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
