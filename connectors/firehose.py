@@ -87,6 +87,7 @@ DEFAULT_RETRY = RetryPolicy()  # frozen, so one shared default is safe
 # the quota's exact measurement is unconfirmed (docs/throughput.md).
 SHAPING_MARGIN = 0.98
 SHAPING_BURST_S = 0.2  # the client's burst: a fifth of the 1 s a quota is stated over
+STALL_WARN_S = 10.0  # one warning once a stream has acknowledged nothing for this long
 
 
 class FirehoseSender:
@@ -104,6 +105,8 @@ class FirehoseSender:
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
         adaptive_rate: bool = False,
+        stall_timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -130,6 +133,13 @@ class FirehoseSender:
                 lambda: (self.stats.records_sent, self.stats.bytes_sent),
                 name=f"Firehose stream {stream_name!r}",
             )
+        # A stream that acknowledges nothing for stall_timeout_s (endpoint lost: connections
+        # refused, dropped or never answered) fails the batches still trying, at once.
+        self.stall_timeout_s = stall_timeout_s
+        self._clock = clock
+        self._progress_lock = threading.Lock()
+        self._progress_at: float | None = None  # last acknowledgement (or first attempt)
+        self._stall_warned = False
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="firehose-send")
         self._closed = False
         self._aborted = threading.Event()
@@ -217,6 +227,9 @@ class FirehoseSender:
         attempt = 0  # consecutive attempts without progress: the retry budget
         throttled = 0  # consecutive throttled attempts: the backoff
         retries = 0
+        with self._progress_lock:
+            if self._progress_at is None:
+                self._progress_at = self._clock()
         while True:
             if self._aborted.is_set():
                 raise BatchFailed(len(pending), "the sender was closed", permanent=False)
@@ -228,11 +241,15 @@ class FirehoseSender:
                 return len(batch)
             attempt = 0 if len(pending) < before else attempt + 1
             throttled = throttled + 1 if result.throttled else 0
+            left = self._stall_left(reason)
+            if left <= 0:
+                stalled = self._stall_reason(reason)
+                raise BatchFailed(len(pending), stalled, permanent=False, stalled=True)
             if attempt >= max_attempts:
                 break
             retries += 1
             with self._rng_lock:
-                delay = self.retry.delay(max(attempt, throttled, 1), self._rng)
+                delay = min(self.retry.delay(max(attempt, throttled, 1), self._rng), left)
             self.stats.add(records_retried=len(pending))
             logger.debug(
                 "retrying %d records to %s in %.3fs (retry %d, %d of %d without progress): %s",
@@ -245,7 +262,7 @@ class FirehoseSender:
                 reason,
             )
             self._sleep(delay)
-        logger.warning(
+        logger.info(  # the chunk's error says it once (TransientDeliveryError)
             "giving up on %d records to %s after %d attempts without progress: %s",
             len(pending),
             self.stream_name,
@@ -323,7 +340,39 @@ class FirehoseSender:
             [pending[i] for i in failed], [sizes[i] for i in failed], reason, bool(throttled)
         )
 
+    def _stall_left(self, reason: str) -> float:
+        """Seconds left before the stall timeout (inf without one); warns once per stall."""
+        if self.stall_timeout_s is None:
+            return float("inf")
+        with self._progress_lock:
+            since = self._clock() - (self._progress_at or self._clock())
+            warn = since >= STALL_WARN_S and not self._stall_warned
+            self._stall_warned = self._stall_warned or warn
+        if warn:
+            logger.warning(
+                "Firehose stream %r has acknowledged nothing for %.0f s (%s); the run fails if "
+                "that lasts %.0f s (stall_timeout_s)",
+                self.stream_name,
+                since,
+                reason,
+                self.stall_timeout_s,
+            )
+        return self.stall_timeout_s - since
+
+    def _stall_reason(self, reason: str) -> str:
+        return (
+            f"Firehose stream {self.stream_name!r} at {self.endpoint} acknowledged nothing for "
+            f"{self.stall_timeout_s:.0f} s (stall_timeout_s; last error: {reason}; calls so "
+            f"far: {self.stats.firehose_calls}, connection errors "
+            f"{self.stats.connection_errors}, server errors {self.stats.server_errors}, "
+            f"throttled {self.stats.throttled_calls}): the endpoint refuses or drops "
+            "connections, or does not answer"
+        )
+
     def _count_acked(self, sizes: list[int]) -> None:
+        with self._progress_lock:
+            self._progress_at = self._clock()
+            self._stall_warned = False
         self.stats.add(
             records_sent=len(sizes),
             bytes_sent=sum(sizes),

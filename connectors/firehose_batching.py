@@ -15,7 +15,11 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
+from moesif_backfill.errors import (
+    DeliveryStalledError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +110,14 @@ def billable_units(size: int) -> int:
 class BatchFailed(Exception):
     """One batch ended without every record acknowledged (internal to the sender)."""
 
-    def __init__(self, unacked: int, reason: str, *, permanent: bool) -> None:
+    def __init__(
+        self, unacked: int, reason: str, *, permanent: bool, stalled: bool = False
+    ) -> None:
         super().__init__(reason)
         self.unacked = unacked
         self.reason = reason
         self.permanent = permanent
+        self.stalled = stalled  # the stream acknowledged nothing for the sender's stall timeout
 
 
 class ChunkTracker:
@@ -133,6 +140,7 @@ class ChunkTracker:
         self._unacked = 0
         self._permanent: str | None = None
         self._transient: str | None = None
+        self._stalled: str | None = None
         self._lock = threading.Lock()
         self.futures: list[Future[int]] = []
 
@@ -149,6 +157,8 @@ class ChunkTracker:
                     if exc.permanent:
                         cancel_siblings = self._permanent is None
                         self._permanent = self._permanent or exc.reason
+                    elif exc.stalled:
+                        self._stalled = self._stalled or exc.reason
                     else:
                         self._transient = self._transient or exc.reason
                 elif exc is not None:
@@ -173,6 +183,14 @@ class ChunkTracker:
                 PermanentDeliveryError(
                     f"{self._permanent} ({self._unacked} of {self._total} records of this chunk "
                     "were not acknowledged)"
+                )
+            )
+        elif self._stalled is not None:
+            self._outer.set_exception(
+                DeliveryStalledError(
+                    f"{self._stalled} ({self._unacked} of {self._total} records of this chunk "
+                    "were not acknowledged). The checkpoint holds every acknowledged chunk: "
+                    "rerun to resume once the endpoint answers"
                 )
             )
         elif self._unacked:

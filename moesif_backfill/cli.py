@@ -160,6 +160,8 @@ def _optional_flags(p: argparse.ArgumentParser) -> None:
             help="how long a file is retried after transient errors (throttling, 5xx, dropped "
             "connections) before the run fails; the same in both modes",
         )
+    if "stall_timeout_s" in RunSettings.model_fields:
+        field_flag(p, RunSettings, "stall_timeout_s", metavar="SECONDS")
     if "shards_in_flight" in RunSettings.model_fields:
         field_flag(p, RunSettings, "shards_in_flight", metavar="N")
 

@@ -28,6 +28,7 @@ DAY_OPTIONS = (
     "retry_attempts",
     "retry_budget_s",
     "shards_in_flight",
+    "stall_timeout_s",
 )
 
 

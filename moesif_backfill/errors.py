@@ -15,7 +15,9 @@
     ├── CheckpointError               the checkpoint is unreadable or from a newer version
     ├── DeliveryError                 Firehose did not take the records
     │   ├── TransientDeliveryError    retry budget exhausted on throttling / 5xx / dropped
-    │   │                             connections: rerunning later resumes safely
+    │   │   │                         connections: rerunning later resumes safely
+    │   │   └── DeliveryStalledError  nothing acknowledged for RunSettings.stall_timeout_s
+    │   │                             (endpoint lost): not retried by the run
     │   └── PermanentDeliveryError    unknown stream, access denied, invalid request:
     │                                 fix the cause, then rerun
     ├── RunInterruptedError           Ctrl-C / SIGTERM: stopped early, the checkpoint holds what
@@ -105,6 +107,12 @@ class DeliveryError(BackfillError):
 
 class TransientDeliveryError(DeliveryError):
     """Delivery kept failing with retryable errors until the retry budget ran out."""
+
+
+class DeliveryStalledError(TransientDeliveryError):
+    """The stream acknowledged nothing for the sender's stall timeout (the endpoint refuses or
+    drops connections, or never answers): the run ends instead of retrying on (a rerun
+    resumes)."""
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -104,6 +104,7 @@ def make_sink(s: RunSettings, session: Any, *, check_stream: bool = True) -> Sin
                     max_mib_per_second=s.max_mib_per_second,
                     retry=RetryPolicy(max_attempts=s.retry_attempts),
                     adaptive_rate=s.adaptive_rate,
+                    stall_timeout_s=s.stall_timeout_s,
                 )
             )
             if check_stream:

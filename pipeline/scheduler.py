@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from moesif_backfill.errors import TransientDeliveryError
+from moesif_backfill.errors import DeliveryStalledError, TransientDeliveryError
 from pipeline.layout import Shard
 from pipeline.runners import Runner
 from pipeline.shard_work import ShardResult, ShardWork
@@ -102,13 +102,18 @@ class _Loop:
         if error is None:
             return
         delay = None
-        if isinstance(error, TransientDeliveryError) and self.first_error is None:
+        # A stalled stream (nothing acknowledged for stall_timeout_s) is not retried: the run
+        # ends within its bound.
+        retryable = isinstance(error, TransientDeliveryError) and not isinstance(
+            error, DeliveryStalledError
+        )
+        if retryable and self.first_error is None:
             done = getattr(error, "shard_result", None)
             if isinstance(done, ShardResult) and done.counts.chunks_committed:
                 self.host.budget.progressed(shard.sid)
             delay = self.host.budget.take(shard.sid)
-        if delay is not None:
-            log.warning(
+        if delay is not None:  # routine: the error that ends the run is reported once
+            log.info(
                 "shard %d (%s): %s; retrying from its checkpoint in %.0f s",
                 shard.index,
                 shard.describe(),

@@ -82,8 +82,18 @@ class RunSettings(BaseModel):
     )
     reset: bool = False
     reprocess: list[str] = []
+    stall_timeout_s: float = Field(
+        default=40.0,
+        gt=0,
+        description="the run fails (exit 1, nothing lost) when a stream acknowledges nothing for "
+        "this long while calls fail (an endpoint lost: connections refused, dropped or never "
+        "answered); with the read timeout, a lost endpoint ends the run within about "
+        "stall_timeout_s + read_timeout_s (60 s by default)",
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=30.0, gt=0)
+    read_timeout_s: float = Field(
+        default=20.0, gt=0, description="seconds a PutRecordBatch call may wait for an answer"
+    )
 
     @model_validator(mode="before")
     @classmethod
