@@ -11,6 +11,7 @@ the core (`pipeline.nightly`); Prefect mode the `nightly-sync` / `backfill-range
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,10 @@ def _run(args: argparse.Namespace, settings: Any, prefect: bool, follow: Any) ->
         return follow.outcome
     from pipeline import nightly
 
+    job = functools.partial(nightly.direct_job, stop=getattr(follow, "stop", None))
     if args.command == "nightly":
-        return nightly.run_nightly(settings, nightly.direct_job, date=args.date)
-    return nightly.run_range(settings, nightly.direct_job, start=args.start, end=args.end)
+        return nightly.run_nightly(settings, job, date=args.date)
+    return nightly.run_range(settings, job, start=args.start, end=args.end)
 
 
 def main_days(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -64,11 +65,12 @@ class DaysOutcome:
         return self.error is None
 
 
-def direct_job(job: str, settings: RunSettings) -> None:
-    """The `RunJob` of direct runs: the core's `run_job`; raises the error that stopped it."""
+def direct_job(job: str, settings: RunSettings, *, stop: threading.Event | None = None) -> None:
+    """The `RunJob` of direct runs: the core's `run_job`; raises the error that stopped it.
+    `stop`: the CLI's Ctrl-C/SIGTERM event (bind it with functools.partial)."""
     from pipeline.job import run_job  # noqa: PLC0415 - the engine loads with the first day
 
-    outcome = run_job(settings)
+    outcome = run_job(settings, stop=stop)
     if outcome.error is not None:
         raise outcome.error
 

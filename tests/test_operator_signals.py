@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -262,3 +263,63 @@ def test_endpoint_silent_mid_send_fails_within_75_s(
         _lost_endpoint_run(
             tmp_path, proxy.endpoint_url, firehose_stream, strict_firehose, proxy.drop
         )
+
+
+@pytest.mark.parametrize("with_prefect", [False, True], ids=["direct", "prefect"])
+def test_sigint_mid_range_exits_130_and_rerun_completes(
+    tmp_path: Path,
+    strict_firehose: StrictFirehose,
+    firehose_stream: str,
+    with_prefect: bool,
+    request: pytest.FixtureRequest,
+) -> None:
+    from tests.test_nightly import day_start, partition, recent_day, write_day
+
+    api = request.getfixturevalue("prefect_server").api_url if with_prefect else None
+    env = _env(api)
+    days = [recent_day(10) + dt.timedelta(days=i) for i in range(4)]
+    for i, day in enumerate(days):
+        write_day(partition(tmp_path / "usage", day), day, day_start(i), 2_000)
+    write_mapping(tmp_path / "mapping.yaml")
+    want = set().union(*(expected_ids(day_start(i), 2_000) for i in range(4)))
+    args = [
+        *CLI,
+        "range",
+        str(tmp_path / "usage" / "dt={date:%Y-%m-%d}"),
+        "--mapping",
+        str(tmp_path / "mapping.yaml"),
+        "--job",
+        "week",
+        "--stream",
+        firehose_stream,
+        "--start",
+        days[0].isoformat(),
+        "--end",
+        days[-1].isoformat(),
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--endpoint-url",
+        strict_firehose.endpoint_url,
+        "--region",
+        "us-east-1",
+        "--chunk-rows",
+        "200",
+        "--max-records-per-second",
+        "800",
+        "--prefect" if with_prefect else "--no-prefect",
+    ]
+    proc = _start(args, env)
+    _wait_records(strict_firehose, firehose_stream, 1_500, proc)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    code, err, took = _finish(proc, sent)
+    assert code == 130, err
+    assert took < 5.0, (took, err)
+    _assert_one_interrupted_line(err)
+    assert len(set(strict_firehose.transaction_ids(firehose_stream))) < len(want)
+    done = subprocess.run(args, env=env, capture_output=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    delivered = strict_firehose.transaction_ids(firehose_stream)
+    assert set(delivered) == want
+    dupes = sum(c - 1 for c in Counter(delivered).values())
+    assert dupes <= 2 * CHUNKS_IN_FLIGHT * 200  # the days in flight (concurrency 2)
