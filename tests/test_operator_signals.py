@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,8 @@ def _error_lines(err: str) -> int:
     return sum(line.startswith("error:") for line in err.splitlines())
 
 
-def _flow_run_states(api: str, job: str) -> list[str]:
+def _flow_run_states(api: str, job: str, *, prefix: bool = False) -> list[str]:
+    """The state types of the flow runs of `job` (prefix: of its days' jobs, `job`-DAY)."""
     request = urllib.request.Request(
         f"{api}/flow_runs/filter",
         data=json.dumps({"limit": 50, "sort": "START_TIME_DESC"}).encode(),
@@ -127,10 +129,11 @@ def _flow_run_states(api: str, job: str) -> list[str]:
     )
     with urllib.request.urlopen(request, timeout=10) as r:
         runs = json.loads(r.read())
+    jobs = [((r.get("parameters") or {}).get("settings") or {}).get("job") for r in runs]
     return [
         str(run["state_type"])
-        for run in runs
-        if (run.get("parameters") or {}).get("settings", {}).get("job") == job
+        for run, name in zip(runs, jobs, strict=True)
+        if isinstance(name, str) and (name.startswith(f"{job}-") if prefix else name == job)
     ]
 
 
@@ -282,6 +285,7 @@ def test_sigint_mid_range_exits_130_and_rerun_completes(
         write_day(partition(tmp_path / "usage", day), day, day_start(i), 2_000)
     write_mapping(tmp_path / "mapping.yaml")
     want = set().union(*(expected_ids(day_start(i), 2_000) for i in range(4)))
+    job = f"week-{uuid.uuid4().hex[:8]}"
     args = [
         *CLI,
         "range",
@@ -289,7 +293,7 @@ def test_sigint_mid_range_exits_130_and_rerun_completes(
         "--mapping",
         str(tmp_path / "mapping.yaml"),
         "--job",
-        "week",
+        job,
         "--stream",
         firehose_stream,
         "--start",
@@ -317,6 +321,10 @@ def test_sigint_mid_range_exits_130_and_rerun_completes(
     assert took < 5.0, (took, err)
     _assert_one_interrupted_line(err)
     assert len(set(strict_firehose.transaction_ids(firehose_stream))) < len(want)
+    if api is not None:  # the range's flow run and its days' nested ones: none left running
+        assert _flow_run_states(api, job) == ["CANCELLED"]
+        days_states = _flow_run_states(api, job, prefix=True)
+        assert days_states and set(days_states) <= {"CANCELLED", "COMPLETED"}, days_states
     done = subprocess.run(args, env=env, capture_output=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     delivered = strict_firehose.transaction_ids(firehose_stream)
