@@ -218,7 +218,7 @@ def test_with_an_api_run_is_a_flow_run_and_no_prefect_runs_directly(
     assert flow_run.name == found.group(1) and flow_run.state_type.value == "COMPLETED"
     # the settings are the run's parameters; the CLI's listener is only a placeholder
     assert flow_run.parameters["settings"]["job"] == job
-    assert flow_run.parameters["listener"] == "<Follow>"
+    assert flow_run.parameters["listener"] == "<StoppableFollow>"
     assert {f"{job}-summary", f"{job}-progress"} <= keys
     assert set(strict_firehose.transaction_ids(firehose_stream)) == expected_ids(1, 1_500)
 
