@@ -340,6 +340,11 @@ class FirehoseSender:
             [pending[i] for i in failed], [sizes[i] for i in failed], reason, bool(throttled)
         )
 
+    def stalled_for(self) -> float:
+        """Seconds since the stream last acknowledged a record (0 before the first call)."""
+        with self._progress_lock:
+            return 0.0 if self._progress_at is None else self._clock() - self._progress_at
+
     def _stall_left(self, reason: str) -> float:
         """Seconds left before the stall timeout (inf without one); warns once per stall."""
         if self.stall_timeout_s is None:

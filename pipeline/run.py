@@ -217,6 +217,14 @@ class Run:
         if self.progress is not None:
             self.progress.rows_done(done.rows_done)
 
+    def stall_left(self) -> float:
+        """Seconds before this process's sink counts as stalled (RunSettings.stall_timeout_s
+        without an acknowledgement): a retry is not put off beyond it (inf: no such sink)."""
+        stalled_for = getattr(self.sink, "stalled_for", None)
+        if stalled_for is None:
+            return float("inf")
+        return float(self.settings.stall_timeout_s - stalled_for())
+
     def reload(self, shard: Shard) -> None:
         """The totals of a shard whose attempt returned nothing, from its checkpoint."""
         if self.store is None or self.plan is None:

@@ -112,6 +112,10 @@ class _Loop:
             if isinstance(done, ShardResult) and done.counts.chunks_committed:
                 self.host.budget.progressed(shard.sid)
             delay = self.host.budget.take(shard.sid)
+        stall_left = getattr(self.host, "stall_left", None)
+        if delay is not None and stall_left is not None:
+            # Never wait past the stall deadline: the retry then fails as stalled at once.
+            delay = max(0.0, min(delay, stall_left()))
         if delay is not None:  # routine: the error that ends the run is reported once
             log.info(
                 "shard %d (%s): %s; retrying from its checkpoint in %.0f s",

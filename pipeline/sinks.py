@@ -117,6 +117,10 @@ class FirehoseSink:
     def close_file(self) -> None:
         return None
 
+    def stalled_for(self) -> float:
+        """The longest time any of the streams has acknowledged nothing (a stalled stream)."""
+        return max(sender.stalled_for() for sender in self.senders)
+
     def stats(self) -> dict[str, Any]:
         snaps = {sender.stream_name: sender.stats.snapshot() for sender in self.senders}
         totals = {k: sum(s.get(k, 0) for s in snaps.values()) for k in _SENDER_TOTALS}
