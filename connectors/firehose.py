@@ -138,7 +138,9 @@ class FirehoseSender:
         self.stall_timeout_s = stall_timeout_s
         self._clock = clock
         self._progress_lock = threading.Lock()
-        self._progress_at: float | None = None  # last acknowledgement (or first attempt)
+        # When the current run of failed calls began (the start of the first call that got
+        # nothing acknowledged since the last acknowledgement); None: not failing.
+        self._failing_since: float | None = None
         self._stall_warned = False
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="firehose-send")
         self._closed = False
@@ -227,20 +229,22 @@ class FirehoseSender:
         attempt = 0  # consecutive attempts without progress: the retry budget
         throttled = 0  # consecutive throttled attempts: the backoff
         retries = 0
-        with self._progress_lock:
-            if self._progress_at is None:
-                self._progress_at = self._clock()
         while True:
             if self._aborted.is_set():
                 raise BatchFailed(len(pending), "the sender was closed", permanent=False)
             self._shape(len(pending), sum(pending_sizes))
             before = len(pending)
+            started = self._clock()
             result = self._attempt(pending, pending_sizes)
             pending, pending_sizes, reason = result.records, result.sizes, result.reason
             if not pending:
                 return len(batch)
             attempt = 0 if len(pending) < before else attempt + 1
             throttled = throttled + 1 if result.throttled else 0
+            if len(pending) == before:  # nothing acknowledged by this call
+                with self._progress_lock:
+                    if self._failing_since is None:
+                        self._failing_since = started
             left = self._stall_left(reason)
             if left <= 0:
                 stalled = self._stall_reason(reason)
@@ -341,16 +345,19 @@ class FirehoseSender:
         )
 
     def stalled_for(self) -> float:
-        """Seconds since the stream last acknowledged a record (0 before the first call)."""
+        """Seconds the stream has acknowledged nothing while calls failed (0: not failing). An
+        idle stream is not stalled: the clock starts with the first call that got nothing
+        acknowledged since the last acknowledgement."""
         with self._progress_lock:
-            return 0.0 if self._progress_at is None else self._clock() - self._progress_at
+            return 0.0 if self._failing_since is None else self._clock() - self._failing_since
 
     def _stall_left(self, reason: str) -> float:
         """Seconds left before the stall timeout (inf without one); warns once per stall."""
         if self.stall_timeout_s is None:
             return float("inf")
         with self._progress_lock:
-            since = self._clock() - (self._progress_at or self._clock())
+            start = self._failing_since
+            since = 0.0 if start is None else self._clock() - start
             warn = since >= STALL_WARN_S and not self._stall_warned
             self._stall_warned = self._stall_warned or warn
         if warn:
@@ -376,7 +383,7 @@ class FirehoseSender:
 
     def _count_acked(self, sizes: list[int]) -> None:
         with self._progress_lock:
-            self._progress_at = self._clock()
+            self._failing_since = None
             self._stall_warned = False
         self.stats.add(
             records_sent=len(sizes),
