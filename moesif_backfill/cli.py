@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     field_flag(run, RunSettings, "job", help="job name (default: from the sources and mapping)")
     field_flag(run, RunSettings, "rejects", help="rejects NDJSON file (default: in the checkpoint)")
     field_flag(run, RunSettings, "summary_json", help="write the run summary here")
+    field_flag(run, RunSettings, "ledger", metavar="LOCATION")
     _quota_flags(run)
     field_flag(run, RunSettings, "max_in_flight", help="PutRecordBatch calls at once (per stream)")
     field_flag(

@@ -85,6 +85,7 @@ def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
     field_flag(p, model, "aws_credentials_block", metavar="NAME")
     field_flag(p, model, "allow_older_than_30_days")
     field_flag(p, model, "allow_empty_days")
+    field_flag(p, model, "ledger", metavar="LOCATION")
     for name in DAY_OPTIONS:
         if name in RunSettings.model_fields:
             field_flag(p, RunSettings, name, dest=f"option.{name}")

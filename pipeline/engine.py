@@ -23,8 +23,9 @@ import pyarrow as pa
 
 from connectors.checkpoint import CheckpointStore, FileProgress
 from moesif_backfill import failpoints
-from moesif_backfill.errors import BackfillError, SourceError
+from moesif_backfill.errors import BackfillError, LedgerError, SourceError
 from pipeline.day_window import outside_window, window_us
+from pipeline.ledger import ShardLedger
 from pipeline.plan import FilePlan, Plan, file_progress
 from pipeline.rejects import RejectsWriter
 from pipeline.sinks import Sink
@@ -146,6 +147,7 @@ class _InFlight:
     rejected: int
     rejects: list[dict[str, Any]]
     outside: int = 0
+    ledger: tuple[int, pa.Table] | None = None  # (first file row, rows) for the ID ledger
 
 
 class FileRunner:
@@ -163,10 +165,11 @@ class FileRunner:
         progress: ProgressListener | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         counted_this_run: set[int] | None = None,
+        ledger: ShardLedger | None = None,
     ) -> None:
         self.plan, self.fp, self.index = plan, fp, index
         self.sink, self.store, self.rejects = sink, store, rejects
-        self.progress = progress
+        self.progress, self.ledger = progress, ledger
         self.should_stop = should_stop
         self.counts = Counts()
         self.prog: FileProgress = file_progress(plan, fp)
@@ -274,10 +277,13 @@ class FileRunner:
             self.counts.sample.extend(result.records.slice(0, 3).to_pylist())
             del self.counts.sample[3:]
         rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
+        ledger = None if self.ledger is None else self.ledger.rows(start_row, batch, result)
         future = self.sink.submit(result.records)
         failpoints.hit("chunk.submitted")
         self.inflight.append(
-            _InFlight(chunk, future, len(result.records), len(result.rejected), rejects, outside)
+            _InFlight(
+                chunk, future, len(result.records), len(result.rejected), rejects, outside, ledger
+            )
         )
 
     def _drain(self, *, block_until: int) -> None:
@@ -300,6 +306,13 @@ class FileRunner:
                 self.error = exc
             log.error("%s chunk %d not delivered: %s", self.fp.src.key, item.chunk, exc)
             return
+        if self.ledger is not None and item.ledger is not None:  # after the ack, before commit
+            try:
+                self.ledger.write(*item.ledger)
+            except LedgerError as exc:
+                self.error = self.error or exc
+                return
+        failpoints.hit("chunk.acknowledged")
         self.rejects.write(item.rejects)
         self.prog.mark_done(
             item.chunk, sent=item.sent, rejected=item.rejected, outside=item.outside

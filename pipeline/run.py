@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class Run:
         self.settings = settings
         self.progress = progress
         self.started = time.monotonic()
+        self.run_id = str(uuid.uuid4())  # the ID ledger's run_id (pipeline/ledger.py)
         self.counts = Counts()
         self.files_complete = 0
         self._stack = contextlib.ExitStack()
@@ -173,6 +175,7 @@ class Run:
             shard=shard,
             rejects=self._rejects_path(self.plan),
             counted=frozenset(self.counted.get(shard.sid, ())),
+            run_id=self.run_id,
         )
 
     def absorb(self, shard: Shard, result: ShardResult) -> None:

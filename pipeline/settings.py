@@ -45,6 +45,12 @@ class RunSettings(BaseModel):
     job: str | None = None
     rejects: Path | None = None
     summary_json: Path | None = None
+    ledger: str | None = Field(
+        default=None,
+        min_length=1,
+        description="write the ID ledger (one Parquet row per input row: transaction_id, "
+        "status) under this directory or s3://bucket/prefix/, in a job=<job>/ folder",
+    )
     allow_older_than_30_days: bool = False
     max_records_per_second: float | None = Field(default=None, gt=0)
     max_mib_per_second: float | None = Field(default=None, gt=0)
@@ -114,10 +120,14 @@ class RunSettings(BaseModel):
         """The first (usually the only) stream."""
         return self.streams[0] if self.streams else None
 
-    @field_validator("checkpoint", mode="before")
+    @field_validator("checkpoint", "ledger", mode="before")
     @classmethod
     def _as_text(cls, v: object) -> object:
         return str(v) if isinstance(v, Path) else v
+
+    @property
+    def ledger_is_s3(self) -> bool:
+        return bool(self.ledger) and str(self.ledger).lower().startswith("s3://")
 
     @property
     def checkpoint_is_s3(self) -> bool:

@@ -22,9 +22,11 @@ from typing import Any
 import pyarrow as pa
 
 from connectors.checkpoint import CheckpointStore, JobState
+from connectors.ledger_store import make_ledger_store
 from connectors.s3_store import S3Store
 from moesif_backfill.errors import CheckpointMismatchError, JobLockedError
 from pipeline.engine import Counts, FileRunner, ProgressListener
+from pipeline.ledger import ShardLedger
 from pipeline.plan import FilePlan, Plan
 from pipeline.rejects import PRIVATE_FILE_MODE, RejectsWriter
 from pipeline.resources import checkpoint_store, make_sink, open_aws, s3_store
@@ -49,6 +51,7 @@ class ShardWork:
     shard: Shard
     rejects: Path | None
     counted: frozenset[int] = frozenset()  # chunks earlier attempts of this run counted
+    run_id: str = ""  # the run's UUID (the ID ledger's run_id)
 
 
 @dataclass
@@ -166,6 +169,7 @@ def run_shard(
             progress=progress,
             should_stop=should_stop,
             counted_this_run=counted,
+            ledger=_ledger(work, session, s3),
         )
         try:
             runner.run()
@@ -176,6 +180,25 @@ def run_shard(
             raise
         stats = _close(used if own else None, rejects)
     return _result(work, runner, stats, counted, progress)
+
+
+def _ledger(work: ShardWork, session: Any, s3: S3Store | None) -> ShardLedger | None:
+    """The shard's ID ledger (RunSettings.ledger; none in validate mode)."""
+    s = work.settings
+    if s.ledger is None or s.mode == "validate":
+        return None
+    client = None
+    if s.ledger_is_s3:
+        client = (s3 if s3 is not None else s3_store(s, session)).client
+    return ShardLedger(
+        make_ledger_store(s.ledger, client),
+        job=work.job,
+        run_id=work.run_id,
+        source=work.file.src.path,
+        first_row=work.shard.first_row,
+        spec=work.spec,
+        dry_run=s.mode == "dry-run",
+    )
 
 
 def run_remote(work: ShardWork) -> ShardResult:
