@@ -1,12 +1,14 @@
 """Where the ID ledger's files go (pipeline/ledger.py): a local directory or s3://bucket/prefix/.
 
 Layout: ``<location>/job=<job>/<name>.parquet`` (a hive-partitioned dataset: DuckDB's
-``read_parquet('<location>/**/*.parquet', hive_partitioning=true)``, Athena, Spark). Each file
-replaces any earlier one of the same name whole: locally a temp file in the same directory,
-flushed and fsynced, renamed over the target (and the directory fsynced); on S3 one PutObject
-(S3 replaces an object atomically). A crash never leaves a torn file under a final name; a
-temp file it leaves behind starts with ``.`` and ends in ``.tmp`` (DuckDB's glob above skips
-neither: ``*.parquet`` does not match it).
+``read_parquet('<location>/**/*.parquet', hive_partitioning=true)``, Athena, Spark). A file is
+written in two steps, so that the costly one can run before the chunk is acknowledged:
+`prepare` encodes the Parquet file (locally: writes and fsyncs a temp file in the same
+folder), `publish` makes it the file of its name, replacing any earlier one whole (locally:
+a rename, then the folder fsynced; on S3: one PutObject, which S3 applies atomically). A crash
+never leaves a torn file under a final name. A local temp file starts with ``.`` (Athena,
+Hive and Spark skip such files; DuckDB's ``*.parquet`` does not match it); `discard` removes
+the temp file of a chunk that was not acknowledged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +27,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 from connectors.s3_errors import error_code, is_s3, split_url
 from moesif_backfill.errors import LedgerError, SourceError
 
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "version": "2.6"}
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    # Dictionary pages only where values repeat (ids and times are unique per row).
+    "use_dictionary": ["source", "status", "reason", "run_id"],
+}
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A prepared ledger file: its final place, and a local temp file or the encoded bytes."""
+
+    job: str
+    name: str
+    tmp: Path | None = None
+    data: bytes | None = None
 
 
 def job_folder(job: str) -> str:
@@ -42,7 +59,14 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 class LedgerStore(Protocol):
     def describe(self) -> str: ...
-    def write(self, job: str, name: str, table: pa.Table) -> None: ...
+    def prepare(self, job: str, name: str, table: pa.Table) -> Staged: ...
+    def publish(self, staged: Staged) -> None: ...
+    def discard(self, staged: Staged) -> None: ...
+
+
+def write(store: LedgerStore, job: str, name: str, table: pa.Table) -> None:
+    """Prepare and publish in one go."""
+    store.publish(store.prepare(job, name, table))
 
 
 class LocalLedgerStore:
@@ -55,22 +79,38 @@ class LocalLedgerStore:
     def describe(self) -> str:
         return str(self.root)
 
-    def write(self, job: str, name: str, table: pa.Table) -> None:
+    def _error(self, path: Path, exc: OSError) -> LedgerError:
+        return LedgerError(
+            f"cannot write the ledger file {path}: {exc.strerror or exc}; check that --ledger "
+            "names a writable directory (the chunk was not committed: a rerun sends it again)"
+        )
+
+    def prepare(self, job: str, name: str, table: pa.Table) -> Staged:
         folder = self.root / job_folder(job)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    pq.write_table(table, fh, **PARQUET_OPTIONS)
-                    fh.flush()
-                    if self.fsync:
-                        os.fsync(fh.fileno())
-                os.replace(tmp, folder / name)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+        except OSError as exc:
+            raise self._error(folder / name, exc) from None
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pq.write_table(table, fh, **PARQUET_OPTIONS)
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise self._error(folder / name, exc) from None
+            raise
+        return Staged(job, name, tmp=Path(tmp))
+
+    def publish(self, staged: Staged) -> None:
+        assert staged.tmp is not None
+        folder = staged.tmp.parent
+        try:
+            os.replace(staged.tmp, folder / staged.name)
             if self.fsync:
                 dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 try:
@@ -78,11 +118,12 @@ class LocalLedgerStore:
                 finally:
                     os.close(dfd)
         except OSError as exc:
-            raise LedgerError(
-                f"cannot write the ledger file {folder / name}: {exc.strerror or exc}; check "
-                "that --ledger names a writable directory (the chunk was not committed: a "
-                "rerun sends it again)"
-            ) from None
+            raise self._error(folder / staged.name, exc) from None
+
+    def discard(self, staged: Staged) -> None:
+        if staged.tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(staged.tmp)
 
 
 class S3LedgerStore:
@@ -100,11 +141,14 @@ class S3LedgerStore:
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def write(self, job: str, name: str, table: pa.Table) -> None:
-        key = f"{self.prefix}{job_folder(job)}/{name}"
-        body = parquet_bytes(table)
+    def prepare(self, job: str, name: str, table: pa.Table) -> Staged:
+        job_folder(job)
+        return Staged(job, name, data=parquet_bytes(table))
+
+    def publish(self, staged: Staged) -> None:
+        key = f"{self.prefix}{job_folder(staged.job)}/{staged.name}"
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=staged.data)
         except (ClientError, BotoCoreError) as exc:
             why = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
             raise LedgerError(
@@ -112,6 +156,9 @@ class S3LedgerStore:
                 f"credentials in use need s3:PutObject on arn:aws:s3:::{self.bucket}/"
                 f"{self.prefix}* (the chunk was not committed: a rerun sends it again)"
             ) from None
+
+    def discard(self, staged: Staged) -> None:
+        return None
 
 
 def make_ledger_store(location: str, s3_client: Any = None) -> LedgerStore:
@@ -127,7 +174,9 @@ __all__ = [
     "LedgerStore",
     "LocalLedgerStore",
     "S3LedgerStore",
+    "Staged",
     "job_folder",
     "make_ledger_store",
     "parquet_bytes",
+    "write",
 ]

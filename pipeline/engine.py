@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from connectors.checkpoint import CheckpointStore, FileProgress
 from moesif_backfill import failpoints
-from moesif_backfill.errors import BackfillError, LedgerError, SourceError
+from moesif_backfill.errors import BackfillError, SourceError
 from pipeline.day_window import outside_window, window_us
 from pipeline.ledger import ShardLedger
 from pipeline.plan import FilePlan, Plan, file_progress
@@ -147,7 +147,6 @@ class _InFlight:
     rejected: int
     rejects: list[dict[str, Any]]
     outside: int = 0
-    ledger: tuple[int, pa.Table] | None = None  # (first file row, rows) for the ID ledger
 
 
 class FileRunner:
@@ -277,13 +276,12 @@ class FileRunner:
             self.counts.sample.extend(result.records.slice(0, 3).to_pylist())
             del self.counts.sample[3:]
         rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
-        ledger = None if self.ledger is None else self.ledger.rows(start_row, batch, result)
         future = self.sink.submit(result.records)
+        if self.ledger is not None:  # done once acknowledged AND its ledger file written
+            future = self.ledger.after_ack(future, start_row, batch, result)
         failpoints.hit("chunk.submitted")
         self.inflight.append(
-            _InFlight(
-                chunk, future, len(result.records), len(result.rejected), rejects, outside, ledger
-            )
+            _InFlight(chunk, future, len(result.records), len(result.rejected), rejects, outside)
         )
 
     def _drain(self, *, block_until: int) -> None:
@@ -306,12 +304,6 @@ class FileRunner:
                 self.error = exc
             log.error("%s chunk %d not delivered: %s", self.fp.src.key, item.chunk, exc)
             return
-        if self.ledger is not None and item.ledger is not None:  # after the ack, before commit
-            try:
-                self.ledger.write(*item.ledger)
-            except LedgerError as exc:
-                self.error = self.error or exc
-                return
         failpoints.hit("chunk.acknowledged")
         self.rejects.write(item.rejects)
         self.prog.mark_done(

@@ -19,17 +19,22 @@ column-wise (`ledger_rows`, pure); `connectors/ledger_store.py` writes them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.ledger_store import LedgerStore
+from connectors.ledger_store import LedgerStore, Staged
 from transforms.actions import ActionBatch, row_ids_and_times
 from transforms.mapping import MappingSpec
+
+T = TypeVar("T")
 
 STATUSES = ("sent", "would_send", "rejected", "outside_window", "too_old")
 _STATUS_TEXT = pa.array(STATUSES, pa.string())
@@ -135,8 +140,10 @@ def _scatter(
 
 
 class ShardLedger:
-    """The ledger of one shard's chunks: builds a chunk's rows when it is submitted
-    (`rows`), writes them when it was acknowledged (`write`, before the checkpoint commit)."""
+    """The ledger of one shard's chunks. `after_ack` builds a chunk's rows when it is handed to
+    the sink and encodes its file on the shard's ledger thread while the chunk is in flight;
+    once the sink acknowledged it, the file is published (on that thread too) and only then
+    is the chunk's future done: the engine commits a chunk after its ledger file exists."""
 
     def __init__(
         self,
@@ -152,7 +159,9 @@ class ShardLedger:
         self.store, self.job, self.run_id = store, job, run_id
         self.source, self.first_row, self.spec = source, first_row, spec
         self.accepted_status = "would_send" if dry_run else "sent"
-        self.files = 0
+        # One thread, first in first out: a chunk's file is always prepared before the
+        # publish that waits for it is taken up.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
 
     def rows(
         self,
@@ -171,7 +180,7 @@ class ShardLedger:
             built[result.rejected] = True
             left_out = {"outside_window": np.flatnonzero(~built)}
         out_ids = out_times = None
-        positions = [p for p in (left_out or {}).values() if len(p)]
+        positions = [p for p in left_out.values() if len(p)]
         if positions:
             out_ids, out_times = row_ids_and_times(
                 batch.take(pa.array(np.concatenate(positions))), self.spec
@@ -184,17 +193,51 @@ class ShardLedger:
             accepted_status=self.accepted_status,
             run_id=self.run_id,
             written_at=dt.datetime.now(dt.UTC),
-            left_out={k: v for k, v in (left_out or {}).items() if len(v)},
+            left_out={k: v for k, v in left_out.items() if len(v)},
             left_out_ids=out_ids,
             left_out_times_us=out_times,
         )
         return first, table
 
-    def write(self, first_row: int, table: pa.Table) -> None:
-        now = pa.repeat(pa.scalar(dt.datetime.now(dt.UTC), _UTC_US), table.num_rows)
-        table = table.set_column(len(LEDGER_SCHEMA) - 1, LEDGER_SCHEMA.field("written_at"), now)
-        self.store.write(self.job, chunk_name(self.source, first_row), table)
-        self.files += 1
+    def after_ack(
+        self,
+        acked: Future[T],
+        start_row: int,
+        batch: pa.RecordBatch,
+        result: ActionBatch,
+        left_out: Mapping[str, np.ndarray] | None = None,
+    ) -> Future[T]:
+        """A future done when `acked` (the sink's, for this chunk) is done and the chunk's
+        ledger file was then written: its result is `acked`'s; its error `acked`'s, or a
+        LedgerError when the file could not be written (the chunk must not be committed)."""
+        first, table = self.rows(start_row, batch, result, left_out)
+        name = chunk_name(self.source, first)
+        staged = self.pool.submit(self.store.prepare, self.job, name, table)
+        done: Future[T] = Future()
+
+        def publish() -> None:
+            try:
+                value = acked.result()
+            except BaseException as exc:
+                self._discard(staged)
+                done.set_exception(exc)
+                return
+            try:
+                self.store.publish(staged.result())
+            except BaseException as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(value)
+
+        acked.add_done_callback(lambda _f: self.pool.submit(publish))
+        return done
+
+    def _discard(self, staged: Future[Staged]) -> None:
+        with contextlib.suppress(BaseException):
+            self.store.discard(staged.result())
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 __all__ = ["LEDGER_SCHEMA", "STATUSES", "ShardLedger", "chunk_name", "ledger_rows"]

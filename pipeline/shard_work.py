@@ -159,6 +159,7 @@ def run_shard(
         own = sink is None
         used = make_sink(s, session, check_stream=False) if sink is None else sink
         rejects = ShardRejectsWriter(work.rejects, work.shard.first_row)
+        ledger = _ledger(work, session, s3)
         runner = FileRunner(
             plan,
             work.file,
@@ -169,7 +170,7 @@ def run_shard(
             progress=progress,
             should_stop=should_stop,
             counted_this_run=counted,
-            ledger=_ledger(work, session, s3),
+            ledger=ledger,
         )
         try:
             runner.run()
@@ -178,6 +179,9 @@ def run_shard(
             # The driver adds up what this shard did even when it failed.
             exc.shard_result = _result(work, runner, stats, counted, progress)  # type: ignore[attr-defined]
             raise
+        finally:
+            if ledger is not None:
+                ledger.close()
         stats = _close(used if own else None, rejects)
     return _result(work, runner, stats, counted, progress)
 
