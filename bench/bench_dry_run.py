@@ -558,6 +558,7 @@ def ledger_cost(args: argparse.Namespace, bench_dir: Path, mapping: Path) -> dic
                 flush=True,
             )
     rate = {k: float(np.median([r["rows_per_s_pipeline"] for r in v])) for k, v in runs.items()}
+    cpu = {k: float(np.median([r["cpu_seconds"] for r in v])) for k, v in runs.items()}
     cost = 1 - rate["with"] / rate["without"]
     last = runs["with"][-1]
     print(f"\nledger cost on the dry-run rate ({args.rows:,} rows, median of {args.ledger_repeat})")
@@ -571,6 +572,12 @@ def ledger_cost(args: argparse.Namespace, bench_dir: Path, mapping: Path) -> dic
                     "cost (target <= 15%)",
                     f"{cost * 100:>11.1f}%  {'yes' if cost <= 0.15 else 'NO'}",
                 ),
+                (
+                    "CPU seconds without / with",
+                    f"{cpu['without']:>12.2f} / {cpu['with']:.2f}  "
+                    f"(+{(cpu['with'] / cpu['without'] - 1) * 100:.1f}%)",
+                ),
+                ("load average 1m now", f"{os.getloadavg()[0]:>12.2f}  on {os.cpu_count()} CPUs"),
                 (
                     "ledger written",
                     f"{last['ledger_rows']:,} rows in {last['ledger_files']} files, "
@@ -586,6 +593,8 @@ def ledger_cost(args: argparse.Namespace, bench_dir: Path, mapping: Path) -> dic
         "rows_per_s_without": rate["without"],
         "rows_per_s_with": rate["with"],
         "ledger_cost": round(cost, 4),
+        "cpu_seconds_without": cpu["without"],
+        "cpu_seconds_with": cpu["with"],
         "ledger_cost_le_15pct": cost <= 0.15,
         "ledger_rows_equal_rows": last["ledger_rows"] == args.rows,
     }

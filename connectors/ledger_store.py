@@ -29,8 +29,10 @@ from moesif_backfill.errors import LedgerError, SourceError
 
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
-    # Dictionary pages only where values repeat (ids and times are unique per row).
+    # Dictionary pages only where values repeat (ids and times are unique per row); min/max
+    # statistics where they let a reader skip files (random UUIDs would not).
     "use_dictionary": ["source", "status", "reason", "run_id"],
+    "write_statistics": ["source", "row", "action_time", "status"],
 }
 
 
@@ -93,9 +95,8 @@ class LocalLedgerStore:
         except OSError as exc:
             raise self._error(folder / name, exc) from None
         try:
-            with os.fdopen(fd, "wb") as fh:
-                pq.write_table(table, fh, **PARQUET_OPTIONS)
-                fh.flush()
+            with os.fdopen(fd, "wb", buffering=0) as fh:  # encoded by Arrow, one write
+                fh.write(parquet_bytes(table))
                 if self.fsync:
                     os.fsync(fh.fileno())
         except BaseException as exc:
