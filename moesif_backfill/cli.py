@@ -232,6 +232,10 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline,flows,connectors,transforms")
+    # Prefect's console handler (on the root logger) would print its own account of the run and
+    # its shutdown chatter ("Still processing items ...") beside the CLI's: the records still
+    # reach the Prefect API; the terminal gets the CLI's output only.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> int:
