@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.cli_help import DAYS_EXAMPLES, ENV_HELP, EXIT_CODES_HELP, epilog
 from moesif_backfill.modes import MODES_HELP
 from pipeline.day_settings import DaySettings, NightlySettings, RangeSettings
 from pipeline.settings import RunSettings
@@ -37,7 +38,7 @@ def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     nightly = sub.add_parser(
         "nightly",
         help="sync yesterday (or --date) and catch up missed days (docs/nightly.md)",
-        epilog=MODES_HELP,
+        epilog=epilog(DAYS_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=fmt,
     )
     _days_common(nightly, NightlySettings)
@@ -47,7 +48,7 @@ def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     days = sub.add_parser(
         "range",
         help="backfill the days --start..--end, each its own job (docs/nightly.md)",
-        epilog=MODES_HELP,
+        epilog=epilog(DAYS_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=fmt,
     )
     _days_common(days, RangeSettings)
@@ -59,6 +60,7 @@ def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         RunSettings,
         "reset",
         dest="option.reset",
+        env=False,
         help="forget each day's checkpoint first (resends them)",
     )
 
