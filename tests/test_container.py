@@ -164,17 +164,24 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_no_local_state() -> N
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     sources = [
-        rest.split()[-2]
+        name
         for word, rest in _instructions()
         if word == "COPY" and not rest.startswith("--from")
+        for name in [p for p in rest.split() if not p.startswith("--")][:-1]
     ]
-    for source in sources:
-        for name in source.split():
-            paths = [name] if (ROOT / name).is_file() else []
-            paths += [p.relative_to(ROOT).as_posix() for p in (ROOT / name).rglob("*.py")]
-            assert paths, name
-            for path in paths:
-                assert not _dockerignored(path, patterns), f"{path} is excluded from the context"
+    assert {"pyproject.toml", "README.md", "moesif_backfill", "examples/mapping.yaml"} <= set(
+        sources
+    )
+    for name in sources:
+        paths = [name] if (ROOT / name).is_file() else []
+        paths += [
+            p.relative_to(ROOT).as_posix()
+            for p in (ROOT / name).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        ]
+        assert paths, name
+        for path in paths:
+            assert not _dockerignored(path, patterns), f"{path} is excluded from the context"
     for private in (
         "deployments/deploy.env",
         ".venv/bin/python",
@@ -215,8 +222,11 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _image_env(venv: Path, tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # the image's PATH: the project's entry point, then its dependencies' (prefect: here the test
+    # environment's scripts)
+    path = [str(venv / "bin"), str(Path(sys.executable).parent), env.get("PATH", "")]
     env.update(
-        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        PATH=os.pathsep.join(path),
         PREFECT_HOME=str(tmp / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         MOESIF_BACKFILL_HOME=str(tmp / "home"),
