@@ -12,22 +12,26 @@ other files have (schema drift), each with the run's unified type.
     count_rows(src, options) -> int
         rows in the file: the Parquet footer, else a full read of one column.
 
-Files are opened only through the readers (and so through connectors.storage): local paths and
-s3:// URLs alike.
+Files are opened only through the readers (and so through connectors.file_access and the
+run's S3Store, passed as `s3`): local paths and s3:// URLs alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from connectors import readers
+from connectors import csv_dialect
 from connectors.readers import iter_batches, parquet_num_rows, read_schema
-from connectors.sources import SourceFile, one_line
+from connectors.source_file import SourceFile, one_line
 from moesif_backfill.errors import SourceError
 from transforms.source_options import SourceOptions
+
+if TYPE_CHECKING:
+    from connectors.s3_store import S3Store
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,10 @@ class FileRead:
 NO_CHANGES = FileRead()
 
 
-def file_schema(src: SourceFile, options: SourceOptions | None) -> tuple[pa.Schema, set[str]]:
-    schema = read_schema(src, options=options)
+def file_schema(
+    src: SourceFile, options: SourceOptions | None, s3: S3Store | None = None
+) -> tuple[pa.Schema, set[str]]:
+    schema = read_schema(src, options=options, s3=s3)
     clashes = {name for name, _ in src.layout.partitions if name in schema.names}
     extra = [pa.field(n, pa.string()) for n, _ in src.layout.partitions if n not in clashes]
     return pa.schema([*schema, *extra]), clashes
@@ -59,6 +65,7 @@ def iter_file_batches(
     batch_rows: int = 65_536,
     options: SourceOptions | None = None,
     row_groups: tuple[int, int] | None = None,
+    s3: S3Store | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """`columns` of `src` (names as `file_schema` gives them, or missing ones) in batches of at
     most `batch_rows` rows, all with the same schema (`row_groups`: only those of a Parquet
@@ -67,7 +74,7 @@ def iter_file_batches(
     own = [c for c in columns if c not in constant and c not in read.missing]
     texts = [c for c in text_columns if c in own]
     if not own:  # only partition values / nulls asked for: read one column for the row count
-        own = texts = read_schema(src, options=options).names[:1]
+        own = texts = read_schema(src, options=options, s3=s3).names[:1]
         if not own:
             return iter(())
     batches = iter_batches(
@@ -78,6 +85,7 @@ def iter_file_batches(
         batch_rows=batch_rows,
         options=options,
         row_groups=row_groups,
+        s3=s3,
     )
     own_asked = {c for c in own if c in columns}
     if not constant and not read.missing and not read.types and len(own_asked) == len(columns):
@@ -137,7 +145,9 @@ def _first_failing(array: pa.Array, target: pa.DataType) -> int | None:
     return None
 
 
-def holds_only_nulls(src: SourceFile, column: str, options: SourceOptions | None) -> bool:
+def holds_only_nulls(
+    src: SourceFile, column: str, options: SourceOptions | None, s3: S3Store | None = None
+) -> bool:
     """Whether `column` has no value in the first batch of `src` (the block a text format's
     types are inferred from)."""
     batches = iter_batches(
@@ -145,19 +155,20 @@ def holds_only_nulls(src: SourceFile, column: str, options: SourceOptions | None
         columns=[column],
         text_columns=[column],
         options=options,
-        csv_block_bytes=readers.CSV_BLOCK_BYTES,  # the first batch = the inference block
+        csv_block_bytes=csv_dialect.CSV_BLOCK_BYTES,  # the first batch = the inference block
+        s3=s3,
     )
     first = next(iter(batches), None)
     return first is None or first.column(0).null_count == first.num_rows
 
 
-def count_rows(src: SourceFile, options: SourceOptions | None) -> int:
+def count_rows(src: SourceFile, options: SourceOptions | None, s3: S3Store | None = None) -> int:
     """The file's rows: the Parquet footer's count, else a full read of its first column
     (as text: counting must not depend on type inference)."""
     if src.format == "parquet":
-        return parquet_num_rows(src)
-    first = read_schema(src, options=options).names[:1]
+        return parquet_num_rows(src, s3)
+    first = read_schema(src, options=options, s3=s3).names[:1]
     if not first:
         return 0
-    batches = iter_batches(src, columns=first, text_columns=first, options=options)
+    batches = iter_batches(src, columns=first, text_columns=first, options=options, s3=s3)
     return sum(b.num_rows for b in batches)

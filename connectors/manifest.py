@@ -14,8 +14,8 @@ copy when one sits next to it: the longest trailing part of the entry's key that
 the manifest's directory (``aws s3 sync s3://bucket/unload/ ./unload/`` keeps the layout),
 otherwise from S3.
 
-This module only parses and resolves; `connectors.sources` reads the manifest (through its open
-helpers, so local files and S3 objects alike) and builds the `SourceFile`s.
+This module only parses and resolves; `connectors.discovery` reads the manifest (through
+`connectors.file_access`, so local files and S3 objects alike) and builds the `SourceFile`s.
 """
 
 from __future__ import annotations

@@ -28,12 +28,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from connectors.checkpoint import CheckpointStore, JobState
+from connectors.s3_store import S3Store
 from flows.backfill import RETRY_TRANSIENT
 from moesif_backfill.errors import CheckpointMismatchError, JobLockedError
 from pipeline.engine import Counts, FileRunner
 from pipeline.plan import FilePlan, Plan
 from pipeline.rejects import PRIVATE_FILE_MODE, RejectsWriter
-from pipeline.run import Run, checkpoint_store, open_aws
+from pipeline.run import Run, checkpoint_store, open_aws, s3_store
 from pipeline.settings import RunSettings
 from pipeline.shards import Shard, ShardTotals
 from pipeline.sinks import Sink
@@ -96,13 +97,18 @@ _process_lock = threading.Lock()
 _process_s3: dict[str, Any] = {}
 
 
-def _worker_session(settings: RunSettings) -> Any:
-    """The AWS session (a Prefect block's, or None) and S3 settings, once per worker process."""
+def _worker_session(settings: RunSettings) -> tuple[Any, S3Store]:
+    """The AWS session (a Prefect block's, or None) and the S3 access built with it, once per
+    worker process (its shards reuse the client and its caches)."""
     key = (settings.aws_credentials_block, settings.s3_endpoint_url, settings.region)
     with _process_lock:
         if _process_s3.get("key") != key:
-            _process_s3.update(key=key, session=open_aws(settings))
-        return _process_s3["session"]
+            old = _process_s3.get("s3")
+            if old is not None:
+                old.close()
+            session = open_aws(settings)
+            _process_s3.update(key=key, session=session, s3=s3_store(settings, session))
+        return _process_s3["session"], _process_s3["s3"]
 
 
 @contextlib.contextmanager
@@ -144,14 +150,19 @@ def run_shard(work: ShardWork, attempt_key: str | None = None) -> dict[str, Any]
     `attempt_key` (the task run id) keeps what earlier attempts in this process did, so that a
     Prefect retry neither loses their counts nor counts their chunks as skipped."""
     s = work.settings
-    session = _worker_session(s)
+    session, s3 = _worker_session(s)
     store = checkpoint_store(s, session)
     job = work.shard.job(work.job)
     memo = _attempts.setdefault(attempt_key, _Attempts()) if attempt_key else _Attempts()
     wait_s = s.lease_seconds + 10 if s.checkpoint_is_s3 else LOCAL_LOCK_WAIT_S
     with _shard_lock(store, job, wait_s):
         plan = Plan(
-            settings=s, spec=work.spec, job=job, files=[work.file], state=_shard_state(store, work)
+            settings=s,
+            spec=work.spec,
+            job=job,
+            files=[work.file],
+            state=_shard_state(store, work),
+            s3=s3,
         )
         run = Run(s)
         run.session = session

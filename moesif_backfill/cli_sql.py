@@ -80,7 +80,10 @@ def build_query(
     """The query for `mapping` over the export `sample` belongs to (ConfigError subclasses for
     a mapping, sample or key type the query cannot serve)."""
     # Lazily, like the rest of the CLI: `--help` answers without loading pyarrow.
-    from connectors.readers import discover_sources, read_schema  # noqa: PLC0415
+    from connectors.discovery import discover_sources  # noqa: PLC0415
+    from connectors.readers import read_schema  # noqa: PLC0415
+    from connectors.s3_errors import is_s3  # noqa: PLC0415
+    from connectors.s3_store import S3Store  # noqa: PLC0415
     from moesif_backfill.errors import ConfigError, MappingError  # noqa: PLC0415
     from transforms.id_sql import key_columns_from_schema, transaction_id_sql  # noqa: PLC0415
     from transforms.mapping import load_mapping  # noqa: PLC0415
@@ -95,18 +98,19 @@ def build_query(
             "`key` with `scope` or `namespace`"
         )
     assert tid.key is not None
-    found = discover_sources([sample], spec.source)
+    s3 = S3Store() if is_s3(str(sample)) else None  # boto3's own credentials and endpoint
+    found = discover_sources([sample], spec.source, s3=s3)
     if len(found) != 1:
         raise ConfigError(
             f"--sample {sample} matches {len(found)} files; give one file of the export"
         )
     src = found[0]
-    schema = read_schema(src, options=spec.source)
+    schema = read_schema(src, options=spec.source, s3=s3)
     names = list(schema.names)
     key = [resolve_column(k, names, origin=src.path, field="transaction_id") for k in tid.key]
     text_sample = src.format in ("csv", "ndjson")
     if text_sample:  # key columns as the text the export wrote, as the backfill reads them
-        schema = read_schema(src, text_columns=key, options=spec.source)
+        schema = read_schema(src, text_columns=key, options=spec.source, s3=s3)
     keys = key_columns_from_schema(key, schema, text_sample=text_sample)
     tz = spec.time.timezone
     return transaction_id_sql(

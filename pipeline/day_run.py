@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from connectors import storage
-from connectors.sources import local_data_files
+from connectors.file_access import need_store
+from connectors.local_files import local_data_files
+from connectors.s3_errors import is_s3
+from connectors.s3_store import S3Store
 from moesif_backfill.errors import (
     BackfillError,
     ConfigError,
@@ -28,6 +30,7 @@ from moesif_backfill.errors import (
 )
 from pipeline.day_settings import DaySettings
 from pipeline.days import DayKind, day_job, format_sources
+from pipeline.run import open_aws, s3_store
 from pipeline.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -70,12 +73,13 @@ class DayResult:
         return self
 
 
-def input_absent(spec: str) -> bool:
+def input_absent(spec: str, s3: S3Store | None = None) -> bool:
     """True when `spec` (a path, directory, glob or s3:// prefix) holds no data file at all:
     it does not exist, or holds only hidden/bookkeeping files (_SUCCESS, .crc, ...). The same
-    expansion as the run's own discovery (connectors.sources, connectors.storage)."""
-    if storage.is_s3(spec):
-        return not storage.list_s3(spec)
+    expansion as the run's own discovery (connectors.discovery; `s3`: the S3 access for an
+    s3:// spec)."""
+    if is_s3(spec):
+        return not need_store(spec, s3).list(spec)
     return not local_data_files(spec)
 
 
@@ -84,7 +88,12 @@ def _day_inputs(config: DaySettings, day: dt.date) -> list[str] | None:
     if any source is absent while others have data, or if all are absent and empty days are
     not allowed. A day is delivered only when every source template has delivered it."""
     specs = format_sources(config.sources, day)
-    absent = [s for s in specs if input_absent(s)]
+    s3 = s3_store(config, open_aws(config)) if any(is_s3(s) for s in specs) else None
+    try:
+        absent = [s for s in specs if input_absent(s, s3)]
+    finally:
+        if s3 is not None:
+            s3.close()
     if not absent:
         return specs
     if len(absent) == len(specs):

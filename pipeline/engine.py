@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from connectors import storage
 from connectors.checkpoint import CheckpointStore, FileProgress
 from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError, SourceError
@@ -196,7 +195,8 @@ class FileRunner:
             log.info("%s: already delivered by an earlier run (%d rows)", self.fp.src.key, n)
             return self.counts
         # Start fetching the next object while this one is read and sent (S3: no idle network).
-        storage.prefetch_hint([f.src for f in self.plan.files], self.index)
+        if self.plan.s3 is not None:
+            self.plan.s3.prefetch([f.src for f in self.plan.files], self.index)
         self.sink.open_file(self.index, self.fp.src.path)
         try:
             self._stream()
@@ -210,7 +210,7 @@ class FileRunner:
         prog, fp = self.prog, self.fp
         # connectors.readers.iter_batches with the mapping's source: options, partition values,
         # and each column cast to the type it has across all files (schema drift).
-        batches = fp.batches(batch_rows=min(65_536, max(prog.chunk_rows, 1024)))
+        batches = fp.batches(batch_rows=min(65_536, max(prog.chunk_rows, 1024)), s3=self.plan.s3)
         chunks_seen = 0
         limit = self.plan.settings.chunks_in_flight
         try:

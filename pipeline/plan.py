@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.checkpoint import CheckpointStore, FileProgress, JobState, TimeWindow
+from connectors.discovery import discover_sources
 from connectors.layouts import (
     NO_CHANGES,
     FileRead,
@@ -31,8 +32,9 @@ from connectors.layouts import (
     iter_file_batches,
 )
 from connectors.readers import parquet_num_rows, scan_number_columns
+from connectors.s3_store import S3Store
 from connectors.schema_drift import FileColumns, unify_types
-from connectors.sources import SourceFile, discover_sources
+from connectors.source_file import SourceFile
 from moesif_backfill.errors import (
     CheckpointMismatchError,
     ConfigError,
@@ -81,7 +83,11 @@ class FilePlan:
         return [c for c, phys in self.resolved.columns.items() if phys in self.number_columns]
 
     def batches(
-        self, columns: Sequence[str] | None = None, *, batch_rows: int = 65_536
+        self,
+        columns: Sequence[str] | None = None,
+        *,
+        batch_rows: int = 65_536,
+        s3: S3Store | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """The file's rows as the mapping reads them: `columns` (the file's names, as in
         `resolved.columns`; default: every column the mapping uses), same schema in every
@@ -95,6 +101,7 @@ class FilePlan:
             batch_rows=batch_rows,
             options=self.options,
             row_groups=self.row_groups,
+            s3=s3,
         )
 
 
@@ -109,6 +116,7 @@ class Plan:
     oldest_us: int | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # shown by `validate`
+    s3: S3Store | None = None  # the run's S3 access (s3:// sources), passed to the readers
 
     @property
     def rows_estimate(self) -> int | None:
@@ -162,8 +170,8 @@ class _Seen:
         return phys is not None and phys not in self.partitions
 
 
-def _inspect(spec: MappingSpec, src: SourceFile) -> _Seen:
-    schema, clashes = file_schema(src, spec.source)
+def _inspect(spec: MappingSpec, src: SourceFile, s3: S3Store | None) -> _Seen:
+    schema, clashes = file_schema(src, spec.source, s3)
     columns, missing = find_columns(spec, schema, origin=src.path)
     clash = sorted(c for c in clashes if c in columns.values())
     if clash:
@@ -178,7 +186,7 @@ def _inspect(spec: MappingSpec, src: SourceFile) -> _Seen:
     return _Seen(src, schema, columns, missing, partitions)
 
 
-def _type_text_columns(spec: MappingSpec, s: _Seen, *, complete: bool) -> None:
+def _type_text_columns(spec: MappingSpec, s: _Seen, *, complete: bool, s3: S3Store | None) -> None:
     """How a text file's mapped columns are read (no type is guessed into another value):
 
     - key columns, the string fields' columns (action_name, company_id, user_id,
@@ -205,7 +213,9 @@ def _type_text_columns(spec: MappingSpec, s: _Seen, *, complete: bool) -> None:
         candidates = [n for n in metadata if n in text or _number_or_text(kind[n])]
         numbers = set(candidates)
         if not complete:
-            found = scan_number_columns(s.src, [s.columns[n] for n in candidates], spec.source)
+            found = scan_number_columns(
+                s.src, [s.columns[n] for n in candidates], spec.source, s3=s3
+            )
             numbers = {n for n in candidates if s.columns[n] in found}
         s.found_text = frozenset(set(candidates) - numbers)
         text |= s.found_text
@@ -224,14 +234,18 @@ def _number_or_text(t: pa.DataType) -> bool:
 
 
 def _bind_all(
-    spec: MappingSpec, seen: list[_Seen], notes: list[str], complete: set[str]
+    spec: MappingSpec,
+    seen: list[_Seen],
+    notes: list[str],
+    complete: set[str],
+    s3: S3Store | None,
 ) -> list[FilePlan]:
     """Bind the mapping to every file with one type per column across files (schema drift,
     connectors.schema_drift); MappingError when a column is absent where it is needed or its
     types cannot be unified. Files in `complete` were delivered completely by an earlier run."""
     _check_missing_columns(spec, seen, notes)
     for s in seen:
-        _type_text_columns(spec, s, complete=s.src.key in complete)
+        _type_text_columns(spec, s, complete=s.src.key in complete, s3=s3)
     keys = set(spec.key_columns())
     unforced = set(spec.metadata_columns(typed=False))
     as_is = {*spec.text_field_columns(), *spec.metadata_columns(typed=True)} - unforced
@@ -241,7 +255,7 @@ def _bind_all(
         time_column=spec.time.column,
         holds_only_nulls=lambda i, name: (
             name not in seen[i].found_text
-            and holds_only_nulls(seen[i].src, seen[i].columns[name], spec.source)
+            and holds_only_nulls(seen[i].src, seen[i].columns[name], spec.source, s3)
         ),
         as_is=as_is,
     )
@@ -356,7 +370,7 @@ def _check_manifest_counts(plan: Plan) -> None:
         if expected is None or (prog is not None and prog.complete):
             continue
         try:
-            actual = count_rows(fp.src, fp.options)
+            actual = count_rows(fp.src, fp.options, plan.s3)
         except SourceError as exc:
             raise ConfigError(str(exc)) from None
         # Redshift counts the header line of an UNLOAD ... HEADER in record_count.
@@ -371,12 +385,16 @@ def _check_manifest_counts(plan: Plan) -> None:
             )
 
 
-def make_plan(settings: RunSettings, store: CheckpointStore | None) -> Plan:
+def make_plan(
+    settings: RunSettings, store: CheckpointStore | None, *, s3: S3Store | None = None
+) -> Plan:
+    """The run's plan; `s3`: the run's S3 access, needed for s3:// sources (kept in the plan
+    for the readers)."""
     spec = load_mapping(settings.mapping)
     notes: list[str] = []
     try:
-        sources = discover_sources(settings.sources, spec.source)
-        seen = [_inspect(spec, src) for src in sources]
+        sources = discover_sources(settings.sources, spec.source, s3=s3)
+        seen = [_inspect(spec, src, s3) for src in sources]
     except SourceError as exc:
         raise ConfigError(str(exc)) from None
     job = settings.job or default_job_name(settings)
@@ -384,12 +402,12 @@ def make_plan(settings: RunSettings, store: CheckpointStore | None) -> Plan:
     state = _load_state(settings, store, job, fingerprint, sources)
     complete = {key for key, prog in state.files.items() if prog.complete}
     try:
-        files = _bind_all(spec, seen, notes, complete)
+        files = _bind_all(spec, seen, notes, complete, s3)
     except SourceError as exc:
         raise ConfigError(str(exc)) from None
     for fp in files:
         fp.rows_estimate = _rows_estimate(fp.src)
-    plan = Plan(settings=settings, spec=spec, job=job, files=files, state=state, notes=notes)
+    plan = Plan(settings=settings, spec=spec, job=job, files=files, state=state, notes=notes, s3=s3)
     plan.warnings = mapping_warnings(spec)
     for note in notes:
         log.info("%s", note)
@@ -507,7 +525,7 @@ def check_late_window(plan: Plan, *, now: dt.datetime | None = None) -> None:
             continue
         time_col = fp.resolved.columns[plan.spec.time.column]
         try:
-            for batch in fp.batches([time_col]):
+            for batch in fp.batches([time_col], s3=plan.s3):
                 us, _bad = time_bounds(batch.column(0), plan.spec)
                 is_old = np.asarray(
                     pc.fill_null(pc.less(us, cutoff_us), False).to_numpy(zero_copy_only=False)

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from connectors import storage
 from connectors.checkpoint import CheckpointStore
 from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.firehose import FirehoseSender, RetryPolicy
 from connectors.firehose_client import make_firehose_client
+from connectors.s3_errors import is_s3
+from connectors.s3_store import S3Store
 from moesif_backfill import PROCESS_T0
 from moesif_backfill.errors import (
     BackfillError,
@@ -67,17 +68,20 @@ class AwsAccess(Protocol):
 
 
 def open_aws(s: AwsAccess) -> Any:
-    """The boto3 session of `s`'s AwsCredentials block (None: boto3's own credentials), with
-    S3 access (sources, checkpoints) configured to use it."""
-    session = aws_session(s.aws_credentials_block)
-    storage.configure_s3(endpoint_url=s.s3_endpoint_url, region=s.region, session=session)
-    return session
+    """The boto3 session of `s`'s AwsCredentials block (None: boto3's own credentials)."""
+    return aws_session(s.aws_credentials_block)
+
+
+def s3_store(s: AwsAccess, session: Any) -> S3Store:
+    """The run's S3 access for s3:// sources (its endpoint and region, the session's
+    credentials): one client, its caches and prefetcher; close it at the end of the run."""
+    return S3Store(endpoint_url=s.s3_endpoint_url, region=s.region, session=session)
 
 
 def checkpoint_store(s: AwsAccess, session: Any) -> CheckpointStore:
     """The checkpoint store of `s` (S3 with the session's credentials, if given)."""
     s3_client = None
-    if session is not None and storage.is_s3(s.checkpoint):
+    if session is not None and is_s3(s.checkpoint):
         s3_client = session.client("s3", endpoint_url=s.s3_endpoint_url, region_name=s.region)
     return make_checkpoint_store(
         s.checkpoint,
@@ -109,11 +113,14 @@ class Run:
         self.rejects: RejectsWriter | None = None
         self._counted: dict[int, set[int]] = {}  # file index -> chunks counted this run
         self.session: Any = None  # a boto3 session from an AwsCredentials block, if given
+        self.s3: S3Store | None = None  # the run's S3 access for s3:// sources
 
     # ------------------------------------------------------------------ prepare
     def prepare(self) -> Plan:
         s = self.settings
         self.session = open_aws(s)
+        self.s3 = s3_store(s, self.session)
+        self._stack.callback(self.s3.close)
         store = checkpoint_store(s, self.session)
         self.store = store if s.mode == "send" else None
         if s.mode == "send":
@@ -125,7 +132,7 @@ class Run:
                 log.warning("job %s: checkpoint reset, starting over", job)
             if not on_dask(s):
                 shards.refuse_sharded_job(store, job)
-        plan = make_plan(s, store)
+        plan = make_plan(s, store, s3=self.s3)
         if s.mode == "send":
             store.commit(plan.state)  # proves the checkpoint is writable before sending
         self.plan = plan

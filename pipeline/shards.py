@@ -268,7 +268,7 @@ def plan_shards(plan: Plan, store: CheckpointStore) -> tuple[list[Shard], ShardL
         rec = FileShards(identity=fp.src.identity())
         if fp.src.format == "parquet":
             try:
-                sizes = parquet_row_groups(fp.src)
+                sizes = parquet_row_groups(fp.src, plan.s3)
             except SourceError as exc:
                 raise ConfigError(str(exc)) from None
             if sizes:

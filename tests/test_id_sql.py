@@ -30,7 +30,8 @@ import sqlglot
 import yaml
 from sqlglot import exp
 
-from connectors.readers import discover_sources, iter_batches
+from connectors.discovery import discover_sources
+from connectors.readers import iter_batches
 from moesif_backfill.cli import main
 from moesif_backfill.cli_sql import build_query
 from moesif_backfill.errors import ConfigError, MappingError, UnsupportedKeyTypeError

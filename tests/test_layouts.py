@@ -1,5 +1,5 @@
 """Warehouse export layouts, read as the warehouses write them (local files; S3 is the same code
-path through connectors.storage): Snowflake, BigQuery, Redshift (incl. MANIFEST), Spark, Hive
+path through connectors.s3_store): Snowflake, BigQuery, Redshift (incl. MANIFEST), Spark, Hive
 partitions, format detection, the mapping's `source:` section and schema drift.
 
 Every run goes through the whole pipeline (`run_plain`, dry-run or validate); delivered
@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from connectors.discovery import discover_sources
 from connectors.readers import iter_batches, read_schema
 from connectors.schema_drift import FileColumns, merge_types, unify_types
-from connectors.sources import discover_sources
 from moesif_backfill.errors import ConfigError, MappingError, SourceError
 from pipeline.report import RunSummary
 from pipeline.settings import RunSettings
@@ -649,9 +649,9 @@ def test_late_text_in_a_column_typed_by_other_files(
     metadata, the pass over the whole CSV at preflight finds the text: a mapping error naming
     the file, the column and both types before anything is sent (it used to stop the file at
     that row, after the rows before it)."""
-    from connectors import readers
+    from connectors import csv_dialect
 
-    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(csv_dialect, "CSV_BLOCK_BYTES", 1 << 12)
     data = tmp_path / "late"
     parquet_file(data / "a.parquet", payments_table(1, 5).append_column("seq", pa.array([1] * 5)))
     late = [{**r, "seq": None} for r in rows(6, 300)]

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from connectors.discovery import discover_sources
 from connectors.readers import iter_batches, parquet_row_groups
-from connectors.sources import discover_sources
 from flows.dask_run import ShardedRun
 from flows.shard_task import merge_stats, run_shard
 from moesif_backfill.errors import CheckpointMismatchError, SourceError

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import ndjson, readers
+from connectors import csv_dialect, ndjson, ndjson_values
+from connectors.discovery import discover_sources
 from connectors.readers import iter_batches, read_schema
-from connectors.sources import SourceFile, discover_sources
+from connectors.source_file import SourceFile
 from moesif_backfill.errors import SourceError
 
 # ---------------------------------------------------------------------------------------------
@@ -277,8 +278,8 @@ def test_csv_text_columns_exact(tmp_path: Path) -> None:
 
 
 def test_csv_types_stable_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 1 << 14)
-    monkeypatch.setattr(readers, "CSV_STREAM_BLOCK_BYTES", 1 << 14)
+    monkeypatch.setattr(csv_dialect, "CSV_BLOCK_BYTES", 1 << 14)
+    monkeypatch.setattr(csv_dialect, "CSV_STREAM_BLOCK_BYTES", 1 << 14)
     rows = [f"{i},{i * 2},\n" for i in range(5000)] + ["5000,1,late value\n"]
     src = one(write_bytes(tmp_path / "s.csv", ("a,b,c\n" + "".join(rows)).encode()))
     batches = list(iter_batches(src))
@@ -349,7 +350,7 @@ def test_ndjson_numeric_keys_as_written(tmp_path: Path) -> None:
 def test_ndjson_falls_back_mid_file_without_losing_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ndjson, "NDJSON_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(ndjson_values, "NDJSON_BLOCK_BYTES", 1 << 12)
     rows = [{"id": f"{i:06d}", "n": i} for i in range(3000)]
     rows[2500]["id"] = 2500  # a bare number long after the first block
     src = one(
@@ -370,7 +371,7 @@ def test_ndjson_malformed_line_reports_line_number(
         read_all(src)
     assert str(src.path) in str(info.value)
     # also when the error is far past the first block (fast path already returned rows)
-    monkeypatch.setattr(ndjson, "NDJSON_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(ndjson_values, "NDJSON_BLOCK_BYTES", 1 << 12)
     lines = [json.dumps({"a": i}) for i in range(2000)]
     lines[1500] = '{"a": 1500'
     late = one(write_bytes(tmp_path / "late.jsonl", ("\n".join(lines) + "\n").encode()))
@@ -384,7 +385,7 @@ def test_ndjson_malformed_line_reports_line_number(
 def test_ndjson_type_change_after_first_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ndjson, "NDJSON_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(ndjson_values, "NDJSON_BLOCK_BYTES", 1 << 12)
     for late, shown in [('{"a": "oops"}', "oops"), ('{"a": 1.25}', "1.25")]:
         lines = [json.dumps({"a": i, "b": "x"}) for i in range(1000)] + [late]
         src = one(write_bytes(tmp_path / "t.jsonl", ("\n".join(lines) + "\n").encode()))
@@ -402,7 +403,7 @@ def test_ndjson_clean_file_stays_on_fast_path(
         raise AssertionError("slow path used")
 
     monkeypatch.setattr(ndjson, "_slow_batches", no_slow_path)
-    monkeypatch.setattr(ndjson, "NDJSON_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(ndjson_values, "NDJSON_BLOCK_BYTES", 1 << 12)
     lines = "".join(json.dumps({"id": f"{i:05d}", "v": i}) + "\n" for i in range(2000))
     src = one(write_bytes(tmp_path / "ok.jsonl.gz", lines.encode(), "gzip"))
     table = read_all(src, text_columns=["id"], batch_rows=500)
@@ -449,7 +450,7 @@ def test_corrupt_files_give_clear_errors(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(SourceError, match="UTF-8"):
         read_all(one(latin))
     late_latin = b"name\n" + b"cafe\n" * 5000 + "caf\u00e9\n".encode("latin-1")
-    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(csv_dialect, "CSV_BLOCK_BYTES", 1 << 12)
     with pytest.raises(SourceError, match="not valid UTF-8"):
         read_all(one(write_bytes(tmp_path / "late_latin.csv", late_latin)))
 

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from connectors.checkpoint_local import LocalCheckpointStore
-from moesif_backfill import cli
+from moesif_backfill import cli_output
 from moesif_backfill.errors import MappingError, PermanentDeliveryError, SourceError
 from pipeline.plan import make_plan
 from pipeline.report import RunSummary
@@ -186,10 +186,10 @@ def test_csv_metadata_typed_per_column_over_the_whole_file(
 ) -> None:
     """A column is JSON numbers only if every value in the file is written as one; the
     decision covers rows far beyond the first block the CSV reader infers types from."""
-    from connectors import readers
+    from connectors import csv_dialect
 
-    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 1 << 12)
-    monkeypatch.setattr(readers, "CSV_STREAM_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(csv_dialect, "CSV_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(csv_dialect, "CSV_STREAM_BLOCK_BYTES", 1 << 12)
     amounts = ["12345678901234567890", "0.123456789012345678", "12.50", "-0", "1E-18", ""]
     rows = [
         f"l{i},{T0},{amounts[i % len(amounts)]},10001,{i},10001,10001\n" for i in range(1, 3001)
@@ -327,18 +327,18 @@ def test_ndjson_number_text_is_the_top_level_value_as_written(
     Either way the value is the top-level field's, as written."""
     import pyarrow as pa
 
-    from connectors import ndjson
-    from connectors.sources import discover_sources
+    from connectors import ndjson_values
+    from connectors.discovery import discover_sources
 
     src_path = write(tmp_path / "one.ndjson", line + "\n")
     [src] = discover_sources([str(src_path)])
     schema = pa.schema([("amount", pa.string())])
     lines = [(1, line.encode())]
-    quick = ndjson._build_numbers(src, schema, lines, frozenset({"amount"}))
+    quick = ndjson_values.build_numbers(src, schema, lines, frozenset({"amount"}))
     assert (quick is not None) == columnwise
     if quick is not None:
         assert quick.column(0).to_pylist() == [written]
-    full = ndjson._build(src, schema, lines, frozenset({"amount"}))
+    full = ndjson_values.build(src, schema, lines, frozenset({"amount"}))
     assert full.column(0).to_pylist() == [written]
 
 
@@ -346,9 +346,9 @@ def test_ndjson_text_in_a_number_field_says_how_to_send_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Numbers in the first block, a string later: an error naming the line, with the way out."""
-    from connectors import ndjson
+    from connectors import ndjson_values
 
-    monkeypatch.setattr(ndjson, "NDJSON_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(ndjson_values, "NDJSON_BLOCK_BYTES", 1 << 12)
     lines = [f'{{"line_id":"n{i}","ts":"{T0}","zip":10001}}\n' for i in range(1, 200)]
     lines.append(f'{{"line_id":"n200","ts":"{T0}","zip":"00501"}}\n')
     src = write(tmp_path / "z.ndjson", "".join(lines))
@@ -482,9 +482,9 @@ def test_ndjson_time_column_beyond_the_first_block(
 ) -> None:
     """pyarrow takes naive ISO strings for timestamp[s]; a later fractional second used to
     stop the file. The time column is read as text and parsed by our own rules."""
-    from connectors import ndjson
+    from connectors import ndjson_values
 
-    monkeypatch.setattr(ndjson, "NDJSON_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(ndjson_values, "NDJSON_BLOCK_BYTES", 1 << 12)
     lines = [f'{{"line_id":"n{i}","ts":"2024-06-01 10:00:{i % 60:02d}"}}\n' for i in range(2000)]
     lines.append('{"line_id":"late","ts":"2024-06-01 10:00:53.5"}\n')
     src = write(tmp_path / "t.ndjson", "".join(lines))
@@ -507,7 +507,7 @@ def test_validate_warns_without_request_uri(
     [warning] = summary.warnings
     assert "request.uri" in warning and "required" in warning
     assert "request: {uri: {value:" in warning
-    cli._print_validate(summary.to_dict())
+    cli_output.print_validate(summary.to_dict())
     printed = capsys.readouterr().out
     assert "warning: no request.uri is mapped" in printed
     summary, err = run_plain(settings(tmp_path, [src], write_mapping(tmp_path), mode="validate"))
