@@ -36,6 +36,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     field_flag(
         p,
         RunSettings,
+        "exclude",
+        metavar="GLOB",
+        help="leave out input files matching GLOB (repeatable), matched against the path below "
+        "the given directory or S3 prefix and against the base name, e.g. 'README.txt', "
+        "'*.md', 'docs/*'",
+    )
+    field_flag(
+        p,
+        RunSettings,
         "allow_older_than_30_days",
         help="send rows older than Moesif's 30-day window (account enabled for backfill)",
     )

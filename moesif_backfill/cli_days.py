@@ -22,6 +22,7 @@ from pipeline.settings import RunSettings
 
 # RunSettings fields the days' jobs take from the command line (DaySettings.options).
 DAY_OPTIONS = (
+    "exclude",
     "chunk_rows",
     "max_records_per_second",
     "max_mib_per_second",
@@ -30,6 +31,10 @@ DAY_OPTIONS = (
     "retry_budget_s",
     "shards_in_flight",
 )
+
+
+def _metavar(name: str) -> str:
+    return "GLOB" if name == "exclude" else name.upper()
 
 
 def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,7 +94,7 @@ def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
     field_flag(p, model, "allow_empty_days")
     for name in DAY_OPTIONS:
         if name in RunSettings.model_fields:
-            field_flag(p, RunSettings, name, dest=f"option.{name}")
+            field_flag(p, RunSettings, name, dest=f"option.{name}", metavar=_metavar(name))
     p.add_argument("--summary-json", type=Path, help="write the per-day result here (JSON)")
     mode_flags(p)
 

@@ -133,6 +133,8 @@ def field_flag(
         )
         parser.set_defaults(**{ENV_FLAGS: (*(parser.get_default(ENV_FLAGS) or ()), flag)})
         text += f" (required: this or ${var})" if flag.required else f" [${var}]"
+    if typing.get_origin(info.annotation) is list:
+        kw.setdefault("action", "append")  # repeatable
     if info.annotation is bool and "action" not in kw:
         kw["action"] = "store_true" if info.default is False else argparse.BooleanOptionalAction
     elif "action" not in kw and "type" not in kw:
