@@ -28,7 +28,6 @@ from moesif_backfill.errors import BackfillError
 from pipeline.job import JobOutcome, run_job
 from pipeline.plan import default_job_name
 from pipeline.report import RunSummary
-from pipeline.run import on_dask
 from pipeline.settings import RunSettings
 
 ARTIFACT_EVERY_S = 2.0
@@ -140,14 +139,6 @@ def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
     `listener` (the CLI's, not stored in the API): an object with `rows_done(n)` and
     `set_total(n)` following the rows, and `finished(outcome, flow_run)` receiving the
     `JobOutcome` and the `FlowRunRef` before the flow returns or fails."""
-    if on_dask(settings):  # until the one-run model runs shards from run_job
-        from flows.dask_run import run_on_dask  # noqa: PLC0415 - imports distributed
-
-        result = run_on_dask(settings)
-        if listener is not None:
-            fields = {k: v for k, v in result.items() if k != "accounted"}
-            listener.finished(JobOutcome(RunSummary(**fields)), current_flow_run())
-        return result
     artifact = ProgressArtifact(settings.job or default_job_name(settings))
     outcome = run_job(settings, progress=[artifact] if listener is None else [artifact, listener])
     if outcome.ok:
@@ -194,51 +185,3 @@ __all__ = [
     "publish_run_summary",
     "run_as_flow_run",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Kept only for flows/dask_run.py and flows/shard_task.py (the Prefect-task Dask path) until the
-# one-run model replaces them; remove with them. Nothing else uses these names.
-
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from moesif_backfill.errors import TransientDeliveryError  # noqa: E402
-from pipeline.run import Run  # noqa: E402
-
-
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except TransientDeliveryError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-RETRY_TRANSIENT: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [10, 60],
-    "retry_condition_fn": _retry_transient,
-}
-
-
-@task(name="preflight", cache_policy=NO_CACHE)
-def preflight(run: Run) -> int:
-    plan = run.prepare()
-    return len(plan.files)
-
-
-class _Progress(ProgressArtifact):
-    def __init__(self, total: int | None, job: str) -> None:
-        super().__init__(job)
-        self.set_total(total)
-
-
-def publish_summary(run: Run, error: BaseException | None) -> RunSummary:
-    summary = run.finish(error)
-    if isinstance(run.progress, _Progress) and error is None:
-        run.progress.complete()
-    publish_run_summary(summary)
-    return summary

@@ -263,9 +263,7 @@ def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> 
 
     follow = Follow(Bar(sys.stderr.isatty() and not getattr(args, "quiet", False)))
     try:
-        # --workers/--dask-address: still the Prefect-task Dask path (flows/dask_run.py) until
-        # run_job runs shards itself (the one-run model); then this special case goes.
-        if mode.prefect or settings.dask_address or settings.workers:
+        if mode.prefect:
             from flows.backfill import run_as_flow_run
 
             state = run_as_flow_run(settings, follow)
@@ -335,7 +333,7 @@ def _command(args: argparse.Namespace) -> int:
         always_direct = {"validate": "validate", "dry-run": "run --dry-run"}.get(settings.mode)
         mode = choose_mode(prefect=getattr(args, "prefect", None), always_direct=always_direct)
         if settings.dask_address or settings.workers:
-            from flows.dask_cluster import check_cluster_settings
+            from pipeline.cluster import check_cluster_settings
 
             check_cluster_settings(settings)  # before a Prefect API or a cluster is started
     except BackfillError as exc:

@@ -30,7 +30,7 @@ from moesif_backfill.errors import (
 )
 from pipeline.day_settings import DaySettings
 from pipeline.days import DayKind, day_job, format_sources
-from pipeline.run import open_aws, s3_store
+from pipeline.resources import open_aws, s3_store
 from pipeline.settings import RunSettings
 
 log = logging.getLogger(__name__)

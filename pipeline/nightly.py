@@ -42,7 +42,7 @@ from pipeline.days import (
     zone,
 )
 from pipeline.nightly_state import Watermark, load_watermark, save_watermark, watermark_location
-from pipeline.run import checkpoint_store, open_aws
+from pipeline.resources import checkpoint_store, open_aws
 from pipeline.settings import RunSettings
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from moesif_backfill.errors import (
     SourceError,
 )
 from pipeline.day_window import outside_mask, window_us
+from pipeline.layout import ShardLayout, load_layout
 from pipeline.settings import RunSettings
 from transforms.actions import time_bounds
 from transforms.mapping import MappingSpec, load_mapping
@@ -117,6 +118,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # shown by `validate`
     s3: S3Store | None = None  # the run's S3 access (s3:// sources), passed to the readers
+    # Keys of the files an earlier run delivered completely (their shards all complete, or,
+    # in a checkpoint of b96172b's single-process layout, their progress): not read again.
+    complete: set[str] = field(default_factory=set)
 
     @property
     def rows_estimate(self) -> int | None:
@@ -366,8 +370,7 @@ def _check_manifest_counts(plan: Plan) -> None:
     is sent: the Parquet footer, or a pass over one column of a text file)."""
     for fp in plan.files:
         expected = fp.src.layout.expected_rows
-        prog = plan.state.files.get(fp.src.key)
-        if expected is None or (prog is not None and prog.complete):
+        if expected is None or fp.src.key in plan.complete:
             continue
         try:
             actual = count_rows(fp.src, fp.options, plan.s3)
@@ -399,8 +402,18 @@ def make_plan(
         raise ConfigError(str(exc)) from None
     job = settings.job or default_job_name(settings)
     fingerprint = spec.fingerprint()
-    state = _load_state(settings, store, job, fingerprint, sources)
+    layout = ShardLayout()
+    if store is not None and not (settings.reset and settings.mode == "send"):
+        layout = load_layout(store, job)
+    state = _load_state(settings, store, job, fingerprint, sources, has_shards=bool(layout.files))
     complete = {key for key, prog in state.files.items() if prog.complete}
+    reprocess = reprocess_keys(settings)
+    identities = {src.key: src.identity() for src in sources}
+    complete |= {
+        key
+        for key, identity in layout.complete_files().items()
+        if key not in reprocess and identities.get(key) == identity
+    }
     try:
         files = _bind_all(spec, seen, notes, complete, s3)
     except SourceError as exc:
@@ -408,6 +421,7 @@ def make_plan(
     for fp in files:
         fp.rows_estimate = _rows_estimate(fp.src)
     plan = Plan(settings=settings, spec=spec, job=job, files=files, state=state, notes=notes, s3=s3)
+    plan.complete = complete
     plan.warnings = mapping_warnings(spec)
     for note in notes:
         log.info("%s", note)
@@ -422,6 +436,8 @@ def _load_state(
     job: str,
     fingerprint: str,
     sources: list[SourceFile],
+    *,
+    has_shards: bool = False,
 ) -> JobState:
     state = None
     if store is not None and not (settings.reset and settings.mode == "send"):
@@ -438,7 +454,7 @@ def _load_state(
             "job over (Moesif deduplicates rows whose transaction_id is unchanged), or use a "
             "new --job name."
         )
-    _check_window(state, window, where)
+    _check_window(state, window, where, has_shards)
     reprocess = reprocess_keys(settings)
     changed = []
     for src in sources:
@@ -462,12 +478,14 @@ def _load_state(
     return state
 
 
-def _check_window(state: JobState, window: TimeWindow, where: str) -> None:
+def _check_window(
+    state: JobState, window: TimeWindow, where: str, has_shards: bool = False
+) -> None:
     """A job's chunks were committed under one time window; refuse another (a nightly day run
     in one time zone, then a range over the same day in another, would skip committed chunks
     that hold only the first window's rows). A checkpoint without a recorded window (written
     before windows were recorded) takes on this run's."""
-    if state.window is None or state.files == {}:
+    if state.window is None or (state.files == {} and not has_shards):
         state.window = window
         return
     if state.window.same_instants(window):
@@ -520,8 +538,7 @@ def check_late_window(plan: Plan, *, now: dt.datetime | None = None) -> None:
     cutoff_us = int((now - MOESIF_LATE_WINDOW).timestamp() * 1_000_000)
     old, oldest = 0, None
     for fp in plan.files:
-        prog = plan.state.files.get(fp.src.key)
-        if prog is not None and prog.complete:
+        if fp.src.key in plan.complete:
             continue
         time_col = fp.resolved.columns[plan.spec.time.column]
         try:

@@ -1,104 +1,48 @@
-"""One run of a job, as plain Python: prepare (preflight, lock), process files, finish.
+"""One run of a job, as plain Python: prepare (preflight, lock, shards), run shards, finish.
 
-`flows.backfill` wires these steps into a Prefect flow; tests may call them directly.
+Every run is a sharded run (pipeline/shards.py): the plan is cut into shards, each with its own
+checkpoint, and the shards run on a runner (pipeline/runners.py): threads of this process
+(`LocalRunner`) or a Dask cluster (`DaskRunner`). `pipeline.job.run_job` drives a whole run;
+`Run.process_file` runs one file's shards here (tests, and the Prefect flow's file tasks).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from connectors.checkpoint import CheckpointStore
-from connectors.checkpoint_factory import make_checkpoint_store
-from connectors.firehose import FirehoseSender, RetryPolicy
-from connectors.firehose_client import make_firehose_client
-from connectors.s3_errors import is_s3
 from connectors.s3_store import S3Store
 from moesif_backfill import PROCESS_T0
-from moesif_backfill.errors import (
-    BackfillError,
-    ConfigError,
-    PermanentDeliveryError,
-    PreflightError,
-)
-from pipeline import shards
-from pipeline.engine import Counts, FileRunner, ProgressListener
+from moesif_backfill.errors import BackfillError
+from pipeline import shards as shard_plans
+from pipeline.engine import Counts, ProgressListener
+from pipeline.layout import Shard, ShardLayout, ShardTotals, save_layout
 from pipeline.plan import Plan, default_job_name, make_plan
 from pipeline.rejects import RejectsWriter
 from pipeline.report import RunSummary, write_json_atomic
+from pipeline.resources import checkpoint_store, make_sink, open_aws, s3_store
+from pipeline.runners import LocalRunner, Runner
+from pipeline.scheduler import RetryBudget, run_shards
 from pipeline.settings import DEFAULT_REJECTS_DIR, RunSettings
-from pipeline.sinks import CountingSink, DryRunSink, FirehoseSink, Quota, Sink
+from pipeline.shard_work import ShardResult, ShardWork, merge_stats
+from pipeline.sinks import Sink
 
 log = logging.getLogger(__name__)
 
 
-def aws_session(block_name: str | None) -> Any:
-    """The boto3 session of a Prefect AwsCredentials block (None: boto3's standard chain)."""
-    if block_name is None:
-        return None
-    from prefect_aws import AwsCredentials  # noqa: PLC0415 - imported only when a block is named
-
-    try:
-        block: Any = AwsCredentials.load(block_name)
-    except ValueError as exc:
-        raise ConfigError(
-            f"no Prefect AwsCredentials block named {block_name!r} ({exc}); create it in the "
-            "Prefect UI or with AwsCredentials(...).save(name)"
-        ) from None
-    return block.get_boto3_session()
-
-
-class AwsAccess(Protocol):
-    """Where a run's AWS credentials, S3 endpoint and checkpoint are (RunSettings, and the
-    DayConfig of a nightly/range run)."""
-
-    @property
-    def aws_credentials_block(self) -> str | None: ...
-    @property
-    def s3_endpoint_url(self) -> str | None: ...
-    @property
-    def region(self) -> str | None: ...
-    @property
-    def checkpoint(self) -> str: ...
-    @property
-    def lease_seconds(self) -> float: ...
-
-
-def open_aws(s: AwsAccess) -> Any:
-    """The boto3 session of `s`'s AwsCredentials block (None: boto3's own credentials)."""
-    return aws_session(s.aws_credentials_block)
-
-
-def s3_store(s: AwsAccess, session: Any) -> S3Store:
-    """The run's S3 access for s3:// sources (its endpoint and region, the session's
-    credentials): one client, its caches and prefetcher; close it at the end of the run."""
-    return S3Store(endpoint_url=s.s3_endpoint_url, region=s.region, session=session)
-
-
-def checkpoint_store(s: AwsAccess, session: Any) -> CheckpointStore:
-    """The checkpoint store of `s` (S3 with the session's credentials, if given)."""
-    s3_client = None
-    if session is not None and is_s3(s.checkpoint):
-        s3_client = session.client("s3", endpoint_url=s.s3_endpoint_url, region_name=s.region)
-    return make_checkpoint_store(
-        s.checkpoint,
-        endpoint_url=s.s3_endpoint_url,
-        region=s.region,
-        lease_seconds=s.lease_seconds,
-        client=s3_client,
-    )
-
-
 def on_dask(settings: RunSettings) -> bool:
-    """Whether the run's shards go to a Dask cluster (flows/dask_run.py)."""
+    """Whether the run's shards go to a Dask cluster (pipeline/runners.py `DaskRunner`)."""
     return bool(settings.dask_address or settings.workers)
 
 
 class Run:
-    """Owns the resources of one run: the plan, the job lock, the sink and the counters."""
+    """Owns the resources of one run: the plan, its shards, the job lock, the sink, the
+    counters and the retry budget."""
 
     def __init__(self, settings: RunSettings, progress: ProgressListener | None = None) -> None:
         self.settings = settings
@@ -111,9 +55,14 @@ class Run:
         self.plan: Plan | None = None
         self.sink: Sink | None = None
         self.rejects: RejectsWriter | None = None
-        self._counted: dict[int, set[int]] = {}  # file index -> chunks counted this run
         self.session: Any = None  # a boto3 session from an AwsCredentials block, if given
         self.s3: S3Store | None = None  # the run's S3 access for s3:// sources
+        self.shards: list[Shard] = []
+        self.layout = ShardLayout()
+        self.budget = RetryBudget(settings.retry_budget_s)
+        self.counted: dict[str, set[int]] = {}  # by shard sid: chunks counted this run
+        self.files_run: set[int] = set()  # dry-run/validate: files processed
+        self.remote_stats: dict[str, Any] = {}  # statistics of sinks on Dask workers
 
     # ------------------------------------------------------------------ prepare
     def prepare(self) -> Plan:
@@ -128,16 +77,19 @@ class Run:
             self._stack.enter_context(store.lock(job))
             if s.reset:
                 store.reset(job)
-                shards.reset_shards(store, job)
+                shard_plans.reset_shards(store, job)
                 log.warning("job %s: checkpoint reset, starting over", job)
-            if not on_dask(s):
-                shards.refuse_sharded_job(store, job)
         plan = make_plan(s, store, s3=self.s3)
         if s.mode == "send":
             store.commit(plan.state)  # proves the checkpoint is writable before sending
         self.plan = plan
-        self.sink = self._make_sink(plan)
+        self.sink = make_sink(s, self.session)
         self.rejects = RejectsWriter(self._rejects_path(plan))
+        if self.store is not None:
+            self.shards, self.layout = shard_plans.plan_shards(plan, self.store)
+        else:
+            self.shards = shard_plans.file_shards(plan)
+        log.info("job %s: %d shard(s) of %d file(s)", plan.job, len(self.shards), len(plan.files))
         return plan
 
     def _rejects_path(self, plan: Plan) -> Path | None:
@@ -152,89 +104,153 @@ class Run:
             return s.out / "rejects.ndjson"
         return None
 
-    def _make_sink(self, plan: Plan, *, check_stream: bool = True) -> Sink:
-        s = self.settings
-        quota = Quota(s.max_records_per_second, s.max_mib_per_second, max(len(s.streams), 1))
-        if s.mode == "validate":
-            return CountingSink(quota)
-        if s.mode == "dry-run":
-            assert s.out is not None
-            return DryRunSink(s.out, quota)
-        assert s.stream is not None
-        senders: list[FirehoseSender] = []
-        try:
-            for stream in s.streams:  # one sender each: own limiter, adaptive rate, in-flight
-                client = make_firehose_client(
-                    region=s.region,
-                    endpoint_url=s.endpoint_url,
-                    max_pool_connections=s.max_in_flight + 2,
-                    connect_timeout_s=s.connect_timeout_s,
-                    read_timeout_s=s.read_timeout_s,
-                    session=self.session,
-                )
-                senders.append(
-                    FirehoseSender(
-                        client,
-                        stream,
-                        max_in_flight=s.max_in_flight,
-                        max_records_per_second=s.max_records_per_second,
-                        max_mib_per_second=s.max_mib_per_second,
-                        retry=RetryPolicy(max_attempts=s.retry_attempts),
-                        adaptive_rate=s.adaptive_rate,
-                    )
-                )
-                if check_stream:  # Dask workers: the driver checked (DescribeDeliveryStream)
-                    senders[-1].check_stream()
-        except PermanentDeliveryError as exc:
-            for sender in senders:
-                sender.close()
-            raise PreflightError(f"{exc} Nothing was sent.") from None
-        except BaseException:
-            for sender in senders:
-                sender.close()
-            raise
-        return FirehoseSink(senders, quota)
-
     # ------------------------------------------------------------------ process
-    def process_file(self, index: int) -> Counts:
-        assert self.plan is not None and self.sink is not None and self.rejects is not None
-        fp = self.plan.files[index]
-        runner = FileRunner(
-            self.plan,
-            fp,
-            index=index,
-            sink=self.sink,
+    def local_runner(self) -> LocalRunner:
+        """A runner on threads of this process (the run's sink, store and progress)."""
+        assert self.plan is not None and self.sink is not None
+        in_flight = self.settings.shards_in_flight if self.settings.mode == "send" else 1
+        return LocalRunner(
             store=self.store,
-            rejects=self.rejects,
+            session=self.session,
+            sink=self.sink,
             progress=self.progress,
-            counted_this_run=self._counted.setdefault(index, set()),
+            plan_files=self.plan.files,
+            s3=self.s3,
+            shards_in_flight=in_flight,
         )
+
+    def pending(self, shards: list[Shard] | None = None) -> list[Shard]:
+        """Those of `shards` (default: all) left to run; the ones an earlier run completed are
+        counted as skipped (once per run)."""
+        todo = []
+        for shard in self.shards if shards is None else shards:
+            done = self.layout.shards.get(shard.sid)
+            if done is not None and done.complete:
+                if shard.sid not in self.counted:  # not already counted by this run
+                    self.counted[shard.sid] = set()
+                    self._skip(done)
+                continue
+            todo.append(shard)
+        return todo
+
+    def run_shards(self, runner: Runner, todo: list[Shard]) -> None:
+        """Run `todo` (see `pending`) on `runner`; raises the first error (after the running
+        shards ended)."""
+        error = None
         try:
-            counts = runner.run()
+            if todo:
+                error = run_shards(self, runner, todo)
         finally:
-            self.counts.add(runner.counts)
-        if runner.prog.complete or self.settings.mode != "send":
-            self.files_complete += 1
+            self.save_layout()
+        if error is not None:
+            raise error
+
+    def process_file(self, index: int) -> Counts:
+        """Run the shards of file `index` here, one after the other; what they counted."""
+        before = dataclasses.replace(self.counts, sample=[], sent_without_field={})
+        runner = self.local_runner()
+        try:
+            todo = self.pending([s for s in self.shards if s.file_index == index])
+            self.run_shards(runner, todo)
+        finally:
+            runner.close()
+            self.files_run.add(index)
+        counts = Counts()
+        for name in Counts.TOTALS:
+            setattr(counts, name, getattr(self.counts, name) - getattr(before, name))
+        return counts
+
+    # ------------------------------------------------------------ scheduler host
+    def work(self, shard: Shard) -> ShardWork:
+        assert self.plan is not None
+        fp = self.plan.files[shard.file_index]
+        return ShardWork(
+            settings=self.settings,
+            spec=self.plan.spec,
+            job=self.plan.job,
+            fingerprint=self.plan.state.mapping_fingerprint,
+            file=dataclasses.replace(fp, row_groups=shard.row_groups, rows_estimate=shard.rows),
+            shard=shard,
+            rejects=self._rejects_path(self.plan),
+            counted=frozenset(self.counted.get(shard.sid, ())),
+        )
+
+    def absorb(self, shard: Shard, result: ShardResult) -> None:
+        """Add what one attempt at `shard` did."""
+        c = result.counts
+        self.counts.add(c)
+        self.counted[shard.sid] = set(result.counted)
+        if result.stats:
+            self.remote_stats = merge_stats(self.remote_stats, result.stats)
+        self.layout.shards[shard.sid] = result.totals
+        if self.progress is not None and not result.progress_reported:
+            self.progress.rows_done(c.rows_read)
         log.info(
             "%s: %d rows read, %d sent, %d rejected, %d skipped",
-            fp.src.key,
-            counts.rows_read,
-            counts.actions_sent,
-            counts.rows_rejected,
-            counts.rows_skipped,
+            shard.describe(),
+            c.rows_read,
+            c.actions_sent,
+            c.rows_rejected,
+            c.rows_skipped,
         )
-        return counts
+
+    def _skip(self, done: ShardTotals) -> None:
+        """A shard an earlier run completed: counted as skipped, as a complete file is."""
+        n = done.rows_sent + done.rows_rejected
+        self.counts.rows_read += n + done.rows_outside_window
+        self.counts.rows_skipped += n
+        self.counts.rows_outside_window += done.rows_outside_window
+        if self.progress is not None:
+            self.progress.rows_done(done.rows_done)
+
+    def reload(self, shard: Shard) -> None:
+        """The totals of a shard whose attempt returned nothing, from its checkpoint."""
+        if self.store is None or self.plan is None:
+            return
+        try:
+            state = self.store.load(shard.job(self.plan.job))
+        except Exception as exc:  # the run already failed; keep the last known totals
+            log.warning("shard %d: could not read its checkpoint: %s", shard.index, exc)
+            return
+        prog = state.files.get(shard.key) if state is not None else None
+        if prog is not None:
+            self.layout.shards[shard.sid] = ShardTotals.of(prog)
+
+    def save_layout(self) -> None:
+        if self.store is not None and self.plan is not None and self.layout.files:
+            save_layout(self.store, self.plan.job, self.layout)
 
     # ------------------------------------------------------------------ finish
     def job_totals(self) -> dict[str, int]:
         """What the job's checkpoint says was delivered so far, over all its runs."""
-        assert self.plan is not None
-        state = self.plan.state
+        totals = self.layout.shards.values()
         return {
-            "rows_sent": sum(f.rows_sent for f in state.files.values()),
-            "rows_rejected": sum(f.rows_rejected for f in state.files.values()),
-            "files_complete": sum(1 for f in state.files.values() if f.complete),
+            "rows_sent": sum(t.rows_sent for t in totals),
+            "rows_rejected": sum(t.rows_rejected for t in totals),
+            "files_complete": len(self.layout.complete_files()),
         }
+
+    def _files_complete(self) -> int:
+        if self.settings.mode != "send":
+            return len(self.files_run)
+        by_file: dict[int, list[Shard]] = {}
+        for shard in self.shards:
+            by_file.setdefault(shard.file_index, []).append(shard)
+        return sum(self.layout.all_complete(s) for s in by_file.values())
+
+    def _sink_stats(self) -> dict[str, Any]:
+        assert self.sink is not None
+        out = self.sink.stats()
+        if not self.remote_stats:
+            return out
+        # The driver's own counters are zeros: adding the workers' gives theirs; its other
+        # values (the run's send limits) stay, the workers' (their shares of them) do not.
+        out = merge_stats(out, self.remote_stats)
+        quota = getattr(self.sink, "quota", None)
+        report = getattr(quota, "report", None)
+        if callable(report):  # expected duration for the whole run's records and bytes
+            out.update(report(self.counts.actions_sent, int(out.get("bytes_sent", 0))))
+        return out
 
     def finish(self, error: BaseException | None = None) -> RunSummary:
         s = self.settings
@@ -251,7 +267,7 @@ class Run:
         for name, value in c.totals().items():
             setattr(summary, name, value)
         if self.sink is not None:
-            for k, v in self.sink.stats().items():
+            for k, v in self._sink_stats().items():
                 setattr(summary, k, v)
         summary.sample_actions = list(c.sample)
         summary.sent_without_field = dict(sorted(c.sent_without_field.items()))
@@ -263,7 +279,7 @@ class Run:
             summary.rows_older_than_30_days = self.plan.old_rows
             summary.warnings = list(self.plan.warnings)
             summary.job_totals = self.job_totals()
-        summary.files_complete = self.files_complete
+        summary.files_complete = self._files_complete() if self.plan is not None else 0
         summary.checkpoint = s.checkpoint if s.mode == "send" else None
         summary.rejects_path = (
             str(self.rejects.path) if self.rejects and self.rejects.path else None
@@ -278,3 +294,6 @@ class Run:
         if s.summary_json is not None:
             write_json_atomic(s.summary_json, summary.to_dict())
         return summary
+
+
+__all__ = ["Run", "on_dask"]

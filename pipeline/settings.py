@@ -81,6 +81,15 @@ class RunSettings(BaseModel):
     )
     max_in_flight: int = Field(default=8, ge=1, le=64, description="PutRecordBatch calls at once")
     chunks_in_flight: int = Field(default=4, ge=1, le=64)
+    shards_in_flight: int = Field(
+        default=1, ge=1, le=64, description="shards run at once by a run in one process"
+    )
+    retry_budget_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds of backoff a run may spend in all on retrying shards that failed "
+        "with a transient delivery error (0: no retries)",
+    )
     retry_attempts: int = Field(
         default=10, ge=1, le=1000, description="PutRecordBatch attempts in a row without progress"
     )

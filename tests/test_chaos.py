@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from connectors.checkpoint_local import LocalCheckpointStore
 from moesif_backfill.failpoints import ENV as FAILPOINTS_ENV
 from tests.datasets import expected_ids, write_mapping, write_payments
+from tests.runner import file_progress
 
 pytestmark = pytest.mark.e2e
 
@@ -77,10 +77,11 @@ class Scenario:
         ]  # fmt: skip
 
     def rows_done(self) -> int:
-        state = LocalCheckpointStore(self.tmp / "ckpt").load(self.job)
-        if state is None or not state.files:
+        if not (self.tmp / "ckpt" / self.job).exists():
             return 0
-        (prog,) = state.files.values()
+        prog = file_progress(self.tmp / "ckpt", self.job, self.src)
+        if prog is None:
+            return 0
         return max((b for _, b in prog.done), default=0) * CHUNK_ROWS
 
     def failpoint(self) -> str | None:

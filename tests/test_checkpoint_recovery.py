@@ -1,7 +1,8 @@
 """A torn or corrupted checkpoint, end to end (plain-Python pipeline, strict Firehose endpoint).
 
-A run stops part-way (the stream disappears), leaving ``state.json`` (chunks 0-2 committed) and
-``state.prev.json`` (chunks 0-1). Then the checkpoint is damaged and the job rerun:
+A run stops part-way (the stream disappears), leaving its file's shard checkpoint
+``<job>.shard-<sid>/state.json`` (chunks 0-2 committed) and ``state.prev.json`` (chunks 0-1).
+Then the checkpoint is damaged and the job rerun:
 
 * current generation truncated, emptied, not JSON, failing its checksum, or missing: the rerun
   resumes from the previous generation: it re-sends one chunk, skips only chunks that had been
@@ -23,11 +24,10 @@ from typing import Any
 import pytest
 
 from connectors.checkpoint import FORMAT_VERSION
-from connectors.checkpoint_local import LocalCheckpointStore
 from moesif_backfill.errors import CheckpointError, PermanentDeliveryError
 from pipeline.settings import RunSettings
 from tests.datasets import expected_ids, write_payments
-from tests.runner import run_plain, settings_for
+from tests.runner import file_progress, run_plain, settings_for, shard_dir
 from tests.standins.strict_firehose import StrictFirehose
 
 pytestmark = pytest.mark.integration
@@ -56,11 +56,11 @@ class PartialRun:
             chunks_in_flight=1,  # one call at a time: which chunks get committed is fixed
             max_in_flight=1,
         )
-        self.dir = Path(self.settings.checkpoint) / JOB
         server.configure(delete_stream_after_calls=7)  # 3 chunks of 2 calls, then half a chunk
         summary, err = run_plain(self.settings)
         assert isinstance(err, PermanentDeliveryError), err
         assert summary.actions_sent == 3 * CHUNK and summary.accounted
+        self.dir = shard_dir(self.settings.checkpoint, JOB, self.src)
         self.delivered = set(server.transaction_ids(stream))
         assert self.delivered == expected_ids(1, 3 * CHUNK + 500)
         assert self.done(self.dir / "state.json") == {0, 1, 2}
@@ -135,9 +135,8 @@ def test_damaged_current_generation_recovers_from_previous_without_loss(
     # the checkpoint is whole again: another run skips everything and sends nothing
     again, err = run_plain(partial.settings)
     assert err is None and again.actions_sent == 0 and again.rows_skipped == ROWS
-    state = LocalCheckpointStore(partial.settings.checkpoint).load(JOB)
-    assert state is not None
-    assert state.files[str(partial.src.resolve())].rows_sent == ROWS
+    prog = file_progress(partial.settings.checkpoint, JOB, partial.src)
+    assert prog is not None and prog.rows_sent == ROWS
 
 
 def _newer(body_only: bool) -> Callable[[Path], None]:

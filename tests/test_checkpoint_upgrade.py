@@ -14,8 +14,7 @@ deliveries as skipped. `delivered.json` is first checked against what the old ch
 they hold (done chunks x chunk_rows), so a fixture that disagrees with itself fails loudly.
 
 Two more cases resume a job in the other run model (an old single-process job with --workers 2,
-an old Dask job in one process). This version refuses that mixing; they are strict xfails until
-one run model lands.
+an old Dask job in one process): with one run model (issue 11) both resume as well.
 
 Runtime: about 100 s on a 2-core machine (6 CLI runs, 2 of them on a module-scoped LocalCluster,
 1 starting its own with --workers 2), plus about 30 s to start the session's Prefect server.
@@ -51,7 +50,6 @@ JOB = "upgrade"
 ROWS = 8_000  # a.parquet lines 1..3000, b.parquet 3001..6000, c.csv 6001..8000
 CHUNK_ROWS = {"single": 500, "sharded": 100}  # as the old runs had them
 CLI = [sys.executable, "-m", "moesif_backfill.cli"]
-MIXING = pytest.mark.xfail(strict=True, reason="mixing refused until one run model lands")
 
 
 # ------------------------------------------------------------------------------ the fixtures
@@ -275,7 +273,6 @@ def test_dask_job_resumes_on_dask(
     _check_resumed(case, done, summary, strict_firehose.transaction_ids(firehose_stream))
 
 
-@MIXING
 @pytest.mark.usefixtures("inputs")
 def test_single_process_job_resumes_with_workers(
     tmp_path: Path,
@@ -297,7 +294,6 @@ def test_single_process_job_resumes_with_workers(
     _check_resumed(case, done, summary, strict_firehose.transaction_ids(firehose_stream))
 
 
-@MIXING
 @pytest.mark.usefixtures("inputs")
 def test_dask_job_resumes_in_one_process(
     tmp_path: Path,

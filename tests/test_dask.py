@@ -6,9 +6,10 @@ a local Dask cluster of 2 worker processes, the strict Firehose stand-in.
   checkpoint; a rerun sends nothing and counts every row as skipped;
 * a worker process SIGKILLed mid-run, then the CLI rerun: every expected transaction_id is
   delivered, duplicates at most the chunks in flight;
-* --workers 2 without PREFECT_API_URL: the workers use this run's temporary Prefect server
-  (exactly one is started), and the run delivers everything;
-* --dask-address without PREFECT_API_URL, or with --dry-run: exit 2 before anything starts.
+* --workers 2 without PREFECT_API_URL: the workers run no Prefect (exactly one temporary Prefect
+  server is started, the driver's), and the run delivers everything;
+* --workers with --dry-run: exit 2 before anything starts; --dask-address of no scheduler: exit 2
+  saying so.
 
 Runtime: about 3 minutes on a 2-core machine (a LocalCluster and a Prefect server start once;
 each CLI run on Dask takes 15-30 s, mostly process start-up).
@@ -213,7 +214,7 @@ def test_killed_worker_then_rerun_loses_nothing(
     assert final["job_totals"]["rows_sent"] == 42_000
 
 
-def test_local_workers_share_this_runs_temporary_prefect_server(
+def test_local_workers_need_no_prefect_server(
     tmp_path: Path, strict_firehose: Any, firehose_stream: str
 ) -> None:
     sources = _inputs(tmp_path)
@@ -224,8 +225,8 @@ def test_local_workers_share_this_runs_temporary_prefect_server(
     done = _cli([*args, "--workers", "2"], env)
     log = done.stderr.decode() + done.stdout.decode()
     assert done.returncode == 0, log[-3000:]
-    # One temporary server, this process's: no worker started its own (each would log this
-    # line too: the workers inherit PREFECT_LOGGING_LEVEL=INFO and this stderr).
+    # One temporary server, the driver's: the workers run no Prefect (one that did would log
+    # this line too: the workers inherit PREFECT_LOGGING_LEVEL=INFO and this stderr).
     assert log.count("Starting temporary server on") == 1, log[-3000:]
     delivered = strict_firehose.transaction_ids(firehose_stream)
     assert len(delivered) == 35_000 and len(set(delivered)) == 35_000
@@ -235,14 +236,14 @@ def test_cluster_options_refused_before_anything_starts(tmp_path: Path) -> None:
     sources = _inputs(tmp_path)
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
-    base = _args(tmp_path, sources, "s", "http://127.0.0.1:9", 1)
     started = time.monotonic()
-    done = _cli([*base, "--dask-address", "tcp://127.0.0.1:9"], env, timeout=120)
-    assert done.returncode == 2
-    assert "prefect server start" in done.stderr.decode()
-    assert "PREFECT_API_URL" in done.stderr.decode()
     dry = [*CLI, "run", str(sources[0]), "--mapping", str(tmp_path / "m.yaml"), "--dry-run"]
     done = _cli([*dry, "--out", str(tmp_path / "out"), "--workers", "2"], env, timeout=120)
     assert done.returncode == 2 and "--dry-run" in done.stderr.decode()
     assert time.monotonic() - started < 60  # no Prefect API, no cluster was started
     assert not (tmp_path / "ckpt").exists()
+    # No PREFECT_API_URL is needed; a scheduler that is not there is named.
+    base = _args(tmp_path, sources, "s", "http://127.0.0.1:9", 1)
+    done = _cli([*base, "--dask-address", "tcp://127.0.0.1:9"], env, timeout=120)
+    assert done.returncode == 2, done.stderr.decode()[-3000:]
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in done.stderr.decode()

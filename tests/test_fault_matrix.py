@@ -45,14 +45,13 @@ from typing import Any
 
 import pytest
 
-import pipeline.run
-from connectors.checkpoint_local import LocalCheckpointStore
+import pipeline.resources
 from connectors.firehose import FirehoseSender, RetryPolicy
 from moesif_backfill.errors import PermanentDeliveryError, TransientDeliveryError
 from pipeline.report import RunSummary
 from pipeline.settings import RunSettings
 from tests.datasets import expected_ids, write_payments
-from tests.runner import run_plain, settings_for
+from tests.runner import file_progress, run_plain, settings_for
 from tests.standins.strict_firehose import StrictFirehose
 
 pytestmark = pytest.mark.integration
@@ -161,9 +160,7 @@ def chunk_ids(chunk: int, case: Case) -> set[str]:
 
 
 def committed_chunks(settings: RunSettings, src: Path) -> tuple[set[int], int]:
-    state = LocalCheckpointStore(settings.checkpoint).load("test-job")
-    assert state is not None
-    prog = state.files.get(str(src.resolve()))
+    prog = file_progress(settings.checkpoint, "test-job", src)
     if prog is None:  # no chunk was ever committed
         return set(), 0
     return {c for a, b in prog.done for c in range(a, b)}, prog.rows_sent
@@ -200,7 +197,7 @@ def test_fault_matrix(
     started = time.monotonic()
     server, stream = strict_firehose, firehose_stream
     probe = Probe(RetryPolicy(max_attempts=case.attempts, base_delay_s=0.002, max_delay_s=0.02))
-    monkeypatch.setattr(pipeline.run, "FirehoseSender", probe.factory)
+    monkeypatch.setattr(pipeline.resources, "FirehoseSender", probe.factory)
     src = write_payments(tmp_path / "payments.parquet", 1, case.rows)
     expected = expected_ids(1, case.rows)
     per_call = min(500, case.chunk_rows)  # every call carries a full chunk or half of one
@@ -216,6 +213,8 @@ def test_fault_matrix(
         read_timeout_s=case.read_timeout_s,
         # Random throttling is not a quota; these cases test retries, not the adaptive rate.
         adaptive_rate=False,
+        # The sender's budget is under test: the runner does not retry the shard on top.
+        retry_budget_s=0,
     )
     server.reseed(zlib.crc32(f"{SEED}:{case.name}".encode()))  # independent draws per case
     server.configure(**case.faults)

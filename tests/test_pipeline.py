@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from connectors.checkpoint_local import LocalCheckpointStore
 from moesif_backfill.errors import (
     CheckpointMismatchError,
     JobLockedError,
@@ -27,7 +26,7 @@ from moesif_backfill.errors import (
 )
 from pipeline.run import Run
 from tests.datasets import MAPPING, NAMESPACE, expected_ids, ids_of, write_mapping, write_payments
-from tests.runner import run_plain, settings_for, strict_settings
+from tests.runner import file_progress, run_plain, settings_for, strict_settings
 
 pytestmark = pytest.mark.integration
 
@@ -99,9 +98,8 @@ def test_permanent_failure_checkpoint_holds_exactly_what_was_delivered(
     summary, err = run_plain(s)
     assert isinstance(err, PermanentDeliveryError)
     assert summary.status == "failed"
-    state = LocalCheckpointStore(tmp_path / "ckpt").load("test-job")
-    assert state is not None
-    prog = state.files[str(src.resolve())]
+    prog = file_progress(tmp_path / "ckpt", "test-job", src)
+    assert prog is not None
     delivered = set(strict_firehose.transaction_ids(firehose_stream))
     committed: set[str] = set()
     for a, b in prog.done:
@@ -128,7 +126,8 @@ def test_throttled_beyond_budget_is_transient_and_resumable(
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 2_000)
     strict_firehose.configure(throttle_rate=1.0)
-    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream)
+    # No retries by the runner (retry_budget_s=0): the sender's own budget runs out.
+    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream, retry_budget_s=0)
     summary, err = run_plain(s)
     assert isinstance(err, TransientDeliveryError)
     assert "rerun" in str(err).lower() or "resume" in str(err).lower()
@@ -305,9 +304,8 @@ def test_unreadable_row_mid_file_stops_with_delivered_chunks_committed(
     summary, err = run_plain(s)
     assert isinstance(err, SourceError) and err.exit_code == 1
     assert "customer_id" in str(err) and "UTF-8" in str(err)
-    state = LocalCheckpointStore(tmp_path / "ckpt").load("test-job")
-    assert state is not None
-    prog = state.files[str(csv.resolve())]
+    prog = file_progress(tmp_path / "ckpt", "test-job", csv)
+    assert prog is not None
     assert prog.total_chunks is None and prog.rows_sent == summary.actions_sent > 0
     assert len(set(strict_firehose.transaction_ids(firehose_stream))) >= prog.rows_sent
 

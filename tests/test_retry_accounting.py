@@ -1,4 +1,5 @@
-"""A file retried after a transient failure counts each of its rows once (issue 10, item 9).
+"""A shard retried after a transient failure counts each of its rows once (issue 10, item 9;
+issue 11: the runner retries it, from its checkpoint, within RunSettings.retry_budget_s).
 
 The scenario that used to miscount: an earlier run delivered the first 3,000 rows of a
 10,000-row file; the rerun skips them, delivers more, hits a transient failure and retries the
@@ -15,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from flows.backfill import backfill
 from tests.datasets import expected_ids, write_payments
 from tests.runner import run_plain, strict_settings
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_file_retry_counts_each_row_once(
-    tmp_path: Path, prefect_api: str, strict_firehose: Any, firehose_stream: str
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 10_000)
     settings = strict_settings(
@@ -52,8 +52,10 @@ def test_file_retry_counts_each_row_once(
 
     chaos = threading.Thread(target=throttle_for_a_while, daemon=True)
     chaos.start()
-    result = backfill(settings)
+    summary, error = run_plain(settings)
     chaos.join(timeout=30)
+    assert error is None, error
+    result = summary.to_dict()
     assert result["status"] == "complete"
     assert result["rows_read"] == 10_000
     assert result["rows_skipped"] == 3_000  # delivered by run 1, counted once

@@ -21,7 +21,6 @@ from botocore.exceptions import ClientError
 
 import pipeline.run
 from connectors import csv_dialect, file_access, ndjson_values, s3_store
-from connectors.checkpoint_local import LocalCheckpointStore
 from connectors.discovery import discover_sources
 from connectors.readers import iter_batches, read_schema
 from connectors.s3_object import PARQUET_TAIL_BYTES
@@ -30,7 +29,7 @@ from connectors.source_file import SourceFile
 from moesif_backfill.errors import CheckpointMismatchError, SourceChangedError, SourceError
 from pipeline.run import Run
 from tests.datasets import expected_ids, write_payments
-from tests.runner import run_plain, settings_for
+from tests.runner import file_progress, run_plain, settings_for
 from tests.standins.moto_firehose import LocalFirehose, StreamHandle
 
 pytestmark = pytest.mark.integration
@@ -806,9 +805,8 @@ def test_run_stops_at_an_object_replaced_mid_read_and_the_rerun_says_what_to_do(
     old_ids = expected_ids(1, 3_000) | expected_ids(10_001, 40_000)
     delivered = moto_firehose_stream.receiver.transaction_ids()
     assert expected_ids(1, 3_000) <= delivered <= old_ids  # nothing of the new version
-    state = LocalCheckpointStore(tmp_path / "ckpt").load("test-job")
-    assert state is not None
-    prog = state.files[b_url]
+    prog = file_progress(tmp_path / "ckpt", "test-job", b_url)
+    assert prog is not None
     assert not prog.complete and 1_000 <= prog.rows_sent == summary.actions_sent - 3_000 < 40_000
     assert prog.identity["etag"] == plan.files[1].src.etag  # the version its rows came from
 

@@ -5,10 +5,11 @@
 * reading a Parquet file shard by shard (row-group ranges) gives every row exactly once, in
   order, and the whole file's row numbers in error messages;
 * the layout is recorded at preflight and reused (a rerun with another --chunk-rows finds the
-  same shards; a new input file renames no shard); switching a job between one process and Dask,
-  or a changed file, is refused with what to do; --reprocess and --reset clear shard checkpoints;
-* every shard run through `run_shard` (the worker's code, in this process) delivers exactly the
-  rows of a run in one process, and rejects are numbered by their row in the file.
+  same shards; a new input file renames no shard); a run in one process and a run on Dask plan
+  the same shards from the same layout; a changed file is refused with what to do; --reprocess
+  and --reset clear shard checkpoints;
+* every shard run through `run_remote` (a Dask worker's code, in this process) delivers exactly
+  the rows of a run in one process, and rejects are numbered by their row in the file.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from hypothesis import strategies as st
 
 from connectors.discovery import discover_sources
 from connectors.readers import iter_batches, parquet_row_groups
-from flows.dask_run import ShardedRun
-from flows.shard_task import merge_stats, run_shard
 from moesif_backfill.errors import CheckpointMismatchError, SourceError
 from pipeline.run import Run
+from pipeline.runners import DaskRunner
+from pipeline.shard_work import ShardWork, merge_stats, run_remote
 from pipeline.shards import Shard, load_layout, split_row_groups, target_rows
 from tests.datasets import expected_id, expected_ids, payments_table, write_payments
 from tests.runner import run_plain, strict_settings
@@ -114,18 +115,23 @@ def _inputs(tmp_path: Path) -> list[Path]:
 
 def _sharded(
     tmp_path: Path, server: Any, stream: str, sources: list[Path] | None = None, **kw: Any
-) -> ShardedRun:
+) -> Run:
     inputs = sources if sources is not None else _inputs(tmp_path)
-    return ShardedRun(strict_settings(tmp_path, inputs, server, stream, workers=2, **kw))
+    return Run(strict_settings(tmp_path, inputs, server, stream, workers=2, **kw))
 
 
-def _plan(run: ShardedRun) -> list[Shard]:
+def _plan(run: Run) -> list[Shard]:
     """The driver's preflight (lock, plan, shard layout) and finish, without a cluster."""
     try:
         run.prepare()
-        return run.plan_shards()
+        return run.shards
     finally:
         run.finish()
+
+
+def _dask_work(run: Run, shard: Shard, threads: int = 2) -> ShardWork:
+    """The work a DaskRunner would submit for `shard` on a cluster of `threads` threads."""
+    return DaskRunner(None, lambda: threads).adapt(run.work(shard))
 
 
 @pytest.mark.integration
@@ -153,34 +159,36 @@ def test_layout_is_recorded_and_reused(
 
 
 @pytest.mark.integration
-def test_mode_switches_are_refused(
+def test_one_process_and_dask_share_the_layout_and_reset_clears_it(
     tmp_path: Path, strict_firehose: Any, firehose_stream: str
 ) -> None:
     src = write_payments(tmp_path / "p.parquet", 1, 3_000)
     one = strict_settings(tmp_path, [src], strict_firehose, firehose_stream, chunk_rows=500)
     summary, error = run_plain(one)
     assert error is None and summary.actions_sent == 3_000
+    here = _plan(Run(one))
     dask = one.model_copy(update={"workers": 2})
-    with pytest.raises(CheckpointMismatchError, match=r"run in one process.*--reset"):
-        _plan(ShardedRun(dask))
+    there = _plan(Run(dask))  # the same shards, all recorded complete: nothing to send
+    assert [s.sid for s in here] == [s.sid for s in there] and len(there) == 1
+    again = Run(dask)
+    try:
+        again.prepare()
+        assert again.pending() == []
+    finally:
+        summary = again.finish()
+    assert summary.rows_skipped == 3_000 and summary.job_totals["files_complete"] == 1
 
-    # --reset on Dask starts over; then a run in one process is refused.
-    shards = _plan(ShardedRun(dask.model_copy(update={"reset": True})))
-    assert len(shards) == 1
-    single = Run(one)
-    with pytest.raises(CheckpointMismatchError, match=r"started on a Dask cluster.*--workers N"):
-        try:
-            single.prepare()
-        finally:
-            single.finish()
-    # --reset in one process clears the shard layout.
+    # --reset (in one process or on Dask: the same) clears the shard layout.
     reset = Run(one.model_copy(update={"reset": True}))
     try:
         reset.prepare()
+        assert reset.store is not None
+        assert all(reset.layout.shards.get(s.sid) is None for s in reset.shards)
     finally:
         reset.finish()
     assert reset.store is not None
-    assert load_layout(reset.store, "test-job").files == {}
+    layout = load_layout(reset.store, "test-job")
+    assert set(layout.files) == {str(src.resolve())} and layout.shards == {}
 
 
 @pytest.mark.integration
@@ -190,9 +198,8 @@ def test_changed_file_is_refused_and_reprocess_resets_it(
     fh = (strict_firehose, firehose_stream)
     _plan(_sharded(tmp_path, *fh, chunk_rows=250))
     write_payments(tmp_path / "in" / "a.parquet", 1, 12_001)  # replaced
-    with pytest.raises(
-        CheckpointMismatchError, match=r"(?s)changed since their shards.*--reprocess"
-    ):
+    changed = r"(?s)changed since they were \(partly\) delivered.*--reprocess"
+    with pytest.raises(CheckpointMismatchError, match=changed):
         _plan(_sharded(tmp_path, *fh, chunk_rows=250))
     again = [str(tmp_path / "in" / "a.parquet")]
     shards = _plan(_sharded(tmp_path, *fh, chunk_rows=250, reprocess=again))
@@ -220,19 +227,18 @@ def test_every_shard_through_the_worker_code_delivers_the_single_process_set(
         workers=2,
         max_records_per_second=1_000_000,
     )
-    run = ShardedRun(settings)
+    run = Run(settings)
     run.prepare()
-    shards = run.plan_shards()
+    shards = run.shards
     assert len(shards) == 3  # a 4,000-row target over 2,000-row groups: 2 + 2 + 2
     stats: dict[str, Any] = {}
     try:
         for shard in shards:
-            work = run._work(shard, threads=2)
+            work = _dask_work(run, shard, threads=2)
             assert work.settings.max_records_per_second == 500_000  # each thread's share
-            result = run_shard(work)
-            run._absorb(shard, result)
-            stats = merge_stats(stats, result["stats"])
-        run.count_complete_files()
+            result = run_remote(work)
+            run.absorb(shard, result)
+            stats = merge_stats(stats, result.stats)
     finally:
         summary = run.finish()
     assert summary.status == "complete_with_rejects"
@@ -267,13 +273,13 @@ def test_shards_with_an_s3_checkpoint(
         checkpoint=f"s3://{bucket}/ckpt/",
         s3_endpoint_url=moto_firehose.endpoint_url,
     )
-    run = ShardedRun(settings)
+    run = Run(settings)
     run.prepare()
-    shards = run.plan_shards()
+    shards = run.shards
     try:
         for shard in shards:
-            run._absorb(shard, run_shard(run._work(shard, threads=2)))
-        run._save_layout()  # what schedule() does as shards finish
+            run.absorb(shard, run_remote(_dask_work(run, shard)))
+        run.save_layout()  # what the scheduler does as shards finish
     finally:
         summary = run.finish()
     assert len(shards) == 2 and summary.actions_sent == 6_000 and summary.accounted
@@ -284,11 +290,10 @@ def test_shards_with_an_s3_checkpoint(
     assert not any(k.endswith("lease.json") for k in keys)  # every lease released
 
     # A rerun finds both shards complete in the layout and submits nothing.
-    again = ShardedRun(settings)
-    again.prepare()
-    again.plan_shards()
+    again = Run(settings)
     try:
-        again.schedule(lambda: pytest.fail("no shard should need the cluster"))
+        again.prepare()
+        assert again.pending() == []
     finally:
         summary = again.finish()
     assert summary.rows_skipped == 6_000 and summary.actions_sent == 0

@@ -1,0 +1,122 @@
+"""What a run (or one shard of it, on any worker) opens: AWS access, the checkpoint store, the
+sink. Plain functions of the settings, so the driver and a Dask worker build them alike."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from connectors.checkpoint import CheckpointStore
+from connectors.checkpoint_factory import make_checkpoint_store
+from connectors.firehose import FirehoseSender, RetryPolicy
+from connectors.firehose_client import make_firehose_client
+from connectors.s3_errors import is_s3
+from connectors.s3_store import S3Store
+from moesif_backfill.errors import ConfigError, PermanentDeliveryError, PreflightError
+from pipeline.settings import RunSettings
+from pipeline.sinks import CountingSink, DryRunSink, FirehoseSink, Quota, Sink
+
+
+def aws_session(block_name: str | None) -> Any:
+    """The boto3 session of a Prefect AwsCredentials block (None: boto3's standard chain)."""
+    if block_name is None:
+        return None
+    from prefect_aws import AwsCredentials  # noqa: PLC0415 - imported only when a block is named
+
+    try:
+        block: Any = AwsCredentials.load(block_name)
+    except ValueError as exc:
+        raise ConfigError(
+            f"no Prefect AwsCredentials block named {block_name!r} ({exc}); create it in the "
+            "Prefect UI or with AwsCredentials(...).save(name)"
+        ) from None
+    return block.get_boto3_session()
+
+
+class AwsAccess(Protocol):
+    """Where a run's AWS credentials, S3 endpoint and checkpoint are (RunSettings, and the
+    DayConfig of a nightly/range run)."""
+
+    @property
+    def aws_credentials_block(self) -> str | None: ...
+    @property
+    def s3_endpoint_url(self) -> str | None: ...
+    @property
+    def region(self) -> str | None: ...
+    @property
+    def checkpoint(self) -> str: ...
+    @property
+    def lease_seconds(self) -> float: ...
+
+
+def open_aws(s: AwsAccess) -> Any:
+    """The boto3 session of `s`'s AwsCredentials block (None: boto3's own credentials)."""
+    return aws_session(s.aws_credentials_block)
+
+
+def s3_store(s: AwsAccess, session: Any) -> S3Store:
+    """The run's S3 access for s3:// sources (its endpoint and region, the session's
+    credentials): one client, its caches and prefetcher; close it at the end of the run."""
+    return S3Store(endpoint_url=s.s3_endpoint_url, region=s.region, session=session)
+
+
+def checkpoint_store(s: AwsAccess, session: Any) -> CheckpointStore:
+    """The checkpoint store of `s` (S3 with the session's credentials, if given)."""
+    s3_client = None
+    if session is not None and is_s3(s.checkpoint):
+        s3_client = session.client("s3", endpoint_url=s.s3_endpoint_url, region_name=s.region)
+    return make_checkpoint_store(
+        s.checkpoint,
+        endpoint_url=s.s3_endpoint_url,
+        region=s.region,
+        lease_seconds=s.lease_seconds,
+        client=s3_client,
+    )
+
+
+def make_sink(s: RunSettings, session: Any, *, check_stream: bool = True) -> Sink:
+    """The sink of the settings' mode: Firehose (one sender per stream), a dry-run directory, or
+    a counter (validate). `check_stream`: DescribeDeliveryStream first (the driver does; a
+    shard on a Dask worker does not repeat it)."""
+    quota = Quota(s.max_records_per_second, s.max_mib_per_second, max(len(s.streams), 1))
+    if s.mode == "validate":
+        return CountingSink(quota)
+    if s.mode == "dry-run":
+        assert s.out is not None
+        return DryRunSink(s.out, quota)
+    assert s.stream is not None
+    senders: list[FirehoseSender] = []
+    try:
+        for stream in s.streams:  # one sender each: own limiter, adaptive rate, in-flight
+            client = make_firehose_client(
+                region=s.region,
+                endpoint_url=s.endpoint_url,
+                max_pool_connections=s.max_in_flight + 2,
+                connect_timeout_s=s.connect_timeout_s,
+                read_timeout_s=s.read_timeout_s,
+                session=session,
+            )
+            senders.append(
+                FirehoseSender(
+                    client,
+                    stream,
+                    max_in_flight=s.max_in_flight,
+                    max_records_per_second=s.max_records_per_second,
+                    max_mib_per_second=s.max_mib_per_second,
+                    retry=RetryPolicy(max_attempts=s.retry_attempts),
+                    adaptive_rate=s.adaptive_rate,
+                )
+            )
+            if check_stream:
+                senders[-1].check_stream()
+    except PermanentDeliveryError as exc:
+        for sender in senders:
+            sender.close()
+        raise PreflightError(f"{exc} Nothing was sent.") from None
+    except BaseException:
+        for sender in senders:
+            sender.close()
+        raise
+    return FirehoseSink(senders, quota)
+
+
+__all__ = ["AwsAccess", "aws_session", "checkpoint_store", "make_sink", "open_aws"]
