@@ -82,7 +82,10 @@ class RunSettings(BaseModel):
     max_in_flight: int = Field(default=8, ge=1, le=64, description="PutRecordBatch calls at once")
     chunks_in_flight: int = Field(default=4, ge=1, le=64)
     shards_in_flight: int = Field(
-        default=1, ge=1, le=64, description="shards run at once by a run in one process"
+        default=4,
+        ge=1,
+        le=64,
+        description="shards run at once by a run in one process (many small files: more at once)",
     )
     retry_budget_s: float = Field(
         default=60.0,
