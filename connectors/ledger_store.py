@@ -61,6 +61,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 class LedgerStore(Protocol):
     def describe(self) -> str: ...
+    def check(self, job: str) -> None: ...
     def prepare(self, job: str, name: str, table: pa.Table) -> Staged: ...
     def publish(self, staged: Staged) -> None: ...
     def discard(self, staged: Staged) -> None: ...
@@ -86,6 +87,17 @@ class LocalLedgerStore:
             f"cannot write the ledger file {path}: {exc.strerror or exc}; check that --ledger "
             "names a writable directory (the chunk was not committed: a rerun sends it again)"
         )
+
+    def check(self, job: str) -> None:
+        """The job's folder can be made and written to (LedgerError otherwise)."""
+        folder = self.root / job_folder(job)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise self._error(folder, exc) from None
 
     def prepare(self, job: str, name: str, table: pa.Table) -> Staged:
         folder = self.root / job_folder(job)
@@ -141,6 +153,11 @@ class S3LedgerStore:
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+    def check(self, job: str) -> None:
+        """Only the name: a write permission shows with the first file (nothing of the chunk
+        is committed when it fails)."""
+        job_folder(job)
 
     def prepare(self, job: str, name: str, table: pa.Table) -> Staged:
         job_folder(job)

@@ -24,13 +24,17 @@ import datetime as dt
 import hashlib
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.ledger_store import LedgerStore, Staged
+from connectors.ledger_store import LedgerStore, Staged, make_ledger_store
+from connectors.s3_store import S3Store
+from moesif_backfill.errors import LedgerError, PreflightError
+from pipeline.resources import s3_store
+from pipeline.settings import RunSettings
 from transforms.actions import ActionBatch, row_ids_and_times
 from transforms.mapping import MappingSpec
 
@@ -240,4 +244,36 @@ class ShardLedger:
         self.pool.shutdown(wait=True)
 
 
-__all__ = ["LEDGER_SCHEMA", "STATUSES", "ShardLedger", "chunk_name", "ledger_rows"]
+def open_ledger(settings: RunSettings, session: Any, s3: S3Store | None) -> LedgerStore:
+    """The ledger store of `settings.ledger` (S3: with the run's S3 client, else one from the
+    session and --s3-endpoint-url)."""
+    assert settings.ledger is not None
+    client = None
+    if settings.ledger_is_s3:
+        client = (s3 if s3 is not None else s3_store(settings, session)).client
+    return make_ledger_store(settings.ledger, client)
+
+
+def check_ledger(settings: RunSettings, job: str, session: Any, s3: S3Store | None) -> None:
+    """Preflight: the ledger location can take the job's files (PreflightError: nothing sent)."""
+    if settings.ledger is None or settings.mode == "validate":
+        return
+    try:
+        open_ledger(settings, session, s3).check(job)
+    except LedgerError as exc:
+        raise PreflightError(
+            f"{exc} Nothing was sent.".replace(
+                " (the chunk was not committed: a rerun sends it again)", ""
+            )
+        ) from None
+
+
+__all__ = [
+    "LEDGER_SCHEMA",
+    "STATUSES",
+    "ShardLedger",
+    "check_ledger",
+    "chunk_name",
+    "ledger_rows",
+    "open_ledger",
+]

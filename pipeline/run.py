@@ -23,6 +23,7 @@ from moesif_backfill.errors import BackfillError
 from pipeline import shards as shard_plans
 from pipeline.engine import Counts, ProgressListener
 from pipeline.layout import Shard, ShardLayout, ShardTotals, save_layout
+from pipeline.ledger import check_ledger
 from pipeline.plan import Plan, default_job_name, make_plan
 from pipeline.rejects import RejectsWriter
 from pipeline.report import RunSummary, write_json_atomic
@@ -82,6 +83,7 @@ class Run:
                 shard_plans.reset_shards(store, job)
                 log.warning("job %s: checkpoint reset, starting over", job)
         plan = make_plan(s, store, s3=self.s3)
+        check_ledger(s, plan.job, self.session, self.s3)  # --ledger: writable, before sending
         if s.mode == "send":
             store.commit(plan.state)  # proves the checkpoint is writable before sending
         self.plan = plan

@@ -22,11 +22,10 @@ from typing import Any
 import pyarrow as pa
 
 from connectors.checkpoint import CheckpointStore, JobState
-from connectors.ledger_store import make_ledger_store
 from connectors.s3_store import S3Store
 from moesif_backfill.errors import CheckpointMismatchError, JobLockedError
 from pipeline.engine import Counts, FileRunner, ProgressListener
-from pipeline.ledger import ShardLedger
+from pipeline.ledger import ShardLedger, open_ledger
 from pipeline.plan import FilePlan, Plan
 from pipeline.rejects import PRIVATE_FILE_MODE, RejectsWriter
 from pipeline.resources import checkpoint_store, make_sink, open_aws, s3_store
@@ -191,11 +190,8 @@ def _ledger(work: ShardWork, session: Any, s3: S3Store | None) -> ShardLedger | 
     s = work.settings
     if s.ledger is None or s.mode == "validate":
         return None
-    client = None
-    if s.ledger_is_s3:
-        client = (s3 if s3 is not None else s3_store(s, session)).client
     return ShardLedger(
-        make_ledger_store(s.ledger, client),
+        open_ledger(s, session, s3),
         job=work.job,
         run_id=work.run_id,
         source=work.file.src.path,

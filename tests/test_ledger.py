@@ -24,6 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
+from moesif_backfill.errors import LedgerError, PreflightError
 from moesif_backfill.failpoints import ENV as FAILPOINTS_ENV
 from pipeline.day_settings import RangeSettings
 from pipeline.ledger import LEDGER_SCHEMA, chunk_name, ledger_rows
@@ -380,3 +381,44 @@ def test_dask_workers_write_their_shards_chunks(
     assert len({r["run_id"] for r in rows}) == 1 and summary.actions_sent == sum(sent.values())
     assert len(list(ledger.rglob("*.parquet"))) == 60
     assert len(list((tmp_path / "ckpt").glob("test-job.shard-*"))) == 3  # 3 shards of the file
+
+
+def test_unwritable_ledger_stops_before_sending(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    src = tmp_path / "p.parquet"
+    write_with_rejects(src, 1, 1_000)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the ledger directory should be")
+    s = strict_settings(tmp_path, [src], strict_firehose, firehose_stream, ledger=str(blocker))
+    _summary, err = run_plain(s)
+    assert isinstance(err, PreflightError) and "Nothing was sent" in str(err), err
+    assert str(blocker) in str(err)
+    assert strict_firehose.transaction_ids(firehose_stream) == []
+
+
+def test_failed_ledger_write_commits_nothing(
+    tmp_path: Path, moto_firehose: Any, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """An S3 ledger whose bucket does not exist: the chunks are acknowledged, their files
+    cannot be written, so none is committed (a rerun sends them again) and the run fails
+    saying why."""
+    src = tmp_path / "p.parquet"
+    write_with_rejects(src, 1, 3_000)
+    s = strict_settings(
+        tmp_path,
+        [src],
+        strict_firehose,
+        firehose_stream,
+        s3_endpoint_url=moto_firehose.endpoint_url,
+        ledger=f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/ledger/",
+        chunk_rows=1_000,
+    )
+    summary, err = run_plain(s)
+    assert isinstance(err, LedgerError), err
+    assert "NoSuchBucket" in str(err) and "s3:PutObject" in str(err)
+    assert "testing-secret-key" not in str(err)
+    assert strict_firehose.transaction_ids(firehose_stream)  # acknowledged, yet
+    prog = file_progress(tmp_path / "ckpt", "test-job", src)
+    assert prog is None or not prog.done  # nothing committed
+    assert summary.chunks_committed == 0 and summary.status == "failed"
