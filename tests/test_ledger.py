@@ -422,3 +422,35 @@ def test_failed_ledger_write_commits_nothing(
     prog = file_progress(tmp_path / "ckpt", "test-job", src)
     assert prog is None or not prog.done  # nothing committed
     assert summary.chunks_committed == 0 and summary.status == "failed"
+
+
+def test_range_days_are_partitions(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """`range --ledger`: each day's job is its partition folder (job=JOB-YYYY-MM-DD)."""
+    from pipeline import nightly
+    from tests.test_nightly import params, partition, recent_day, write_day
+
+    days = [recent_day(5), recent_day(4)]
+    for i, day in enumerate(days):
+        write_day(partition(tmp_path / "usage", day), day, 1 + i * 1_000, 700)
+    ledger = tmp_path / "ledger"
+    settings = RangeSettings.model_validate(
+        params(tmp_path, strict_firehose, firehose_stream, ledger=str(ledger))
+    )
+    outcome = nightly.run_range(
+        settings, nightly.direct_job, start=days[0].isoformat(), end=days[1].isoformat()
+    )
+    assert outcome.error is None, outcome.error
+    glob = str(ledger / "**" / "*.parquet")
+    got = duckdb.sql(
+        f"SELECT job, status, count(*) FROM read_parquet('{glob}', hive_partitioning=true) "
+        "GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert got == [(f"usage-{day:%Y-%m-%d}", "sent", 700) for day in days]
+    sent = {r["transaction_id"] for r in read_ledger(ledger)}
+    assert (
+        sent
+        == set(strict_firehose.transaction_ids(firehose_stream))
+        == (expected_ids(1, 700) | expected_ids(1_001, 700))
+    )
