@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.cli_progress import add_log_format_flag
 from moesif_backfill.modes import MODES_HELP
 from pipeline.day_settings import DaySettings, NightlySettings, RangeSettings
 from pipeline.settings import RunSettings
@@ -74,6 +75,7 @@ def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
         .replace("window=time", "--window time"),
     )
     field_flag(p, model, "mapping", required=True)
+    add_log_format_flag(p)
     field_flag(p, model, "job", required=True)
     field_flag(p, model, "streams", "--stream", action="append", required=True, metavar="NAME")
     field_flag(p, model, "timezone")
