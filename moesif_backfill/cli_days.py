@@ -133,14 +133,8 @@ def _run(args: argparse.Namespace, settings: Any, prefect: bool, follow: Any) ->
     if prefect:
         from flows import nightly as flows_nightly
 
-        if args.command == "nightly":
-            state = flows_nightly.nightly_sync(
-                settings, date=args.date, listener=follow, return_state=True
-            )
-        else:
-            state = flows_nightly.backfill_range(
-                settings, start=args.start, end=args.end, listener=follow, return_state=True
-            )
+        when = {k: getattr(args, k, None) for k in ("date", "start", "end")}
+        state = flows_nightly.run_days_flow(args.command, settings, follow, **when)
         if follow.outcome is None:
             follow.error = state.result(raise_on_failure=False)
         return follow.outcome
