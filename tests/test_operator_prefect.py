@@ -85,3 +85,44 @@ def test_prefect_run_is_named_tagged_logged_and_typed(
     assert isinstance(table["duration_s"], float) and table["expected_send_s"] is None
     numeric = [v for k, v in table.items() if k != "status"]
     assert all(v is None or isinstance(v, int | float) for v in numeric), table
+
+
+@pytest.mark.e2e
+def test_prefect_range_flow_runs_are_named_after_the_job_and_days(
+    tmp_path: Path, prefect_server: PrefectServer, strict_firehose: Any, firehose_stream: str
+) -> None:
+    import datetime as dt
+
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from tests.test_nightly import day_start, partition, recent_day, write_day
+
+    days = [recent_day(5) + dt.timedelta(days=i) for i in range(2)]
+    for i, day in enumerate(days):
+        write_day(partition(tmp_path / "usage", day), day, day_start(i), 200)
+    write_mapping(tmp_path / "mapping.yaml")
+    job = f"wk-{uuid.uuid4().hex[:6]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_API_URL=prefect_server.api_url)
+    args = [
+        *CLI,
+        "range",
+        str(tmp_path / "usage" / "dt={date:%Y-%m-%d}"),
+        *("--mapping", str(tmp_path / "mapping.yaml"), "--job", job),
+        *("--stream", firehose_stream, "--start", days[0].isoformat()),
+        *("--end", days[1].isoformat(), "--checkpoint", str(tmp_path / "ckpt")),
+        *("--endpoint-url", strict_firehose.endpoint_url, "--region", "us-east-1"),
+    ]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    with SyncPrefectClient(prefect_server.api_url) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job}"]))
+        )
+    by_name = {r.name: set(r.tags) for r in runs}
+    parent = f"{job} range {days[0]}..{days[1]}"
+    assert by_name[parent] == {f"job:{job}", "mode:range"}
+    for day in days:
+        assert by_name[f"{job}-{day}"] == {f"job:{job}", "mode:range", f"day:{day}"}
+    assert len(by_name) == 3
