@@ -63,13 +63,16 @@ def print_error(exc: BaseException) -> int:
 
 
 class Bar:
-    """A rich progress bar on a terminal (rows/s, ETA); nothing otherwise."""
+    """A rich progress bar on the terminal's stderr (rows/s, ETA); nothing otherwise. It
+    starts at once, indeterminate until the run knows its total (after planning); when it
+    stops it shows the rows accounted for, as the summary does, and stays on screen."""
 
     def __init__(self, enabled: bool) -> None:
         self.progress: Any = None
         self.task: Any = None
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -86,7 +89,7 @@ class Bar:
             TextColumn("{task.speed:>10,.0f} rows/s" if False else "{task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            transient=True,
+            console=Console(file=sys.stderr),
         )
         self.start = time.monotonic()
         self.task = self.progress.add_task("rows", total=None, rate="")
@@ -105,8 +108,12 @@ class Bar:
         self.progress.update(self.task, rate=f"{rate:,.0f} rows/s")
 
     def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        if self.progress is None:
+            return
+        done = self.progress.tasks[0].completed
+        self.progress.update(self.task, total=done, completed=done)  # the rows accounted for
+        self.progress.stop()
+        self.progress = None
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -311,3 +311,43 @@ def test_status_of_a_nightly_job_shows_its_watermark(tmp_path: Path) -> None:
     )
     wm = json.loads(out)["nightly_watermark"]
     assert wm["last_synced_day"] == "2026-12-04" and wm["timezone"] == "Europe/Berlin"
+
+
+@pytest.mark.e2e
+def test_bar_on_a_terminal_starts_at_once_and_ends_at_the_summary_rows(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    import pty
+    import threading
+
+    src = write_payments(tmp_path / "p.parquet", 1, 3_000)
+    write_mapping(tmp_path / "m.yaml")
+    strict_firehose.configure(latency_s=0.1)
+    master, slave = pty.openpty()
+    args = _send(tmp_path, src, firehose_stream, strict_firehose.endpoint_url, "bar")
+    env = _env(tmp_path, COLUMNS="120", TERM="xterm")
+    proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert proc.wait(timeout=300) == 0
+    reader.join(timeout=10)
+    os.close(master)
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    summary = json.loads((tmp_path / "bar.json").read_text())
+    assert "0/?" in err  # drawn before planning knew the total: indeterminate
+    last = err.rindex("3000/3000")  # the last frame: the rows the summary has
+    assert summary["rows_read"] == 3_000 and last < err.index("job bar: complete")
+    assert "moesif_backfill.progress" not in err  # a terminal gets the bar, not log lines
