@@ -61,6 +61,7 @@ def test_prefect_run_is_named_tagged_logged_and_typed(
     assert found.group(1) == job
     # the core's INFO lines go to the API, not to the CLI's stderr
     assert "INFO" not in done.stderr and "shard(s) of 1 file(s)" not in done.stderr
+    assert "WARNING" not in done.stderr and "Warning" not in done.stderr, done.stderr
 
     run_id = uuid.UUID(found.group(2))
     with SyncPrefectClient(prefect_server.api_url) as client:

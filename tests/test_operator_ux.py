@@ -351,3 +351,34 @@ def test_bar_on_a_terminal_starts_at_once_and_ends_at_the_summary_rows(
     last = err.rindex("3000/3000")  # the last frame: the rows the summary has
     assert summary["rows_read"] == 3_000 and last < err.index("job bar: complete")
     assert "moesif_backfill.progress" not in err  # a terminal gets the bar, not log lines
+
+
+@pytest.mark.e2e
+def test_range_without_a_terminal_prints_progress_of_every_day(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    import datetime as dt
+
+    from tests.test_nightly import day_start, partition, recent_day, write_day
+
+    days = [recent_day(5) + dt.timedelta(days=i) for i in range(2)]
+    for i, day in enumerate(days):
+        write_day(partition(tmp_path / "usage", day), day, day_start(i), 1_000)
+    write_mapping(tmp_path / "mapping.yaml")
+    strict_firehose.configure(latency_s=0.2)
+    env = _env(tmp_path, MOESIF_BACKFILL_PROGRESS_INTERVAL_S="0.3")
+    args = [
+        "range",
+        str(tmp_path / "usage" / "dt={date:%Y-%m-%d}"),
+        *("--mapping", str(tmp_path / "mapping.yaml"), "--job", "days"),
+        *("--stream", firehose_stream, "--start", days[0].isoformat()),
+        *("--end", days[1].isoformat(), "--checkpoint", str(tmp_path / "ckpt")),
+        *("--endpoint-url", strict_firehose.endpoint_url, "--region", "us-east-1"),
+        *("--chunk-rows", "100", "--concurrency", "1", "--max-in-flight", "1"),
+        "--no-prefect",
+    ]
+    done = _cli(args, env)
+    assert done.returncode == 0, done.stderr
+    found = [m for m in map(PROGRESS.match, done.stderr.splitlines()) if m]
+    assert len(found) >= 3, done.stderr
+    assert found[-1].group(1) == "done" and found[-1].group(2) == "2,000"
