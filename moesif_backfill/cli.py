@@ -1,4 +1,5 @@
-"""Command line: `moesif-backfill run|validate|nightly|range` (nightly, range: cli_days.py).
+"""Command line: `moesif-backfill run|validate|nightly|range|status` (nightly, range:
+cli_days.py; status: cli_status.py; progress and --log-format: cli_progress.py).
 
 The CLI runs the core (pipeline/job.py) directly, or as Prefect flow runs when a Prefect API is
 configured (moesif_backfill/modes.py; README "Direct or Prefect"). Flag defaults and help come
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="send FILE again although it changed since the checkpoint",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     mode_flags(run)
     val = sub.add_parser(
         "validate",

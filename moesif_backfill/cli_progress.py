@@ -238,7 +238,8 @@ class ProgressLog:
             return
         self._stop.set()
         self._thread.join(timeout=2)
-        self.emit(final=True)
+        if self.done:  # a run that failed before reading a row has no progress to tell
+            self.emit(final=True)
 
 
 def progress_display(args: argparse.Namespace) -> Any:

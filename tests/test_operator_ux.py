@@ -382,3 +382,41 @@ def test_range_without_a_terminal_prints_progress_of_every_day(
     found = [m for m in map(PROGRESS.match, done.stderr.splitlines()) if m]
     assert len(found) >= 3, done.stderr
     assert found[-1].group(1) == "done" and found[-1].group(2) == "2,000"
+
+
+def test_progress_log_interval_fields_and_json_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import time
+
+    from moesif_backfill.cli_progress import (
+        INTERVAL_ENV,
+        PROGRESS_EVERY_S,
+        JsonLines,
+        ProgressLog,
+        progress_interval,
+    )
+
+    assert PROGRESS_EVERY_S == 15.0 and progress_interval() == 15.0
+    monkeypatch.setenv(INTERVAL_ENV, "0.05")
+    assert progress_interval() == 0.05
+    monkeypatch.setenv(INTERVAL_ENV, "-1")
+    assert progress_interval() == 15.0  # refused, with a warning
+
+    out = io.StringIO()
+    log = ProgressLog(interval=0.05, stream=JsonLines(out))
+    log.set_total(100)
+    log.rows_done(40)
+    time.sleep(0.3)  # one line for the 40 rows; none while no rows move
+    log.rows_done(60)
+    log.stop()
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [d["rows_done"] for d in docs] == [40, 100]
+    assert docs[0]["percent"] == 40.0 and docs[0]["eta_s"] is not None
+    assert docs[-1]["final"] is True and docs[-1]["percent"] == 100.0
+    assert all(isinstance(d["rows_per_second"], float) for d in docs)
+    wrapped = io.StringIO()
+    lines = JsonLines(wrapped)
+    lines.write("error: something\nplain")
+    lines.flush()
+    a, b = (json.loads(x) for x in wrapped.getvalue().splitlines())
+    assert (a["level"], a["message"], b["level"]) == ("ERROR", "error: something", "INFO")
