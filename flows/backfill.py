@@ -146,7 +146,19 @@ class ProgressArtifact:
             update_progress_artifact(self.artifact_id, 100.0)
 
 
-@flow(name="moesif-backfill", log_prints=False)
+def parameter_job() -> str:
+    """The job named by the running flow run's `settings` parameter (a settings model when
+    called from Python, a dict from a deployment), or "moesif-backfill" without one."""
+    from prefect.runtime import flow_run  # noqa: PLC0415 - resolved at call time
+
+    settings = flow_run.parameters.get("settings")
+    job = settings.get("job") if isinstance(settings, dict) else getattr(settings, "job", None)
+    return str(job or "moesif-backfill")
+
+
+# Flow runs from deployments are named after their job too (the CLI names its own:
+# `run_as_flow_run`, flows/nightly.py `run_days_flow`).
+@flow(name="moesif-backfill", log_prints=False, flow_run_name=parameter_job)
 def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
     """Backfill the sources into Moesif through Firehose (or preview them with --dry-run).
 
@@ -204,6 +216,7 @@ __all__ = [
     "core_logs_to_api",
     "current_flow_run",
     "flow_run_tags",
+    "parameter_job",
     "publish_run_summary",
     "run_as_flow_run",
 ]

@@ -25,6 +25,7 @@ from flows.backfill import (
     core_logs_to_api,
     current_flow_run,
     flow_run_tags,
+    parameter_job,
 )
 from pipeline.day_run import table_rows
 from pipeline.day_settings import NightlySettings, RangeSettings
@@ -86,7 +87,20 @@ def _finish(what: str, job: str, outcome: DaysOutcome, listener: Any) -> dict[st
     return outcome.result
 
 
-@flow(name="nightly-sync", log_prints=False)
+def _nightly_name() -> str:
+    from prefect.runtime import flow_run  # noqa: PLC0415 - resolved at call time
+
+    return f"{parameter_job()} nightly {flow_run.parameters.get('date') or 'scheduled'}"
+
+
+def _range_name() -> str:
+    from prefect.runtime import flow_run  # noqa: PLC0415 - resolved at call time
+
+    p = flow_run.parameters
+    return f"{parameter_job()} range {p.get('start')}..{p.get('end')}"
+
+
+@flow(name="nightly-sync", log_prints=False, flow_run_name=_nightly_name)
 def nightly_sync(
     settings: NightlySettings, date: str | None = None, listener: Any = None
 ) -> dict[str, Any]:
@@ -97,7 +111,7 @@ def nightly_sync(
     return _finish("nightly", settings.job, outcome, listener)
 
 
-@flow(name="backfill-range", log_prints=False)
+@flow(name="backfill-range", log_prints=False, flow_run_name=_range_name)
 def backfill_range(
     settings: RangeSettings, start: str, end: str, listener: Any = None
 ) -> dict[str, Any]:
