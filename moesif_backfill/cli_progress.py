@@ -4,7 +4,8 @@
   container's log), `ProgressLog` writes a progress line on stderr every `PROGRESS_EVERY_S`
   seconds while rows move (rows done, of the total once it is known, rows/s, ETA) and a last
   one when the run ends: its `rows_done` equals the summary's `rows_read`. The interval can
-  be changed (tests, very chatty or very quiet logs) with MOESIF_BACKFILL_PROGRESS_INTERVAL_S.
+  be changed (tests, very chatty or very quiet logs) with --progress-interval-s (or
+  MOESIF_BACKFILL_PROGRESS_INTERVAL_S).
 * `--log-format json` makes every stderr line one JSON object: `ts`, `level`, `logger`,
   `message`, and for progress lines the numbers (`rows_done`, `rows_total`, `percent`,
   `rows_per_second`, `eta_s`, `elapsed_s`) as JSON numbers. Lines the CLI prints as text
@@ -23,42 +24,48 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from moesif_backfill.cli_flags import env_var, field_flag
 
 PROGRESS_EVERY_S = 15.0
-INTERVAL_ENV = "MOESIF_BACKFILL_PROGRESS_INTERVAL_S"
 PROGRESS_LOGGER = "moesif_backfill.progress"
 LOG_FORMATS = ("text", "json")
 
 
-def progress_interval() -> float:
-    """Seconds between progress lines: PROGRESS_EVERY_S unless the environment says."""
-    text = os.environ.get(INTERVAL_ENV, "").strip()
-    if not text:
-        return PROGRESS_EVERY_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= 3600:
-        logging.getLogger(PROGRESS_LOGGER).warning(
-            "%s=%r is not a number of seconds in (0, 3600]; using %gs",
-            INTERVAL_ENV,
-            text,
-            PROGRESS_EVERY_S,
-        )
-        return PROGRESS_EVERY_S
-    return value
+class OutputSettings(BaseModel):
+    """The CLI's output options (flags made from these fields: `add_log_format_flag`)."""
 
-
-def add_log_format_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
+    log_format: Literal["text", "json"] = Field(
         default="text",
-        help="stderr as text (default), or one JSON object per line for log shippers "
-        "(ts, level, logger, message; progress numbers as fields)",
+        description="stderr as text, or one JSON object per line for log shippers (ts, level, "
+        "logger, message; progress numbers as fields)",
     )
+    progress_interval_s: float = Field(
+        default=PROGRESS_EVERY_S,
+        gt=0,
+        le=3600,
+        description="seconds between progress lines when stderr is not a terminal",
+    )
+
+
+def add_log_format_flag(p: argparse.ArgumentParser, *, progress: bool = True) -> None:
+    """--log-format and (`progress`) --progress-interval-s, also from MOESIF_BACKFILL_LOG_FORMAT
+    and MOESIF_BACKFILL_PROGRESS_INTERVAL_S (cli_flags.apply_env)."""
+    field_flag(p, OutputSettings, "log_format", choices=LOG_FORMATS)
+    if progress:
+        field_flag(p, OutputSettings, "progress_interval_s", metavar="SECONDS")
+
+
+def json_logs(args: argparse.Namespace) -> bool:
+    """Whether the command logs JSON: --log-format, else its variable (read here too: the
+    format applies from the start, before apply_env validates the variables)."""
+    given = getattr(args, "log_format", None)
+    if given is None:
+        given = os.environ.get(env_var("--log-format"), "").strip().lower()
+    return bool(given == "json")
 
 
 def _ts(created: float) -> str:
@@ -127,7 +134,7 @@ class JsonLines:
 def log_format(args: argparse.Namespace, handler: logging.Handler | None) -> Iterator[None]:
     """Apply --log-format for the command: with json, the CLI's log handler writes JSON and
     stderr is wrapped in `JsonLines` (restored afterwards)."""
-    if getattr(args, "log_format", "text") != "json":
+    if not json_logs(args):
         yield
         return
     old_formatter = handler.formatter if handler is not None else None
@@ -159,8 +166,8 @@ class ProgressLog:
     every `interval` seconds while rows move, and a final one at `stop()`. JSON lines when the
     stream is a `JsonLines` (--log-format json)."""
 
-    def __init__(self, interval: float | None = None, stream: IO[str] | None = None) -> None:
-        self.interval = progress_interval() if interval is None else interval
+    def __init__(self, interval: float = PROGRESS_EVERY_S, stream: IO[str] | None = None) -> None:
+        self.interval = interval
         self.stream = stream
         self.started = time.monotonic()
         self.total: int | None = None
@@ -251,17 +258,17 @@ def progress_display(args: argparse.Namespace) -> Any:
         return Bar(False)
     if sys.stderr.isatty():
         return Bar(True)
-    return ProgressLog()
+    return ProgressLog(getattr(args, "progress_interval_s", PROGRESS_EVERY_S))
 
 
 __all__ = [
-    "INTERVAL_ENV",
     "PROGRESS_EVERY_S",
     "JsonFormatter",
     "JsonLines",
+    "OutputSettings",
     "ProgressLog",
     "add_log_format_flag",
+    "json_logs",
     "log_format",
     "progress_display",
-    "progress_interval",
 ]

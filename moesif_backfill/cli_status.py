@@ -63,7 +63,7 @@ def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="use the AWS credentials of this Prefect AwsCredentials block (prefect-aws)",
     )
     p.add_argument("--json", action="store_true", help="print the status as one JSON document")
-    add_log_format_flag(p)
+    add_log_format_flag(p, progress=False)
 
 
 def _lease_holder(store: Any, job: str) -> dict[str, Any] | None:

@@ -171,6 +171,7 @@ def test_status_of_a_partially_delivered_local_job(
     # a.parquet, then b.parquet: the stream disappears after 5 calls (4 of a, 1 of b)
     strict_firehose.configure(delete_stream_after_calls=5)
     args = _send(tmp_path, tmp_path / "in", firehose_stream, strict_firehose.endpoint_url, "st")
+    args += ["--shards-in-flight", "1"]  # one file after the other
     done = _cli([*args, "--retry-budget-s", "0"], env)
     assert done.returncode == 1, done.stderr
 
@@ -388,19 +389,27 @@ def test_progress_log_interval_fields_and_json_lines(monkeypatch: pytest.MonkeyP
     import io
     import time
 
-    from moesif_backfill.cli_progress import (
-        INTERVAL_ENV,
-        PROGRESS_EVERY_S,
-        JsonLines,
-        ProgressLog,
-        progress_interval,
-    )
+    from moesif_backfill import cli
+    from moesif_backfill.cli_flags import apply_env
+    from moesif_backfill.cli_progress import PROGRESS_EVERY_S, JsonLines, ProgressLog, json_logs
+    from moesif_backfill.errors import ConfigError
 
-    assert PROGRESS_EVERY_S == 15.0 and progress_interval() == 15.0
-    monkeypatch.setenv(INTERVAL_ENV, "0.05")
-    assert progress_interval() == 0.05
-    monkeypatch.setenv(INTERVAL_ENV, "-1")
-    assert progress_interval() == 15.0  # refused, with a warning
+    parse = cli.build_parser().parse_args
+    args = parse(["run", "x.csv", "--mapping", "m.yaml", "--stream", "s"])
+    assert PROGRESS_EVERY_S == 15.0 and not hasattr(args, "progress_interval_s")
+    env = {"MOESIF_BACKFILL_PROGRESS_INTERVAL_S": "0.05", "MOESIF_BACKFILL_LOG_FORMAT": "json"}
+    assert json_logs(args) is False
+    monkeypatch.setenv("MOESIF_BACKFILL_LOG_FORMAT", "json")
+    assert json_logs(args) is True  # from the start, before apply_env
+    apply_env(args, env)
+    assert args.progress_interval_s == 0.05 and args.log_format == "json"
+    args = parse(["run", "x.csv", "--mapping", "m", "--stream", "s", "--log-format", "text"])
+    assert json_logs(args) is False  # the command line wins
+    with pytest.raises(ConfigError, match="MOESIF_BACKFILL_PROGRESS_INTERVAL_S"):
+        apply_env(
+            parse(["validate", "x.csv", "--mapping", "m"]),
+            {"MOESIF_BACKFILL_PROGRESS_INTERVAL_S": "0"},
+        )
 
     out = io.StringIO()
     log = ProgressLog(interval=0.05, stream=JsonLines(out))
