@@ -117,6 +117,7 @@ class Run:
             plan_files=self.plan.files,
             s3=self.s3,
             shards_in_flight=in_flight,
+            rows_in_flight=self.settings.chunks_in_flight * self.settings.chunk_rows,
         )
 
     def pending(self, shards: list[Shard] | None = None) -> list[Shard]:

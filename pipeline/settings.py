@@ -82,10 +82,11 @@ class RunSettings(BaseModel):
     max_in_flight: int = Field(default=8, ge=1, le=64, description="PutRecordBatch calls at once")
     chunks_in_flight: int = Field(default=4, ge=1, le=64)
     shards_in_flight: int = Field(
-        default=4,
+        default=8,
         ge=1,
         le=64,
-        description="shards run at once by a run in one process (many small files: more at once)",
+        description="shards run at once by a run in one process, while their rows fit in "
+        "--chunks-in-flight x --chunk-rows (many small files side by side, big ones in turn)",
     )
     retry_budget_s: float = Field(
         default=60.0,
