@@ -73,7 +73,7 @@ def _lease_holder(store: Any, job: str) -> dict[str, Any] | None:
 
     if not isinstance(store, S3CheckpointStore):
         return None
-    found = store.objects.get(store._key(job, LEASE_NAME))
+    found = store.objects.get(store.object_key(job, LEASE_NAME))
     if found is None:
         return None
     holder = LeaseHolder.parse(found[0], found[2], store.lease_seconds)
