@@ -1,12 +1,14 @@
-"""Command line: `moesif-backfill run|validate|nightly|range` (nightly, range: cli_days.py).
+"""Command line: `moesif-backfill run|validate|nightly|range|status` (nightly, range:
+cli_days.py; status: cli_status.py; progress and --log-format: cli_progress.py).
 
 The CLI runs the core (pipeline/job.py) directly, or as Prefect flow runs when a Prefect API is
 configured (moesif_backfill/modes.py; README "Direct or Prefect"). Flag defaults and help come
 from the settings models' fields (moesif_backfill/cli_flags.py).
 
-Exit codes: 0 complete; 2 configuration/preflight error, nothing sent; 3 complete with rejected
-rows; 1 failed (undeliverable after retries, unreadable source) with the checkpoint holding
-exactly what was delivered.
+Exit codes (EXIT_CODES_HELP in cli_help.py, shown by --help): 0 complete; 2 configuration/
+preflight error, nothing sent; 3 complete with rejected rows; 1 failed (undeliverable after
+retries, unreadable source) with the checkpoint holding exactly what was delivered; 130
+interrupted. Options may also come from MOESIF_BACKFILL_<OPTION> variables (cli_flags.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ import logging
 import os
 import sys
 
+from moesif_backfill import __version__
 from moesif_backfill.cli_days import add_days_parsers, main_days
 from moesif_backfill.cli_errors import add_debug_flag, print_failure
-from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.cli_flags import apply_env, field_flag, given, mode_flags
+from moesif_backfill.cli_help import ENV_HELP, EXIT_CODES_HELP, RUN_EXAMPLES, TOP_EXAMPLES, epilog
+from moesif_backfill.cli_output import validate_rejects
+from moesif_backfill.cli_progress import add_log_format_flag, log_format, progress_display
 from moesif_backfill.cli_sql import add_sql_parser, main_sql
+from moesif_backfill.cli_status import add_status_parser, main_status
 from moesif_backfill.modes import MODES_HELP, Mode, choose_mode
 from moesif_backfill.signals import INTERRUPTED
 from pipeline.settings import RunSettings
@@ -30,7 +37,17 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs")
+    add_log_format_flag(p)
     field_flag(p, RunSettings, "mapping", required=True, help="mapping YAML file")
+    field_flag(
+        p,
+        RunSettings,
+        "exclude",
+        metavar="GLOB",
+        help="leave out input files matching GLOB (repeatable), matched against the path below "
+        "the given directory or S3 prefix and against the base name, e.g. 'README.txt', "
+        "'*.md', 'docs/*'",
+    )
     field_flag(
         p,
         RunSettings,
@@ -58,22 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moesif-backfill",
         description="Send billing/usage rows to Moesif as actions through Amazon Data Firehose.",
-        epilog=MODES_HELP,
+        epilog=epilog(TOP_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=FORMATTER,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
         help="backfill SOURCE... (or --dry-run to preview)",
-        epilog=MODES_HELP,
+        epilog=epilog(RUN_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=FORMATTER,
     )
     _common(run)
-    target = run.add_mutually_exclusive_group(required=True)
-    target.add_argument(
+    # One of --stream / --dry-run (RunSettings says so when neither is given: --stream may also
+    # come from its environment variable, which argparse does not know about).
+    target = run.add_mutually_exclusive_group()
+    field_flag(
+        target,
+        RunSettings,
+        "streams",
         "--stream",
         action="append",
         metavar="NAME",
+        exclusive_with=("dry_run",),
         help="Firehose stream (delivery stream) name; repeat to spread actions over several "
         "streams by a hash of transaction_id",
     )
@@ -101,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     field_flag(run, RunSettings, "job", help="job name (default: from the sources and mapping)")
     field_flag(run, RunSettings, "rejects", help="rejects NDJSON file (default: in the checkpoint)")
     field_flag(run, RunSettings, "summary_json", help="write the run summary here")
+    field_flag(run, RunSettings, "ledger", metavar="LOCATION")
     _quota_flags(run)
     field_flag(run, RunSettings, "max_in_flight", help="PutRecordBatch calls at once (per stream)")
     field_flag(
@@ -110,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="on throttling, lower the send rate and raise it again slowly",
     )
     cluster = run.add_mutually_exclusive_group()
-    field_flag(cluster, RunSettings, "dask_address", metavar="TCP_URL")
-    field_flag(cluster, RunSettings, "workers", metavar="N")
+    field_flag(cluster, RunSettings, "dask_address", metavar="TCP_URL", exclusive_with=("workers",))
+    field_flag(cluster, RunSettings, "workers", metavar="N", exclusive_with=("dask_address",))
     field_flag(
         run,
         RunSettings,
@@ -119,31 +144,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up on a batch after N attempts in a row that delivered nothing",
     )
     _optional_flags(run)
-    field_flag(run, RunSettings, "reset", help="forget this job's checkpoint first")
+    field_flag(run, RunSettings, "reset", env=False, help="forget this job's checkpoint first")
     field_flag(
         run,
         RunSettings,
         "reprocess",
+        env=False,
         action="append",
         metavar="FILE",
         help="send FILE again although it changed since the checkpoint",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     mode_flags(run)
     val = sub.add_parser(
         "validate",
         help="preflight: check the mapping and data, send nothing (never Prefect)",
+        epilog=epilog(EXIT_CODES_HELP, ENV_HELP),
+        formatter_class=FORMATTER,
     )
     _common(val)
-    val.add_argument(
+    field_flag(
+        val,
+        RunSettings,
+        "streams",
         "--stream",
         action="append",
         metavar="NAME",
         help="as for run: only their number counts, for the expected send duration (no AWS call)",
     )
     _quota_flags(val)
+    field_flag(val, RunSettings, "rejects", help="write every rejected row here (NDJSON)")
     add_days_parsers(sub)
     add_sql_parser(sub)
+    add_status_parser(sub)
     for command in sub.choices.values():
         add_debug_flag(command)
     return parser
@@ -188,7 +221,6 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     from moesif_backfill.errors import ConfigError
 
     data = given(args, RunSettings)
-    data["streams"] = args.stream or []
     if args.command == "validate":
         data["mode"] = "validate"
     else:
@@ -241,13 +273,17 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline,flows,connectors,transforms")
+    # Prefect's console handler (on the root logger) would print its own account of the run and
+    # its shutdown chatter ("Still processing items ...") beside the CLI's: the records still
+    # reach the Prefect API; the terminal gets the CLI's output only.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> int:
     from moesif_backfill.cli_interrupts import StoppableFollow, run_interruptible
-    from moesif_backfill.cli_output import Bar, print_summary, print_validate
+    from moesif_backfill.cli_output import print_summary, print_validate
 
-    follow = StoppableFollow(Bar(sys.stderr.isatty() and not getattr(args, "quiet", False)))
+    follow = StoppableFollow(progress_display(args))
     if mode.prefect:
         from flows.backfill import run_as_flow_run
 
@@ -272,7 +308,7 @@ def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> 
     code = EXIT_OK if outcome.error is None else print_failure(outcome.error, debug=args.debug)
     summary = outcome.summary.to_dict()
     if settings.mode == "validate" and code == EXIT_OK:
-        print_validate(summary)
+        print_validate(summary, getattr(args, "rejects", None))
         print(follow.label())
         return code
     if summary.get("rows_read") or code == EXIT_OK:
@@ -291,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = setup_logging(getattr(args, "debug", False))
     try:
-        return _command(args)
+        with log_format(args, handler):
+            return _command(args)
     except KeyboardInterrupt:  # before the command's own handlers were installed
         print(INTERRUPTED, file=sys.stderr)
         return 130
@@ -305,10 +342,16 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     from moesif_backfill.errors import BackfillError
 
+    try:
+        apply_env(args, os.environ)  # MOESIF_BACKFILL_<OPTION> for options not given
+    except BackfillError as exc:
+        return print_failure(exc, debug=getattr(args, "debug", False))
     if args.command in ("nightly", "range"):
         return main_days(args)
     if args.command == "sql":
         return main_sql(args)
+    if args.command == "status":
+        return main_status(args)
     try:
         settings = _settings(args)
         always_direct = {"validate": "validate", "dry-run": "run --dry-run"}.get(settings.mode)
@@ -319,7 +362,8 @@ def _command(args: argparse.Namespace) -> int:
             check_cluster_settings(settings)  # before a Prefect API or a cluster is started
     except BackfillError as exc:
         return print_failure(exc, debug=args.debug)
-    return run_command(args, settings, mode)
+    with validate_rejects(settings) as run_settings:
+        return run_command(args, run_settings, mode)
 
 
 if __name__ == "__main__":  # pragma: no cover

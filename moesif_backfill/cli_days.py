@@ -11,17 +11,19 @@ the core (`pipeline.nightly`); Prefect mode the `nightly-sync` / `backfill-range
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 from typing import Any
 
 from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.cli_help import DAYS_EXAMPLES, ENV_HELP, EXIT_CODES_HELP, epilog
+from moesif_backfill.cli_progress import add_log_format_flag
 from moesif_backfill.modes import MODES_HELP
 from pipeline.day_settings import DaySettings, NightlySettings, RangeSettings
 from pipeline.settings import RunSettings
 
 # RunSettings fields the days' jobs take from the command line (DaySettings.options).
 DAY_OPTIONS = (
+    "exclude",
     "chunk_rows",
     "max_records_per_second",
     "max_mib_per_second",
@@ -33,13 +35,17 @@ DAY_OPTIONS = (
 )
 
 
+def _metavar(name: str) -> str:
+    return "GLOB" if name == "exclude" else name.upper()
+
+
 def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `nightly` and `range` to the subparsers `sub` of the CLI."""
     fmt = argparse.RawDescriptionHelpFormatter
     nightly = sub.add_parser(
         "nightly",
         help="sync yesterday (or --date) and catch up missed days (docs/nightly.md)",
-        epilog=MODES_HELP,
+        epilog=epilog(DAYS_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=fmt,
     )
     _days_common(nightly, NightlySettings)
@@ -49,7 +55,7 @@ def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     days = sub.add_parser(
         "range",
         help="backfill the days --start..--end, each its own job (docs/nightly.md)",
-        epilog=MODES_HELP,
+        epilog=epilog(DAYS_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=fmt,
     )
     _days_common(days, RangeSettings)
@@ -61,6 +67,7 @@ def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         RunSettings,
         "reset",
         dest="option.reset",
+        env=False,
         help="forget each day's checkpoint first (resends them)",
     )
 
@@ -76,6 +83,7 @@ def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
         .replace("window=time", "--window time"),
     )
     field_flag(p, model, "mapping", required=True)
+    add_log_format_flag(p)
     field_flag(p, model, "job", required=True)
     field_flag(p, model, "streams", "--stream", action="append", required=True, metavar="NAME")
     field_flag(p, model, "timezone")
@@ -87,9 +95,10 @@ def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
     field_flag(p, model, "aws_credentials_block", metavar="NAME")
     field_flag(p, model, "allow_older_than_30_days")
     field_flag(p, model, "allow_empty_days")
+    field_flag(p, model, "ledger", metavar="LOCATION")
     for name in DAY_OPTIONS:
         if name in RunSettings.model_fields:
-            field_flag(p, RunSettings, name, dest=f"option.{name}")
+            field_flag(p, RunSettings, name, dest=f"option.{name}", metavar=_metavar(name))
     p.add_argument("--summary-json", type=Path, help="write the per-day result here (JSON)")
     mode_flags(p)
 
@@ -133,29 +142,52 @@ def _run(args: argparse.Namespace, settings: Any, prefect: bool, follow: Any) ->
     if prefect:
         from flows import nightly as flows_nightly
 
-        if args.command == "nightly":
-            state = flows_nightly.nightly_sync(
-                settings, date=args.date, listener=follow, return_state=True
-            )
-        else:
-            state = flows_nightly.backfill_range(
-                settings, start=args.start, end=args.end, listener=follow, return_state=True
-            )
+        when = {k: getattr(args, k, None) for k in ("date", "start", "end")}
+        state = flows_nightly.run_days_flow(args.command, settings, follow, **when)
         if follow.outcome is None:
             follow.error = state.result(raise_on_failure=False)
         return follow.outcome
     from pipeline import nightly
 
-    job = functools.partial(nightly.direct_job, stop=getattr(follow, "stop", None))
+    run_job = _direct_job(follow)
     if args.command == "nightly":
-        return nightly.run_nightly(settings, job, date=args.date)
-    return nightly.run_range(settings, job, start=args.start, end=args.end)
+        return nightly.run_nightly(settings, run_job, date=args.date)
+    return nightly.run_range(settings, run_job, start=args.start, end=args.end)
+
+
+class _RowsOnly:
+    """The days' rows, summed, to the command's progress display (their totals are per day:
+    not passed on, so a bar stays indeterminate and progress lines show no ETA)."""
+
+    def __init__(self, display: Any) -> None:
+        self.display = display
+
+    def rows_done(self, n: int) -> None:
+        self.display.rows_done(n)
+
+
+def _direct_job(follow: Any) -> Any:
+    """The `RunJob` of a direct nightly/range run: the core's `run_job` with the progress
+    display (`follow.bar`) following every day's rows."""
+
+    def run(job: str, settings: RunSettings) -> None:
+        from pipeline.job import run_job
+
+        outcome = run_job(
+            settings, progress=[_RowsOnly(follow.bar)], stop=getattr(follow, "stop", None)
+        )
+        if outcome.error is not None:
+            raise outcome.error
+
+    return run
 
 
 def main_days(args: argparse.Namespace) -> int:
     """Run `nightly` or `range`; the exit code."""
     from moesif_backfill.cli_errors import print_failure
     from moesif_backfill.cli_interrupts import StoppableFollow, run_interruptible
+    from moesif_backfill.cli_output import Bar
+    from moesif_backfill.cli_progress import progress_display
     from moesif_backfill.errors import BackfillError
     from moesif_backfill.modes import choose_mode
     from pipeline.report import write_json_atomic
@@ -166,12 +198,13 @@ def main_days(args: argparse.Namespace) -> int:
         mode = choose_mode(prefect=args.prefect)
     except BackfillError as exc:
         return print_failure(exc, debug=debug)
-    follow = StoppableFollow()
+    follow = StoppableFollow(progress_display(args) if not mode.prefect else Bar(False))
     outcome = run_interruptible(
         follow,
         lambda: _run(args, settings, mode.prefect, follow),
         "interrupted: every day's checkpoint holds what was delivered; rerun to resume",
     )
+    follow.bar.stop()
     if outcome is None:
         code = print_failure(follow.error or RuntimeError("the flow run failed"), debug=debug)
         print("the Prefect flow run ended before its days ran; rerun, or --no-prefect")

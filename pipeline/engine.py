@@ -25,6 +25,7 @@ from connectors.checkpoint import CheckpointStore, FileProgress
 from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError, SourceError
 from pipeline.day_window import outside_window, window_us
+from pipeline.ledger import ShardLedger
 from pipeline.plan import FilePlan, Plan, file_progress
 from pipeline.rejects import RejectsWriter
 from pipeline.sinks import Sink
@@ -163,10 +164,11 @@ class FileRunner:
         progress: ProgressListener | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         counted_this_run: set[int] | None = None,
+        ledger: ShardLedger | None = None,
     ) -> None:
         self.plan, self.fp, self.index = plan, fp, index
         self.sink, self.store, self.rejects = sink, store, rejects
-        self.progress = progress
+        self.progress, self.ledger = progress, ledger
         self.should_stop = should_stop
         self.counts = Counts()
         self.prog: FileProgress = file_progress(plan, fp)
@@ -275,6 +277,8 @@ class FileRunner:
             del self.counts.sample[3:]
         rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
         future = self.sink.submit(result.records)
+        if self.ledger is not None:  # done once acknowledged AND its ledger file written
+            future = self.ledger.after_ack(future, start_row, batch, result)
         failpoints.hit("chunk.submitted")
         self.inflight.append(
             _InFlight(chunk, future, len(result.records), len(result.rejected), rejects, outside)
@@ -300,6 +304,7 @@ class FileRunner:
                 self.error = exc
             log.error("%s chunk %d not delivered: %s", self.fp.src.key, item.chunk, exc)
             return
+        failpoints.hit("chunk.acknowledged")
         self.rejects.write(item.rejects)
         self.prog.mark_done(
             item.chunk, sent=item.sent, rejected=item.rejected, outside=item.outside

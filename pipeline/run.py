@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from moesif_backfill.errors import BackfillError, RunInterruptedError
 from pipeline import shards as shard_plans
 from pipeline.engine import Counts, ProgressListener
 from pipeline.layout import Shard, ShardLayout, ShardTotals, save_layout
+from pipeline.ledger import check_ledger
 from pipeline.plan import Plan, default_job_name, make_plan
 from pipeline.rejects import RejectsWriter
 from pipeline.report import RunSummary, write_json_atomic
@@ -57,6 +59,7 @@ class Run:
         self.stop = stop if stop is not None else threading.Event()
         self.progress = progress
         self.started = time.monotonic()
+        self.run_id = str(uuid.uuid4())  # the ID ledger's run_id (pipeline/ledger.py)
         self.counts = Counts()
         self.files_complete = 0
         self._stack = contextlib.ExitStack()
@@ -89,6 +92,7 @@ class Run:
                 shard_plans.reset_shards(store, job)
                 log.warning("job %s: checkpoint reset, starting over", job)
         plan = make_plan(s, store, s3=self.s3)
+        check_ledger(s, plan.job, self.session, self.s3)  # --ledger: writable, before sending
         if s.mode == "send":
             store.commit(plan.state)  # proves the checkpoint is writable before sending
         self.plan = plan
@@ -127,6 +131,7 @@ class Run:
             s3=self.s3,
             shards_in_flight=in_flight,
             interrupt=self.stop,
+            rows_in_flight=self.settings.chunks_in_flight * self.settings.chunk_rows,
         )
 
     def pending(self, shards: list[Shard] | None = None) -> list[Shard]:
@@ -187,6 +192,7 @@ class Run:
             shard=shard,
             rejects=self._rejects_path(self.plan),
             counted=frozenset(self.counted.get(shard.sid, ())),
+            run_id=self.run_id,
         )
 
     def absorb(self, shard: Shard, result: ShardResult) -> None:
