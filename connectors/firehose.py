@@ -75,6 +75,7 @@ from connectors.firehose_errors import (
     redact,
 )
 from connectors.firehose_responses import UnusableAnswer, failed_records, http_status_of
+from connectors.firehose_stall import StallClock
 from connectors.firehose_stats import SendStats
 from connectors.rate_limit import RateLimiter, RetryPolicy
 
@@ -87,7 +88,6 @@ DEFAULT_RETRY = RetryPolicy()  # frozen, so one shared default is safe
 # the quota's exact measurement is unconfirmed (docs/throughput.md).
 SHAPING_MARGIN = 0.98
 SHAPING_BURST_S = 0.2  # the client's burst: a fifth of the 1 s a quota is stated over
-STALL_WARN_S = 10.0  # one warning once a stream has acknowledged nothing for this long
 
 
 class FirehoseSender:
@@ -133,15 +133,8 @@ class FirehoseSender:
                 lambda: (self.stats.records_sent, self.stats.bytes_sent),
                 name=f"Firehose stream {stream_name!r}",
             )
-        # A stream that acknowledges nothing for stall_timeout_s (endpoint lost: connections
-        # refused, dropped or never answered) fails the batches still trying, at once.
-        self.stall_timeout_s = stall_timeout_s
-        self._clock = clock
-        self._progress_lock = threading.Lock()
-        # When the current run of failed calls began (the start of the first call that got
-        # nothing acknowledged since the last acknowledgement); None: not failing.
-        self._failing_since: float | None = None
-        self._stall_warned = False
+        # A stream acknowledging nothing for stall_timeout_s fails its batches at once.
+        self._stall = StallClock(stream_name, stall_timeout_s, clock)
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="firehose-send")
         self._closed = False
         self._aborted = threading.Event()
@@ -234,7 +227,7 @@ class FirehoseSender:
                 raise BatchFailed(len(pending), "the sender was closed", permanent=False)
             self._shape(len(pending), sum(pending_sizes))
             before = len(pending)
-            started = self._clock()
+            started = self._stall.now()
             result = self._attempt(pending, pending_sizes)
             pending, pending_sizes, reason = result.records, result.sizes, result.reason
             if not pending:
@@ -242,12 +235,10 @@ class FirehoseSender:
             attempt = 0 if len(pending) < before else attempt + 1
             throttled = throttled + 1 if result.throttled else 0
             if len(pending) == before:  # nothing acknowledged by this call
-                with self._progress_lock:
-                    if self._failing_since is None:
-                        self._failing_since = started
-            left = self._stall_left(reason)
+                self._stall.failed(started)
+            left = self._stall.left(reason)
             if left <= 0:
-                stalled = self._stall_reason(reason)
+                stalled = self._stall.reason(self.endpoint, reason, self.stats)
                 raise BatchFailed(len(pending), stalled, permanent=False, stalled=True)
             if attempt >= max_attempts:
                 break
@@ -345,46 +336,11 @@ class FirehoseSender:
         )
 
     def stalled_for(self) -> float:
-        """Seconds the stream has acknowledged nothing while calls failed (0: not failing). An
-        idle stream is not stalled: the clock starts with the first call that got nothing
-        acknowledged since the last acknowledgement."""
-        with self._progress_lock:
-            return 0.0 if self._failing_since is None else self._clock() - self._failing_since
-
-    def _stall_left(self, reason: str) -> float:
-        """Seconds left before the stall timeout (inf without one); warns once per stall."""
-        if self.stall_timeout_s is None:
-            return float("inf")
-        with self._progress_lock:
-            start = self._failing_since
-            since = 0.0 if start is None else self._clock() - start
-            warn = since >= STALL_WARN_S and not self._stall_warned
-            self._stall_warned = self._stall_warned or warn
-        if warn:
-            logger.warning(
-                "Firehose stream %r has acknowledged nothing for %.0f s (%s); the run fails if "
-                "that lasts %.0f s (stall_timeout_s)",
-                self.stream_name,
-                since,
-                reason,
-                self.stall_timeout_s,
-            )
-        return self.stall_timeout_s - since
-
-    def _stall_reason(self, reason: str) -> str:
-        return (
-            f"Firehose stream {self.stream_name!r} at {self.endpoint} acknowledged nothing for "
-            f"{self.stall_timeout_s:.0f} s (stall_timeout_s; last error: {reason}; calls so "
-            f"far: {self.stats.firehose_calls}, connection errors "
-            f"{self.stats.connection_errors}, server errors {self.stats.server_errors}, "
-            f"throttled {self.stats.throttled_calls}): the endpoint refuses or drops "
-            "connections, or does not answer"
-        )
+        """Seconds the stream has acknowledged nothing while calls failed (0: not failing)."""
+        return self._stall.stalled_for()
 
     def _count_acked(self, sizes: list[int]) -> None:
-        with self._progress_lock:
-            self._failing_since = None
-            self._stall_warned = False
+        self._stall.acknowledged()
         self.stats.add(
             records_sent=len(sizes),
             bytes_sent=sum(sizes),
