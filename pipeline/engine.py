@@ -18,7 +18,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-import numpy as np
 import pyarrow as pa
 
 from connectors.checkpoint import CheckpointStore, FileProgress
@@ -27,6 +26,7 @@ from moesif_backfill.errors import BackfillError, SourceError
 from pipeline.day_window import outside_window, window_us
 from pipeline.plan import FilePlan, Plan, file_progress
 from pipeline.rejects import RejectsWriter
+from pipeline.row_filter import split_rows
 from pipeline.sinks import Sink
 from transforms.actions import ActionBatch, build_actions
 
@@ -46,6 +46,10 @@ class Counts:
     rows_rejected: int = 0
     rows_skipped: int = 0
     rows_outside_window: int = 0  # time outside RunSettings.window_start/_end: not sent
+    # Of rows_rejected: rows an earlier run rejected (their chunks are not sent again).
+    rows_rejected_earlier: int = 0
+    # Rows older than Moesif's 30-day window left pending (--skip-older-than-30-days).
+    rows_too_old: int = 0
     metadata_nonfinite_omitted: int = 0
     chunks_committed: int = 0
     min_time_us: int | None = None
@@ -60,6 +64,8 @@ class Counts:
         "rows_rejected",
         "rows_skipped",
         "rows_outside_window",
+        "rows_rejected_earlier",
+        "rows_too_old",
         "metadata_nonfinite_omitted",
         "chunks_committed",
     )
@@ -67,6 +73,17 @@ class Counts:
     def totals(self) -> dict[str, int]:
         """The additive counters, by name (the summary has a field for each)."""
         return {name: getattr(self, name) for name in self.TOTALS}
+
+    def add_earlier(self, *, sent: int, rejected: int, outside: int, deferred: int) -> None:
+        """Rows an earlier run committed, counted by this one without sending them: sent
+        (skipped), rejected (rejected by an earlier run), outside the time window, and left
+        pending as too old."""
+        self.rows_read += sent + rejected + outside + deferred
+        self.rows_skipped += sent
+        self.rows_rejected += rejected
+        self.rows_rejected_earlier += rejected
+        self.rows_outside_window += outside
+        self.rows_too_old += deferred
 
     def add(self, other: Counts) -> None:
         for name, value in other.totals().items():
@@ -146,6 +163,13 @@ class _InFlight:
     rejected: int
     rejects: list[dict[str, Any]]
     outside: int = 0
+    too_old: int = 0  # rows deferred (--skip-older-than-30-days), see FileProgress.deferred
+    # A chunk committed earlier whose deferred rows are sent now: its other rows, counted
+    # when this send is acknowledged (delivered and rejected by the earlier run).
+    settles: bool = False
+    earlier_sent: int = 0
+    earlier_rejected: int = 0
+    earlier_outside: int = 0
 
 
 class FileRunner:
@@ -171,6 +195,9 @@ class FileRunner:
         self.counts = Counts()
         self.prog: FileProgress = file_progress(plan, fp)
         self.window = window_us(plan.settings)
+        self.too_old_before = plan.too_old_before_us
+        # Rows an earlier run left pending as too old are sent (only) with this flag.
+        self.send_deferred = plan.settings.allow_older_than_30_days
         # Fields this file's rows go without (their column is missing: if_missing: omit).
         self.omitted = [
             label
@@ -186,12 +213,16 @@ class FileRunner:
 
     def run(self) -> Counts:
         prog = self.prog
-        if prog.complete and not self.counted_this_run:
+        settled = prog.delivered or (prog.complete and not self.send_deferred)
+        if settled and not self.counted_this_run:
+            self.counts.add_earlier(
+                sent=prog.rows_sent,
+                rejected=prog.rows_rejected,
+                outside=prog.rows_outside_window,
+                deferred=prog.rows_deferred,
+            )
             n = prog.rows_sent + prog.rows_rejected
-            self.counts.rows_read += n + prog.rows_outside_window
-            self.counts.rows_skipped += n
-            self.counts.rows_outside_window += prog.rows_outside_window
-            self._progress(n + prog.rows_outside_window)
+            self._progress(n + prog.rows_outside_window + prog.rows_deferred)
             log.info("%s: already delivered by an earlier run (%d rows)", self.fp.src.key, n)
             return self.counts
         # Start fetching the next object while this one is read and sent (S3: no idle network).
@@ -216,14 +247,11 @@ class FileRunner:
         try:
             for chunk, table in prefetch(rechunk(batches, prog.chunk_rows)):
                 chunks_seen = chunk + 1
-                if prog.is_done(chunk):
+                resend = prog.is_done(chunk) and chunk in prog.deferred and self.send_deferred
+                if prog.is_done(chunk) and not resend:
                     if chunk not in self.counted_this_run:
                         self.counted_this_run.add(chunk)
-                        outside = self._outside_count(table)
-                        self.counts.rows_read += table.num_rows
-                        self.counts.rows_skipped += table.num_rows - outside
-                        self.counts.rows_outside_window += outside
-                        self._progress(table.num_rows)
+                        self._count_done(chunk, table)
                     continue
                 self._submit(chunk, table)
                 self._drain(block_until=limit - 1)
@@ -246,21 +274,35 @@ class FileRunner:
             return 0
         return int(outside_window(self._logical(table), self.plan.spec, self.window).sum())
 
+    def _count_done(self, chunk: int, table: pa.Table) -> None:
+        """A chunk an earlier run committed, counted once by this run: its rows as that run
+        left them (rejected, deferred as too old, outside the window, the rest delivered).
+        A checkpoint written before rejects were kept per chunk counts them as delivered."""
+        outside = self._outside_count(table)
+        rejected = self.prog.chunk_rejects.get(chunk, 0)
+        deferred = self.prog.deferred[chunk][1] if chunk in self.prog.deferred else 0
+        sent = table.num_rows - outside - rejected - deferred
+        self.counts.add_earlier(sent=sent, rejected=rejected, outside=outside, deferred=deferred)
+        self._progress(table.num_rows)
+
     def _submit(self, chunk: int, table: pa.Table) -> None:
         batch = self._logical(table)
         start_row = chunk * self.prog.chunk_rows
-        work, inside = batch, None  # inside: positions of the rows inside the time window
-        if self.window is not None:
-            out = outside_window(batch, self.plan.spec, self.window)
-            if out.any():
-                inside = np.flatnonzero(~out)
-                work = batch.take(pa.array(inside))
+        resend = self.prog.deferred.get(chunk)  # (cutoff, rows): send those rows only
+        split = split_rows(
+            batch,
+            self.plan.spec,
+            window=self.window,
+            too_old_before=self.too_old_before if resend is None else None,
+            only_before=None if resend is None else resend[0],
+        )
+        work, inside = batch, split.picked  # inside: positions of the rows to send
+        if inside is not None:
+            work = batch.take(pa.array(inside))
         result: ActionBatch = build_actions(
             work, self.plan.spec, number_text=self.fp.number_text_fields()
         )
-        outside = 0
         if inside is not None:  # reject rows by their position in the chunk, not in `work`
-            outside = batch.num_rows - len(inside)
             result = replace(
                 result, accepted=inside[result.accepted], rejected=inside[result.rejected]
             )
@@ -276,9 +318,16 @@ class FileRunner:
         rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
         future = self.sink.submit(result.records)
         failpoints.hit("chunk.submitted")
-        self.inflight.append(
-            _InFlight(chunk, future, len(result.records), len(result.rejected), rejects, outside)
+        item = _InFlight(
+            chunk, future, len(result.records), len(result.rejected), rejects, split.outside
         )
+        item.too_old = split.too_old
+        if resend is not None:  # the chunk's other rows: as the earlier run committed them
+            rejected = self.prog.chunk_rejects.get(chunk, 0)
+            item.settles, item.outside = True, 0
+            item.earlier_outside, item.earlier_rejected = split.outside, rejected
+            item.earlier_sent = split.rows - split.picked_count - split.outside - rejected
+        self.inflight.append(item)
 
     def _drain(self, *, block_until: int) -> None:
         """Commit finished chunks; wait while more than `block_until` chunks are in flight."""
@@ -301,20 +350,37 @@ class FileRunner:
             log.error("%s chunk %d not delivered: %s", self.fp.src.key, item.chunk, exc)
             return
         self.rejects.write(item.rejects)
-        self.prog.mark_done(
-            item.chunk, sent=item.sent, rejected=item.rejected, outside=item.outside
-        )
+        if item.settles:  # the rows an earlier run left pending as too old
+            self.prog.settle_deferred(item.chunk, sent=item.sent, rejected=item.rejected)
+            earlier = item.earlier_sent + item.earlier_rejected + item.earlier_outside
+            self.counts.add_earlier(
+                sent=item.earlier_sent,
+                rejected=item.earlier_rejected,
+                outside=item.earlier_outside,
+                deferred=0,
+            )
+            self._progress(earlier)
+        else:
+            deferred = (self.too_old_before or 0, item.too_old) if item.too_old else None
+            self.prog.mark_done(
+                item.chunk,
+                sent=item.sent,
+                rejected=item.rejected,
+                outside=item.outside,
+                deferred=deferred,
+            )
         self.counted_this_run.add(item.chunk)
-        self.counts.rows_read += item.sent + item.rejected + item.outside
+        self.counts.rows_read += item.sent + item.rejected + item.outside + item.too_old
         self.counts.actions_sent += item.sent
         self.counts.rows_rejected += item.rejected
         self.counts.rows_outside_window += item.outside
+        self.counts.rows_too_old += item.too_old
         self.counts.chunks_committed += 1
         for label in self.omitted:
             n = self.counts.sent_without_field.get(label, 0) + item.sent
             self.counts.sent_without_field[label] = n
         self._commit()
-        self._progress(item.sent + item.rejected + item.outside)
+        self._progress(item.sent + item.rejected + item.outside + item.too_old)
 
     def _commit(self) -> None:
         if self.store is not None:

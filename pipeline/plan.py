@@ -50,7 +50,11 @@ class Plan:
     s3: S3Store | None = None  # the run's S3 access (s3:// sources), passed to the readers
     # Keys of the files an earlier run delivered completely (their shards all complete, or,
     # in a checkpoint of b96172b's single-process layout, their progress): not read again.
+    # Without --allow-older-than-30-days, also those whose only pending rows are too old.
     complete: set[str] = field(default_factory=set)
+    # --skip-older-than-30-days: rows before this instant (epoch µs; 30 days before the run's
+    # start) are not sent but left pending (engine: deferred); None: no such rows are skipped.
+    too_old_before_us: int | None = None
 
     @property
     def rows_estimate(self) -> int | None:
@@ -104,7 +108,10 @@ def make_plan(
     settings: RunSettings, store: CheckpointStore | None, *, s3: S3Store | None = None
 ) -> Plan:
     """The run's plan; `s3`: the run's S3 access, needed for s3:// sources (kept in the plan
-    for the readers)."""
+    for the readers). Only a send consults the job's checkpoint (`store`): a dry-run or a
+    validate previews the whole input, whatever an earlier run delivered."""
+    if settings.mode != "send":
+        store = None
     spec = load_mapping(settings.mapping)
     notes: list[str] = []
     try:
@@ -121,11 +128,15 @@ def make_plan(
     complete = {key for key, prog in state.files.items() if prog.complete}
     reprocess = reprocess_keys(settings)
     identities = {src.key: src.identity() for src in sources}
+    # Files whose rows left pending as too old are sent now are read again; otherwise those
+    # rows stay pending without reading the file (and count as old rows, below).
+    deferred_ok = not settings.allow_older_than_30_days
     complete |= {
         key
-        for key, identity in layout.complete_files().items()
+        for key, identity in layout.complete_files(deferred_ok=deferred_ok).items()
         if key not in reprocess and identities.get(key) == identity
     }
+    deferred = sum(layout.rows_deferred(key) for key in complete if key in layout.files)
     try:
         files = bind_all(spec, seen, notes, complete, s3)
     except SourceError as exc:
@@ -138,8 +149,10 @@ def make_plan(
     for note in notes:
         log.info("%s", note)
     _check_manifest_counts(plan)
-    late = check_late_window(settings, spec, files, complete=complete, s3=s3)
+    late = check_late_window(settings, spec, files, complete=complete, s3=s3, deferred=deferred)
     plan.old_rows, plan.oldest_us = late.count, late.oldest_us
+    if settings.skip_older_than_30_days:
+        plan.too_old_before_us = late.cutoff_us
     return plan
 
 
