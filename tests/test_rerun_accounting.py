@@ -281,3 +281,20 @@ def _first(n: int) -> list[int]:
     """Line numbers of the new rows among the first 2n rows of `_mixed` (sent by a first
     run that delivered n of them)."""
     return list(range(1, n + 1))
+
+
+def test_checkpoint_keeps_rejects_and_deferred_rows_per_chunk_only_when_there_are_any() -> None:
+    from connectors.checkpoint import FileProgress
+
+    prog = FileProgress(identity={"size": 1}, chunk_rows=10, total_chunks=2)
+    prog.mark_done(0, sent=10, rejected=0)
+    stored = prog.model_dump(mode="json")
+    assert not {"chunk_rejects", "deferred", "rows_outside_window"} & set(stored)  # as before
+    prog.mark_done(1, sent=5, rejected=2, deferred=(123, 3))
+    back = FileProgress.model_validate(json.loads(prog.model_dump_json()))
+    assert back.chunk_rejects == {1: 2} and back.deferred == {1: (123, 3)}
+    assert back.complete and not back.delivered and back.rows_deferred == 3
+    back.settle_deferred(1, sent=2, rejected=1)
+    back.settle_deferred(1, sent=2, rejected=1)  # idempotent
+    assert (back.rows_sent, back.rows_rejected, back.chunk_rejects) == (17, 3, {1: 3})
+    assert back.delivered and back.rows_deferred == 0
