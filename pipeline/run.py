@@ -70,9 +70,9 @@ class Run:
         self.session = open_aws(s)
         self.s3 = s3_store(s, self.session)
         self._stack.callback(self.s3.close)
-        store = checkpoint_store(s, self.session)
-        self.store = store if s.mode == "send" else None
-        if s.mode == "send":
+        # Only a send uses the job's checkpoint; a dry-run or validate previews the input.
+        self.store = store = checkpoint_store(s, self.session) if s.mode == "send" else None
+        if store is not None:
             job = s.job or default_job_name(s)
             self._stack.enter_context(store.lock(job))
             if s.reset:
@@ -80,7 +80,7 @@ class Run:
                 shard_plans.reset_shards(store, job)
                 log.warning("job %s: checkpoint reset, starting over", job)
         plan = make_plan(s, store, s3=self.s3)
-        if s.mode == "send":
+        if store is not None:
             store.commit(plan.state)  # proves the checkpoint is writable before sending
         self.plan = plan
         self.sink = make_sink(s, self.session)
