@@ -3,6 +3,7 @@
     python bench/bench_dry_run.py                      # 2,000,000 rows, baseline on 100,000
     python bench/bench_dry_run.py --rows 500000 --json .bench/result.json
     python bench/bench_dry_run.py --memory-check       # project only, at 500k and 2M rows
+    python bench/bench_dry_run.py --ledger-cost        # project with and without --ledger
 
 Steps (issue 2, section 10):
 1. generate a billing-like Parquet file of N rows (pyarrow, one row group at a time, so memory
@@ -333,7 +334,14 @@ def cli_path() -> str:
 
 
 def run_project(
-    source: Path, mapping: Path, bench_dir: Path, tag: str, rows: int, *, tree: Path | None = None
+    source: Path,
+    mapping: Path,
+    bench_dir: Path,
+    tag: str,
+    rows: int,
+    *,
+    tree: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     out = bench_dir / "out" / f"project-{tag}"
     shutil.rmtree(out, ignore_errors=True)
@@ -352,6 +360,7 @@ def run_project(
         str(summary_path),
         "--allow-older-than-30-days",
         "--quiet",
+        *extra,
     ]
     log = bench_dir / "out" / f"project-{tag}.log"
     load0 = os.getloadavg()[0]
@@ -520,6 +529,77 @@ def memory_check(args: argparse.Namespace, bench_dir: Path, mapping: Path) -> di
     return {"memory_check": runs, "memory_flat_below_target": flat}
 
 
+def ledger_cost(args: argparse.Namespace, bench_dir: Path, mapping: Path) -> dict[str, Any]:
+    """The dry-run rate without and with --ledger (a local directory), runs interleaved so that
+    a busy machine slows both alike; the median of each; cost = 1 - with / without."""
+    source, gen_s = _files(bench_dir, args.rows, args)
+    if gen_s:
+        print(f"generated {source} ({args.rows:,} rows) in {gen_s:.1f}s")
+    warm_prefect_home(bench_dir, mapping, args.seed)
+    ledger = bench_dir / "out" / "ledger"
+    runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+    for i in range(args.ledger_repeat):
+        for kind in ("without", "with"):
+            shutil.rmtree(ledger, ignore_errors=True)
+            extra = ("--ledger", str(ledger)) if kind == "with" else ()
+            r = run_project(
+                source, mapping, bench_dir, f"ledger-{kind}-{i}", args.rows, extra=extra
+            )
+            shutil.rmtree(r["out_dir"], ignore_errors=True)
+            if kind == "with":
+                files = sorted(ledger.rglob("*.parquet"))
+                r["ledger_files"] = len(files)
+                r["ledger_rows"] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+                r["ledger_mib"] = round(sum(f.stat().st_size for f in files) / 2**20, 2)
+            runs[kind].append(r)
+            print(
+                f"  {kind:>7} --ledger: {r['rows_per_s_pipeline']:>12,.0f} rows/s "
+                f"({r['pipeline_s']:.2f}s, {r['cpu_seconds']:.1f} CPU-s)",
+                flush=True,
+            )
+    rate = {k: float(np.median([r["rows_per_s_pipeline"] for r in v])) for k, v in runs.items()}
+    cpu = {k: float(np.median([r["cpu_seconds"] for r in v])) for k, v in runs.items()}
+    cost = 1 - rate["with"] / rate["without"]
+    last = runs["with"][-1]
+    print(f"\nledger cost on the dry-run rate ({args.rows:,} rows, median of {args.ledger_repeat})")
+    print(
+        _table(
+            [
+                ("dry-run rows/s without --ledger", f"{rate['without']:>12,.0f}"),
+                ("dry-run rows/s with --ledger", f"{rate['with']:>12,.0f}"),
+                ("rate with / without", f"{rate['with'] / rate['without']:>12.3f}"),
+                (
+                    "cost (target <= 15%)",
+                    f"{cost * 100:>11.1f}%  {'yes' if cost <= 0.15 else 'NO'}",
+                ),
+                (
+                    "CPU seconds without / with",
+                    f"{cpu['without']:>12.2f} / {cpu['with']:.2f}  "
+                    f"(+{(cpu['with'] / cpu['without'] - 1) * 100:.1f}%)",
+                ),
+                ("load average 1m now", f"{os.getloadavg()[0]:>12.2f}  on {os.cpu_count()} CPUs"),
+                (
+                    "ledger written",
+                    f"{last['ledger_rows']:,} rows in {last['ledger_files']} files, "
+                    f"{last['ledger_mib']} MiB",
+                ),
+            ]
+        )
+    )
+    print(f"\nproject command (with): {last['command']}")
+    return {
+        "rows": args.rows,
+        "ledger_runs": runs,
+        "rows_per_s_without": rate["without"],
+        "rows_per_s_with": rate["with"],
+        "ledger_cost": round(cost, 4),
+        "cpu_seconds_without": cpu["without"],
+        "cpu_seconds_with": cpu["with"],
+        "ledger_cost_le_15pct": cost <= 0.15,
+        "ledger_rows_equal_rows": last["ledger_rows"] == args.rows,
+    }
+
+
 def measure(
     args: argparse.Namespace, bench_dir: Path, mapping: Path
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -583,6 +663,12 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--memory-check-rows", default="500000,2000000")
     p.add_argument("--keep-output", action="store_true", help="keep the dry-run output files")
+    p.add_argument(
+        "--ledger-cost",
+        action="store_true",
+        help="only run the project with and without --ledger (interleaved), print the cost",
+    )
+    p.add_argument("--ledger-repeat", type=int, default=3, help="runs of each, for --ledger-cost")
     return p.parse_args()
 
 
@@ -694,6 +780,9 @@ def main() -> int:
     if args.memory_check:
         result = memory_check(args, bench_dir, mapping)
         ok = result["memory_flat_below_target"]
+    elif args.ledger_cost:
+        result = ledger_cost(args, bench_dir, mapping)
+        ok = result["ledger_rows_equal_rows"]
     else:
         base, proj, check = measure(args, bench_dir, mapping)
         result = report(args, base, proj, check)

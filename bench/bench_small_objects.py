@@ -45,30 +45,30 @@ from botocore.config import Config  # noqa: E402
 from bench import REGION, StandIn, aws_env  # noqa: E402
 
 BUCKET = "bench-small"
-# Runs the job as the CLI's core does, in a fresh process; works on this tree (pipeline.run)
-# and on older ones where the core lived in flows/ (b96172b).
+# Runs the job as the CLI's core does, in a fresh process: on this tree `pipeline.job.run_job`
+# (what `moesif-backfill run` calls without a Prefect API); on b96172b its core without Prefect.
 RUNNER = """
 import cProfile, json, os, sys, time
 t0 = time.perf_counter()
 profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
 if profile is not None:
     profile.enable()
-try:
-    from pipeline.run import Run
+try:  # this tree: the core's entry point, as the CLI calls it
+    from pipeline.job import run_job
     from pipeline.settings import RunSettings
-except ImportError:
+    summary = run_job(RunSettings(**json.loads(sys.argv[1]))).summary
+except ImportError:  # b96172b: its core without the Prefect flow around it
     from flows.run import Run
     from flows.settings import RunSettings
-settings = RunSettings(**json.loads(sys.argv[1]))
-run = Run(settings)
-error = None
-try:
-    plan = run.prepare()
-    for index in range(len(plan.files)):
-        run.process_file(index)
-except Exception as exc:
-    error = exc
-summary = run.finish(error)
+    run = Run(RunSettings(**json.loads(sys.argv[1])))
+    error = None
+    try:
+        plan = run.prepare()
+        for index in range(len(plan.files)):
+            run.process_file(index)
+    except Exception as exc:
+        error = exc
+    summary = run.finish(error)
 if profile is not None:
     profile.disable()
     profile.dump_stats(os.environ["BENCH_PROFILE"])

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from connectors.exclude import all_excluded_message, is_excluded
 from connectors.file_access import need_store
 from connectors.file_layout import FileLayout
 from connectors.formats import (
@@ -45,7 +46,11 @@ _DETECT_WORKERS = 16
 
 
 def discover_sources(
-    specs: Sequence[str], options: SourceOptions | None = None, *, s3: S3Store | None = None
+    specs: Sequence[str],
+    options: SourceOptions | None = None,
+    *,
+    s3: S3Store | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[SourceFile]:
     """Expand files, directories (recursive), globs (``**`` allowed) and s3:// inputs into
     sorted SourceFiles.
@@ -53,7 +58,8 @@ def discover_sources(
     `options` (the mapping's `source:` section) may fix the format, compression and delimiter.
     A manifest is replaced by the files it lists (with its record counts in `layout`), and
     ``key=value`` directories below each spec's root become `layout.partitions`. `s3`: the
-    run's S3Store, needed for s3:// inputs.
+    run's S3Store, needed for s3:// inputs. `exclude`: glob patterns of files to leave out
+    (`connectors.exclude`), applied before formats are detected; not to a manifest's entries.
 
     Raises SourceError when a spec matches nothing or a file's format cannot be determined.
     """
@@ -61,13 +67,14 @@ def discover_sources(
         specs = [specs]
     if not specs:
         raise SourceError("No input given: pass at least one file, directory or glob pattern.")
-    return _Discovery(options or DEFAULT_OPTIONS, s3).run(specs)
+    return _Discovery(options or DEFAULT_OPTIONS, s3, tuple(exclude)).run(specs)
 
 
 class _Discovery:
-    def __init__(self, opts: SourceOptions, s3: S3Store | None) -> None:
+    def __init__(self, opts: SourceOptions, s3: S3Store | None, exclude: tuple[str, ...]) -> None:
         self.opts = opts
         self.s3 = s3
+        self.exclude = exclude
 
     def run(self, specs: Sequence[str]) -> list[SourceFile]:
         opts = self.opts
@@ -80,16 +87,19 @@ class _Discovery:
                 for src in self.manifest_sources(_given_path(spec), strict=True) or []:
                     listed.setdefault(src.path, src)
                 continue
+            root = partition_root(spec)
             if is_s3(spec):
-                sources = self.discover_s3(spec)
+                sources = self.discover_s3(spec, root)
             else:
                 paths = list(expand_spec(spec))
                 if not paths:
                     raise SourceError(no_match_message(spec))
+                paths = [p for p in paths if not is_excluded(p, root, self.exclude)]
+                if not paths:
+                    raise SourceError(all_excluded_message(spec, self.exclude))
                 sources = [
                     make_source(p, opts) for p in paths if p not in found and p not in listed
                 ]
-            root = partition_root(spec)
             for src in sources:
                 if src.path in found or src.path in listed:
                     continue
@@ -102,8 +112,9 @@ class _Discovery:
         found.update(listed)
         return [found[p] for p in sorted(found)]
 
-    def discover_s3(self, spec: str) -> list[SourceFile]:
-        """The objects `spec` names (one listing), formats detected on a few threads."""
+    def discover_s3(self, spec: str, root: str | None = None) -> list[SourceFile]:
+        """The objects `spec` names (one listing), formats detected on a few threads. `root`:
+        the input's root, for --exclude (None: a manifest's entry, never excluded)."""
         store = need_store(spec, self.s3)
         objects = store.list(spec)
         if not objects:
@@ -111,6 +122,10 @@ class _Discovery:
                 f"Input {spec!r} matched no data objects (hidden, '_'-prefixed and *.crc "
                 "objects are skipped); check the bucket, the prefix and the pattern."
             )
+        if root is not None and self.exclude:
+            objects = [o for o in objects if not is_excluded(o.url, root, self.exclude)]
+            if not objects:
+                raise SourceError(all_excluded_message(spec, self.exclude))
 
         def make(info: ObjectInfo) -> SourceFile:
             fmt, compression = detect_format(info.url, self.opts, s3=store)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: local stand-ins (moto server as Firehose -> a local Moesif-like receiver),
-# backfill the bundled sample through boto3, run it again to show nothing new is delivered.
+# backfill the bundled sample through boto3, run it again to show nothing new is delivered;
+# both runs keep the ID ledger (--ledger), queried with DuckDB at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -16,7 +17,7 @@ export AWS_ACCESS_KEY_ID=demo-key-id AWS_SECRET_ACCESS_KEY=demo-secret AWS_DEFAU
 unset AWS_PROFILE AWS_SESSION_TOKEN || true
 
 "$PY" -m tests.standins down --state-file "$STATE" >/dev/null 2>&1 || true
-rm -rf "$DEMO/checkpoints" "$DEMO"/summary-*.json
+rm -rf "$DEMO/checkpoints" "$DEMO/ledger" "$DEMO"/summary-*.json
 "$PY" -m tests.standins up --state-file "$STATE" >"$DEMO/standins.log" 2>&1 &
 trap '"$PY" -m tests.standins down --state-file "$STATE" >/dev/null 2>&1 || true' EXIT
 "$PY" -m tests.standins wait --state-file "$STATE" --timeout 60 >/dev/null
@@ -29,7 +30,7 @@ for n in 1 2; do
   echo "== run $n: backfill $DEMO/payments.csv -> Firehose stream $STREAM at $ENDPOINT"
   "$CLI" run "$DEMO/payments.csv" --mapping examples/mapping.yaml --stream "$STREAM" \
     --endpoint-url "$ENDPOINT" --region us-east-1 --checkpoint "$DEMO/checkpoints" \
-    --job demo-payments --summary-json "$DEMO/summary-$n.json" --quiet
+    --job demo-payments --summary-json "$DEMO/summary-$n.json" --ledger "$DEMO/ledger" --quiet
 done
 echo "== receiver (what Moesif would have received)"
 "$PY" -m tests.standins stats --state-file "$STATE"
@@ -41,4 +42,21 @@ print(f"run 1: sent {one['actions_sent']}, skipped {one['rows_skipped']}")
 print(f"run 2: sent {two['actions_sent']}, skipped {two['rows_skipped']} (already delivered)")
 assert one["actions_sent"] == one["rows_read"] and two["actions_sent"] == 0, "demo check failed"
 print("demo OK")
+PYEOF
+echo "== the ID ledger: one row per input row (README \"Reconciling\"), read by DuckDB"
+"$PY" - "$DEMO" <<'PYEOF'
+import json, sys
+import duckdb  # a dev dependency: `make demo` installs it
+d = sys.argv[1]
+query = (
+    f"SELECT job, status, count(*) AS rows, count(DISTINCT run_id) AS runs "
+    f"FROM read_parquet('{d}/ledger/**/*.parquet', hive_partitioning=true) "
+    "GROUP BY ALL ORDER BY ALL"
+)
+print(query)
+duckdb.sql(query).show()
+rows = duckdb.sql(f"SELECT count(*) FROM read_parquet('{d}/ledger/**/*.parquet')").fetchall()[0][0]
+one = json.load(open(f"{d}/summary-1.json"))
+assert rows == one["rows_read"], (rows, one["rows_read"])
+print(f"ledger: {rows} rows = rows read; run 2 skipped every chunk, so it wrote none")
 PYEOF

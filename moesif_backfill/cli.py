@@ -4,10 +4,11 @@ The CLI runs the core (pipeline/job.py) directly, or as Prefect flow runs when a
 configured (moesif_backfill/modes.py; README "Direct or Prefect"). Flag defaults and help come
 from the settings models' fields (moesif_backfill/cli_flags.py).
 
-Exit codes: 0 complete; 2 configuration/preflight error, nothing sent; 3 complete with rejected
-rows (also rows an earlier run rejected: while the job's rejects file lists any); 1 failed
-(undeliverable after retries, unreadable source) with the checkpoint holding exactly what was
-delivered.
+Exit codes (EXIT_CODES_HELP in cli_help.py, shown by --help): 0 complete; 2 configuration/
+preflight error, nothing sent; 3 complete with rejected rows (also rows an earlier run rejected:
+while the job's rejects file lists any); 1 failed (undeliverable after retries, unreadable
+source) with the checkpoint holding exactly what was delivered; 130 interrupted. Options may
+also come from MOESIF_BACKFILL_<OPTION> variables (cli_flags.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import logging
 import os
 import sys
 
+from moesif_backfill import __version__
 from moesif_backfill.cli_days import add_days_parsers, main_days
-from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.cli_flags import apply_env, field_flag, given, mode_flags
+from moesif_backfill.cli_help import ENV_HELP, EXIT_CODES_HELP, RUN_EXAMPLES, TOP_EXAMPLES, epilog
 from moesif_backfill.cli_output import Follow, print_error
 from moesif_backfill.cli_sql import add_sql_parser, main_sql
 from moesif_backfill.modes import MODES_HELP, Mode, choose_mode
@@ -31,6 +34,15 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs")
     field_flag(p, RunSettings, "mapping", required=True, help="mapping YAML file")
+    field_flag(
+        p,
+        RunSettings,
+        "exclude",
+        metavar="GLOB",
+        help="leave out input files matching GLOB (repeatable), matched against the path below "
+        "the given directory or S3 prefix and against the base name, e.g. 'README.txt', "
+        "'*.md', 'docs/*'",
+    )
     field_flag(
         p,
         RunSettings,
@@ -65,22 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moesif-backfill",
         description="Send billing/usage rows to Moesif as actions through Amazon Data Firehose.",
-        epilog=MODES_HELP,
+        epilog=epilog(TOP_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=FORMATTER,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
         help="backfill SOURCE... (or --dry-run to preview)",
-        epilog=MODES_HELP,
+        epilog=epilog(RUN_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=FORMATTER,
     )
     _common(run)
-    target = run.add_mutually_exclusive_group(required=True)
-    target.add_argument(
+    # One of --stream / --dry-run (RunSettings says so when neither is given: --stream may also
+    # come from its environment variable, which argparse does not know about).
+    target = run.add_mutually_exclusive_group()
+    field_flag(
+        target,
+        RunSettings,
+        "streams",
         "--stream",
         action="append",
         metavar="NAME",
+        exclusive_with=("dry_run",),
         help="Firehose stream (delivery stream) name; repeat to spread actions over several "
         "streams by a hash of transaction_id",
     )
@@ -108,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     field_flag(run, RunSettings, "job", help="job name (default: from the sources and mapping)")
     field_flag(run, RunSettings, "rejects", help="rejects NDJSON file (default: in the checkpoint)")
     field_flag(run, RunSettings, "summary_json", help="write the run summary here")
+    field_flag(run, RunSettings, "ledger", metavar="LOCATION")
     _quota_flags(run)
     field_flag(run, RunSettings, "max_in_flight", help="PutRecordBatch calls at once (per stream)")
     field_flag(
@@ -117,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="on throttling, lower the send rate and raise it again slowly",
     )
     cluster = run.add_mutually_exclusive_group()
-    field_flag(cluster, RunSettings, "dask_address", metavar="TCP_URL")
-    field_flag(cluster, RunSettings, "workers", metavar="N")
+    field_flag(cluster, RunSettings, "dask_address", metavar="TCP_URL", exclusive_with=("workers",))
+    field_flag(cluster, RunSettings, "workers", metavar="N", exclusive_with=("dask_address",))
     field_flag(
         run,
         RunSettings,
@@ -126,11 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up on a batch after N attempts in a row that delivered nothing",
     )
     _optional_flags(run)
-    field_flag(run, RunSettings, "reset", help="forget this job's checkpoint first")
+    field_flag(run, RunSettings, "reset", env=False, help="forget this job's checkpoint first")
     field_flag(
         run,
         RunSettings,
         "reprocess",
+        env=False,
         action="append",
         metavar="FILE",
         help="send FILE again although it changed since the checkpoint",
@@ -140,9 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser(
         "validate",
         help="preflight: check the mapping and data, send nothing (never Prefect)",
+        epilog=epilog(EXIT_CODES_HELP, ENV_HELP),
+        formatter_class=FORMATTER,
     )
     _common(val)
-    val.add_argument(
+    field_flag(
+        val,
+        RunSettings,
+        "streams",
         "--stream",
         action="append",
         metavar="NAME",
@@ -191,7 +217,6 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     from moesif_backfill.errors import ConfigError
 
     data = given(args, RunSettings)
-    data["streams"] = args.stream or []
     if args.command == "validate":
         data["mode"] = "validate"
     else:
@@ -240,6 +265,10 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline,flows,connectors,transforms")
+    # Prefect's console handler (on the root logger) would print its own account of the run and
+    # its shutdown chatter ("Still processing items ...") beside the CLI's: the records still
+    # reach the Prefect API; the terminal gets the CLI's output only.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> int:
@@ -306,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     from moesif_backfill.errors import BackfillError
 
+    try:
+        apply_env(args, os.environ)  # MOESIF_BACKFILL_<OPTION> for options not given
+    except BackfillError as exc:
+        return print_error(exc)
     if args.command in ("nightly", "range"):
         return main_days(args)
     if args.command == "sql":

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.cli_help import DAYS_EXAMPLES, ENV_HELP, EXIT_CODES_HELP, epilog
 from moesif_backfill.modes import MODES_HELP
 from pipeline.day_settings import DaySettings, NightlySettings, RangeSettings
 from pipeline.settings import RunSettings
 
 # RunSettings fields the days' jobs take from the command line (DaySettings.options).
 DAY_OPTIONS = (
+    "exclude",
     "chunk_rows",
     "max_records_per_second",
     "max_mib_per_second",
@@ -31,13 +33,17 @@ DAY_OPTIONS = (
 )
 
 
+def _metavar(name: str) -> str:
+    return "GLOB" if name == "exclude" else name.upper()
+
+
 def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `nightly` and `range` to the subparsers `sub` of the CLI."""
     fmt = argparse.RawDescriptionHelpFormatter
     nightly = sub.add_parser(
         "nightly",
         help="sync yesterday (or --date) and catch up missed days (docs/nightly.md)",
-        epilog=MODES_HELP,
+        epilog=epilog(DAYS_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=fmt,
     )
     _days_common(nightly, NightlySettings)
@@ -47,7 +53,7 @@ def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     days = sub.add_parser(
         "range",
         help="backfill the days --start..--end, each its own job (docs/nightly.md)",
-        epilog=MODES_HELP,
+        epilog=epilog(DAYS_EXAMPLES, EXIT_CODES_HELP, ENV_HELP, MODES_HELP),
         formatter_class=fmt,
     )
     _days_common(days, RangeSettings)
@@ -59,6 +65,7 @@ def add_days_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         RunSettings,
         "reset",
         dest="option.reset",
+        env=False,
         help="forget each day's checkpoint first (resends them)",
     )
 
@@ -85,9 +92,10 @@ def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
     field_flag(p, model, "aws_credentials_block", metavar="NAME")
     field_flag(p, model, "allow_older_than_30_days")
     field_flag(p, model, "allow_empty_days")
+    field_flag(p, model, "ledger", metavar="LOCATION")
     for name in DAY_OPTIONS:
         if name in RunSettings.model_fields:
-            field_flag(p, RunSettings, name, dest=f"option.{name}")
+            field_flag(p, RunSettings, name, dest=f"option.{name}", metavar=_metavar(name))
     p.add_argument("--summary-json", type=Path, help="write the per-day result here (JSON)")
     mode_flags(p)
 

@@ -97,6 +97,10 @@ class CheckpointError(BackfillError):
     """The checkpoint could not be read or written safely."""
 
 
+class LedgerError(BackfillError):
+    """The ID ledger (--ledger) could not be written: the chunk is not committed."""
+
+
 class DeliveryError(BackfillError):
     """Records could not be delivered to Firehose."""
 

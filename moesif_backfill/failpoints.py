@@ -6,6 +6,7 @@ worst moment loses nothing. Unset (always, in production) a call is one falsy ch
 
     reader.batch                 a record batch was read from a source file
     chunk.submitted              a chunk's records were handed to the sink (batches in flight)
+    chunk.acknowledged           a chunk was acknowledged (its ledger file written), not committed
     checkpoint.before_replace    the new checkpoint was written and fsynced, not yet renamed
 """
 

@@ -41,6 +41,7 @@ FIXED_PER_DAY = frozenset(
         "window_end",
         "rejects",
         "summary_json",
+        "ledger",
     }
 )
 
@@ -78,6 +79,11 @@ class DaySettings(BaseModel):
         default=False, description="send rows older than Moesif's 30-day window"
     )
     allow_empty_days: bool = Field(default=False, description="a day without input is not an error")
+    ledger: str | None = Field(
+        default=RunSettings.model_fields["ledger"].default,
+        min_length=1,
+        description=RunSettings.model_fields["ledger"].description,
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="further RunSettings fields for every day's job (chunk_rows, "
@@ -128,6 +134,7 @@ class DaySettings(BaseModel):
             aws_credentials_block=self.aws_credentials_block,
             allow_older_than_30_days=self.allow_older_than_30_days,
             summary_json=summary_json,
+            ledger=self.ledger,
         )
         if self.window == "time":
             data["window_start"], data["window_end"] = day_bounds(day, self.timezone)

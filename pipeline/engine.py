@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from connectors.checkpoint import CheckpointStore, FileProgress
@@ -25,6 +26,7 @@ from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError, SourceError
 from pipeline.counts import Counts
 from pipeline.day_window import outside_window, window_us
+from pipeline.ledger import ShardLedger
 from pipeline.plan import FilePlan, Plan, file_progress
 from pipeline.rejects import RejectsWriter
 from pipeline.row_filter import split_rows
@@ -128,10 +130,11 @@ class FileRunner:
         progress: ProgressListener | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         counted_this_run: set[int] | None = None,
+        ledger: ShardLedger | None = None,
     ) -> None:
         self.plan, self.fp, self.index = plan, fp, index
         self.sink, self.store, self.rejects = sink, store, rejects
-        self.progress = progress
+        self.progress, self.ledger = progress, ledger
         self.should_stop = should_stop
         self.counts = Counts()
         self.prog: FileProgress = file_progress(plan, fp)
@@ -258,6 +261,16 @@ class FileRunner:
             del self.counts.sample[3:]
         rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
         future = self.sink.submit(result.records)
+        # Done once acknowledged AND its ledger file written. Not when an earlier run's
+        # deferred rows are sent: that chunk's ledger file (those rows too_old) stays.
+        if self.ledger is not None and resend is None:
+            left_out = None
+            if split.too_old_at is not None:
+                built = np.zeros(batch.num_rows, dtype=bool)
+                built[result.accepted] = built[result.rejected] = True
+                built[split.too_old_at] = True
+                left_out = {"outside_window": np.flatnonzero(~built), "too_old": split.too_old_at}
+            future = self.ledger.after_ack(future, start_row, batch, result, left_out)
         failpoints.hit("chunk.submitted")
         item = _InFlight(
             chunk, future, len(result.records), len(result.rejected), rejects, split.outside
@@ -290,6 +303,7 @@ class FileRunner:
                 self.error = exc
             log.error("%s chunk %d not delivered: %s", self.fp.src.key, item.chunk, exc)
             return
+        failpoints.hit("chunk.acknowledged")
         self.rejects.write(item.rejects)
         if item.settles:  # the rows an earlier run left pending as too old
             self.prog.settle_deferred(item.chunk, sent=item.sent, rejected=item.rejected)

@@ -115,7 +115,7 @@ def make_plan(
     spec = load_mapping(settings.mapping)
     notes: list[str] = []
     try:
-        sources = discover_sources(settings.sources, spec.source, s3=s3)
+        sources = discover_sources(settings.sources, spec.source, s3=s3, exclude=settings.exclude)
         seen = [inspect_file(spec, src, s3) for src in sources]
     except SourceError as exc:
         raise ConfigError(str(exc)) from None

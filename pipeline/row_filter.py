@@ -27,6 +27,7 @@ class RowSplit:
     picked: np.ndarray | None  # positions of the rows to build actions from; None: every row
     outside: int = 0  # outside the run's time window
     too_old: int = 0  # before the cutoff (--skip-older-than-30-days): deferred
+    too_old_at: np.ndarray | None = None  # their positions (the ID ledger's too_old rows)
 
     @property
     def picked_count(self) -> int:
@@ -58,6 +59,7 @@ def split_rows(
     outside = n - int(inside.sum())
     keep = inside
     too_old = 0
+    old = keep
     if only_before is not None:
         keep = inside & _before(us, only_before)
     elif too_old_before is not None:
@@ -65,7 +67,8 @@ def split_rows(
         too_old = int(old.sum())
         keep = inside & ~old
     picked = None if keep.all() else np.flatnonzero(keep)
-    return RowSplit(n, picked, outside, too_old)
+    old_at = np.flatnonzero(old) if too_old else None
+    return RowSplit(n, picked, outside, too_old, old_at)
 
 
 __all__ = ["RowSplit", "split_rows"]

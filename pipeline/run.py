@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from moesif_backfill.errors import BackfillError
 from pipeline import shards as shard_plans
 from pipeline.engine import Counts, ProgressListener
 from pipeline.layout import Shard, ShardLayout, ShardTotals, save_layout
+from pipeline.ledger import check_ledger
 from pipeline.plan import Plan, default_job_name, make_plan, reprocess_keys
 from pipeline.rejects import RejectsWriter, drop_rejects, rejects_held
 from pipeline.report import RunSummary, write_json_atomic
@@ -48,6 +50,7 @@ class Run:
         self.settings = settings
         self.progress = progress
         self.started = time.monotonic()
+        self.run_id = str(uuid.uuid4())  # the ID ledger's run_id (pipeline/ledger.py)
         self.counts = Counts()
         self.files_complete = 0
         self._stack = contextlib.ExitStack()
@@ -80,6 +83,7 @@ class Run:
                 shard_plans.reset_shards(store, job)
                 log.warning("job %s: checkpoint reset, starting over", job)
         plan = make_plan(s, store, s3=self.s3)
+        check_ledger(s, plan.job, self.session, self.s3)  # --ledger: writable, before sending
         if store is not None:
             store.commit(plan.state)  # proves the checkpoint is writable before sending
         self.plan = plan
@@ -131,6 +135,7 @@ class Run:
             plan_files=self.plan.files,
             s3=self.s3,
             shards_in_flight=in_flight,
+            rows_in_flight=self.settings.chunks_in_flight * self.settings.chunk_rows,
         )
 
     def pending(self, shards: list[Shard] | None = None) -> list[Shard]:
@@ -190,6 +195,7 @@ class Run:
             shard=shard,
             rejects=self._rejects_path(self.plan),
             counted=frozenset(self.counted.get(shard.sid, ())),
+            run_id=self.run_id,
             too_old_before_us=self.plan.too_old_before_us,
         )
 

@@ -65,8 +65,11 @@ class LocalRunner:
         plan_files: list[FilePlan],
         shards_in_flight: int = 1,
         s3: S3Store | None = None,
+        rows_in_flight: int | None = None,
     ) -> None:
         self.store, self.session, self.sink, self.s3 = store, session, sink, s3
+        # The scheduler starts another shard only while the running ones' rows fit in this.
+        self.rows_in_flight = rows_in_flight
         self.progress, self.plan_files = progress, plan_files
         self.n = shards_in_flight
         self.stopping = threading.Event()

@@ -81,11 +81,26 @@ class _Loop:
             self.delayed.remove(item)
             self.pending.appendleft(item[1])
         while (
-            self.pending and self.first_error is None and len(self.inflight) < self.runner.slots()
+            self.pending
+            and self.first_error is None
+            and len(self.inflight) < self.runner.slots()
+            and self.admits(self.pending[0])
         ):
             shard = self.pending.popleft()
             work = self.runner.adapt(self.host.work(shard))
             self.inflight[self.runner.submit(work)] = shard
+
+    def admits(self, shard: Shard) -> bool:
+        """Whether `shard` may start beside the running ones: a runner with a row budget
+        (`rows_in_flight`, the rows a run keeps in flight: a LocalRunner's chunks in flight x
+        chunk rows) starts several shards at once only while their rows fit in it, so many
+        small files run side by side while big ones run one after another, and memory and the
+        rows a crash may send twice stay what one shard alone may have in flight."""
+        budget: int | None = getattr(self.runner, "rows_in_flight", None)
+        if budget is None or not self.inflight:
+            return True
+        used = sum(_rows(s, budget) for s in self.inflight.values())
+        return used + _rows(shard, budget) <= budget
 
     def next_retry_in(self, now: float) -> float | None:
         return max(0.0, min(t for t, _ in self.delayed) - now) if self.delayed else None
@@ -114,6 +129,11 @@ class _Loop:
             self.first_error = error
             self.delayed.clear()
             self.runner.stop()
+
+
+def _rows(shard: Shard, budget: int) -> int:
+    """The rows `shard` may keep in flight (unknown before reading, CSV/NDJSON: all of them)."""
+    return budget if shard.rows is None else min(shard.rows, budget)
 
 
 def run_shards(

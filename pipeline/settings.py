@@ -22,6 +22,11 @@ class RunSettings(BaseModel):
     sources: list[str] = Field(min_length=1, description="files, directories or globs")
     mapping: Path = Field(description="the mapping YAML file")
     mode: Mode = "send"
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="glob patterns of input files to leave out, matched against the path "
+        "below the given directory/prefix and against the base name (e.g. '*.txt')",
+    )
     streams: list[str] = Field(
         default_factory=list,
         description="Firehose streams; with several, an action goes to the stream picked by a "
@@ -45,6 +50,12 @@ class RunSettings(BaseModel):
     job: str | None = None
     rejects: Path | None = None
     summary_json: Path | None = None
+    ledger: str | None = Field(
+        default=None,
+        min_length=1,
+        description="write the ID ledger (one Parquet row per input row: transaction_id, "
+        "status) under this directory or s3://bucket/prefix/, in a job=<job>/ folder",
+    )
     allow_older_than_30_days: bool = False
     skip_older_than_30_days: bool = Field(
         default=False,
@@ -52,8 +63,14 @@ class RunSettings(BaseModel):
         "the older ones stay pending in the checkpoint (rows_too_old) for a later run with "
         "--allow-older-than-30-days",
     )
-    max_records_per_second: float | None = Field(default=None, gt=0)
-    max_mib_per_second: float | None = Field(default=None, gt=0)
+    max_records_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="each stream's Firehose records/s quota (sends shaped to 98%)",
+    )
+    max_mib_per_second: float | None = Field(
+        default=None, gt=0, description="each stream's Firehose MiB/s quota (sends shaped to 98%)"
+    )
     adaptive_rate: bool = Field(
         default=True,
         description="on throttling, lower the send rate (multiplicative decrease) and raise it "
@@ -71,11 +88,17 @@ class RunSettings(BaseModel):
     window_end: dt.datetime | None = Field(
         default=None, description="send only rows whose time is < this (time-window mode)"
     )
-    chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    chunk_rows: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="rows per checkpointed chunk"
+    )
     max_in_flight: int = Field(default=8, ge=1, le=64, description="PutRecordBatch calls at once")
     chunks_in_flight: int = Field(default=4, ge=1, le=64)
     shards_in_flight: int = Field(
-        default=1, ge=1, le=64, description="shards run at once by a run in one process"
+        default=8,
+        ge=1,
+        le=64,
+        description="shards run at once by a run in one process, while their rows fit in "
+        "--chunks-in-flight x --chunk-rows (many small files side by side, big ones in turn)",
     )
     retry_budget_s: float = Field(
         default=60.0,
@@ -104,6 +127,13 @@ class RunSettings(BaseModel):
                 data["streams"] = [one]
         return data
 
+    @field_validator("exclude")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        if any(not pattern.strip() for pattern in v):
+            raise ValueError("an --exclude pattern must not be empty")
+        return v
+
     @field_validator("streams")
     @classmethod
     def _stream_names(cls, v: list[str]) -> list[str]:
@@ -120,10 +150,14 @@ class RunSettings(BaseModel):
         """The first (usually the only) stream."""
         return self.streams[0] if self.streams else None
 
-    @field_validator("checkpoint", mode="before")
+    @field_validator("checkpoint", "ledger", mode="before")
     @classmethod
     def _as_text(cls, v: object) -> object:
         return str(v) if isinstance(v, Path) else v
+
+    @property
+    def ledger_is_s3(self) -> bool:
+        return bool(self.ledger) and str(self.ledger).lower().startswith("s3://")
 
     @property
     def checkpoint_is_s3(self) -> bool:

@@ -25,6 +25,7 @@ from connectors.checkpoint import CheckpointStore, JobState
 from connectors.s3_store import S3Store
 from moesif_backfill.errors import CheckpointMismatchError, JobLockedError
 from pipeline.engine import Counts, FileRunner, ProgressListener
+from pipeline.ledger import ShardLedger, open_ledger
 from pipeline.plan import FilePlan, Plan
 from pipeline.rejects import PRIVATE_FILE_MODE, RejectsWriter
 from pipeline.resources import checkpoint_store, make_sink, open_aws, s3_store
@@ -49,6 +50,7 @@ class ShardWork:
     shard: Shard
     rejects: Path | None
     counted: frozenset[int] = frozenset()  # chunks earlier attempts of this run counted
+    run_id: str = ""  # the run's UUID (the ID ledger's run_id)
     too_old_before_us: int | None = None  # Plan.too_old_before_us (the run's cutoff)
 
 
@@ -158,6 +160,7 @@ def run_shard(
         own = sink is None
         used = make_sink(s, session, check_stream=False) if sink is None else sink
         rejects = ShardRejectsWriter(work.rejects, work.shard.first_row)
+        ledger = _ledger(work, session, s3)
         runner = FileRunner(
             plan,
             work.file,
@@ -168,6 +171,7 @@ def run_shard(
             progress=progress,
             should_stop=should_stop,
             counted_this_run=counted,
+            ledger=ledger,
         )
         try:
             runner.run()
@@ -176,8 +180,27 @@ def run_shard(
             # The driver adds up what this shard did even when it failed.
             exc.shard_result = _result(work, runner, stats, counted, progress)  # type: ignore[attr-defined]
             raise
+        finally:
+            if ledger is not None:
+                ledger.close()
         stats = _close(used if own else None, rejects)
     return _result(work, runner, stats, counted, progress)
+
+
+def _ledger(work: ShardWork, session: Any, s3: S3Store | None) -> ShardLedger | None:
+    """The shard's ID ledger (RunSettings.ledger; none in validate mode)."""
+    s = work.settings
+    if s.ledger is None or s.mode == "validate":
+        return None
+    return ShardLedger(
+        open_ledger(s, session, s3),
+        job=work.job,
+        run_id=work.run_id,
+        source=work.file.src.path,
+        first_row=work.shard.first_row,
+        spec=work.spec,
+        dry_run=s.mode == "dry-run",
+    )
 
 
 def run_remote(work: ShardWork) -> ShardResult:

@@ -225,9 +225,12 @@ def test_local_workers_need_no_prefect_server(
     done = _cli([*args, "--workers", "2"], env)
     log = done.stderr.decode() + done.stdout.decode()
     assert done.returncode == 0, log[-3000:]
-    # One temporary server, the driver's: the workers run no Prefect (one that did would log
-    # this line too: the workers inherit PREFECT_LOGGING_LEVEL=INFO and this stderr).
-    assert log.count("Starting temporary server on") == 1, log[-3000:]
+    # No Prefect API configured: the driver runs directly and the workers run no Prefect either
+    # (one that started a temporary server would log this line: they inherit
+    # PREFECT_LOGGING_LEVEL=INFO and this stderr), so no server and no Prefect database.
+    assert "Starting temporary server on" not in log, log[-3000:]
+    assert "(ran directly, without Prefect)" in log
+    assert not list((tmp_path / "prefect-home").glob("*.db")), "a Prefect database was created"
     delivered = strict_firehose.transaction_ids(firehose_stream)
     assert len(delivered) == 35_000 and len(set(delivered)) == 35_000
 

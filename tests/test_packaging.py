@@ -1,9 +1,7 @@
 """The wheel holds the runtime only: no stand-in, no test file, nothing that imports moto.
 
-The wheel is built by pip from a fresh ``git clone`` of the committed HEAD (uncommitted files can
-neither hide nor add anything: commit before running this), offline: ``--no-build-isolation``
-with the build backend that the dev extras install (``pip install -e '.[dev]'``), no index.
-Needs git; skipped, saying so, where there is no git or no git checkout.
+The wheel is built from the committed HEAD, offline (tests/wheel_build.py: commit before running
+this); skipped, saying so, where there is no git or no git checkout.
 """
 
 from __future__ import annotations
@@ -11,17 +9,14 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tomllib
 import zipfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
+
+from tests.wheel_build import build_wheel, run_checked
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_PACKAGES = {"moesif_backfill", "pipeline", "flows", "transforms", "connectors"}
@@ -43,78 +38,9 @@ print(json.dumps({"loaded": loaded, "outside": outside}))
 """
 
 
-def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
-    assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
-def _git() -> str:
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip("needs git: the wheel is built from a fresh clone of the committed HEAD")
-    inside = subprocess.run(
-        [git, "-C", str(ROOT), "rev-parse", "--verify", "HEAD"], capture_output=True, check=False
-    )
-    if inside.returncode != 0:
-        pytest.skip(f"needs a git checkout with a commit: {ROOT} is not one")
-    return git
-
-
-def _missing_build_backend() -> list[str]:
-    """Requirements of [build-system] that this interpreter does not satisfy."""
-    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
-    missing = []
-    for text in requires:
-        req = Requirement(text)
-        try:
-            have = version(req.name)
-        except PackageNotFoundError:
-            missing.append(text)
-            continue
-        if not req.specifier.contains(have, prereleases=True):
-            missing.append(f"{text} (installed: {have})")
-    return missing
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    git = _git()
-    missing = _missing_build_backend()
-    if missing:
-        pytest.fail(
-            f"the build backend is missing ({', '.join(missing)}): "
-            "run `pip install -e '.[dev]'` (or `make install`)"
-        )
-    tmp = tmp_path_factory.mktemp("wheel")
-    head = _run([git, "-C", str(ROOT), "rev-parse", "HEAD"]).stdout.strip()
-    clone, out = tmp / "clone", tmp / "out"
-    _run([git, "clone", "--quiet", "--no-checkout", str(ROOT), str(clone)])
-    _run([git, "-C", str(clone), "checkout", "--quiet", "--detach", head])
-    env = {
-        **os.environ,
-        "PIP_NO_INDEX": "1",  # offline: nothing may come from an index
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    }
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(out),
-            str(clone),
-        ],
-        cwd=tmp,
-        env=env,
-        timeout=300,
-    )
-    (built,) = out.glob("*.whl")
-    return built
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def _names(wheel: Path) -> list[str]:
@@ -185,7 +111,7 @@ def test_importing_every_runtime_module_loads_no_moto(wheel: Path, tmp_path: Pat
     assert {"moesif_backfill.cli", "flows.backfill", "connectors.firehose"} <= set(modules)
     assert {m.split(".")[0] for m in modules} == RUNTIME_PACKAGES
     env = {**os.environ, "PYTHONPATH": str(unpacked), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = _run(
+    done = run_checked(
         [
             sys.executable,
             "-c",

@@ -60,6 +60,10 @@ class ActionBatch:
     reasons: list[str]  # one reason per rejected row
     epoch_us: pa.Array  # int64 request time of accepted rows (UTC microseconds)
     counters: dict[str, int] = field(default_factory=dict)
+    # Of every input row (for the ID ledger): its transaction_id, null where the row has no
+    # usable key; its request time (int64 UTC microseconds), null where missing/unparseable.
+    row_ids: pa.Array | None = None
+    row_times_us: pa.Array | None = None
 
     @property
     def min_time_us(self) -> int | None:
@@ -171,6 +175,10 @@ def build_actions(
     counters = {"metadata_nonfinite_omitted": 0}
 
     ids = _transaction_ids(batch, spec, rej)
+    key_bad = rej.reason >= 0  # the only reasons so far are the key's
+    row_ids = (
+        pc.if_else(pa.array(key_bad), pa.scalar(None, pa.string()), ids) if key_bad.any() else ids
+    )
 
     # action_name
     name = _source(batch, spec.action_name, tz)
@@ -222,7 +230,25 @@ def build_actions(
         reasons=[labels[c] for c in rej.reason[rejected]],
         epoch_us=epoch_kept,
         counters=counters,
+        row_ids=row_ids,
+        row_times_us=epoch_us,
     )
+
+
+def row_ids_and_times(batch: pa.RecordBatch, spec: MappingSpec) -> tuple[pa.Array, pa.Array]:
+    """The transaction_id (null without a usable key) and request time (int64 UTC epoch
+    microseconds, null when missing or unparseable) of every row, as `build_actions` gives
+    them in `ActionBatch.row_ids` / `row_times_us`: for rows that are not built into actions
+    (outside the time window)."""
+    rej = Rejects(batch.num_rows)
+    ids = _transaction_ids(batch, spec, rej)
+    key_bad = rej.reason >= 0
+    if key_bad.any():
+        ids = pc.if_else(pa.array(key_bad), pa.scalar(None, pa.string()), ids)
+    us, _bad = to_epoch_us(
+        batch.column(spec.time.column), tz=spec.time.timezone, unit=spec.time.unit
+    )
+    return ids, us
 
 
 def _metadata(
@@ -271,5 +297,6 @@ __all__ = [
     "ActionBatch",
     "build_actions",
     "json_string",
+    "row_ids_and_times",
     "time_bounds",
 ]
