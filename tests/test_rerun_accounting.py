@@ -298,3 +298,24 @@ def test_checkpoint_keeps_rejects_and_deferred_rows_per_chunk_only_when_there_ar
     back.settle_deferred(1, sent=2, rejected=1)  # idempotent
     assert (back.rows_sent, back.rows_rejected, back.chunk_rejects) == (17, 3, {1: 3})
     assert back.delivered and back.rows_deferred == 0
+
+
+def test_skip_older_rows_are_too_old_in_the_id_ledger(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    from tests.test_ledger import status_counts
+
+    src = _mixed(tmp_path / "m.parquet", dt.datetime.now(dt.UTC))
+    ledger = tmp_path / "ledger"
+    s = strict_settings(
+        tmp_path,
+        [src],
+        strict_firehose,
+        firehose_stream,
+        chunk_rows=100,
+        ledger=str(ledger),
+        skip_older_than_30_days=True,
+    )
+    summary, err = run_plain(s)
+    assert err is None and summary.rows_too_old == 500
+    assert status_counts(ledger) == {"sent": 500, "too_old": 500}
