@@ -111,7 +111,7 @@ class S3CheckpointStore(CheckpointStore):
         self.objects = S3Objects(self.client, self.bucket)
         self.leases = JobLeases(
             self.objects,
-            lambda job: self._key(job, LEASE_NAME),
+            lambda job: self.object_key(job, LEASE_NAME),
             lease_seconds=self.lease_seconds,
             renew_every_s=self.renew_every_s,
         )
@@ -147,11 +147,11 @@ class S3CheckpointStore(CheckpointStore):
 
     # -- primitives ------------------------------------------------------------------------
 
-    def _key(self, job: str, name: str) -> str:
+    def object_key(self, job: str, name: str) -> str:
         return f"{self.prefix}/{job}/{name}" if self.prefix else f"{job}/{name}"
 
     def _read(self, job: str, name: str) -> bytes | None:
-        found = self.objects.get(self._key(job, name))
+        found = self.objects.get(self.object_key(job, name))
         if name in _FENCED:  # the first read since the load is what the first write expects
             etag, data = (None, None) if found is None else (found[1], found[0])
             self._known.setdefault((job, name), (etag, data if name == STATE_NAME else None))
@@ -168,7 +168,10 @@ class S3CheckpointStore(CheckpointStore):
             if name == STATE_NAME:
                 self._read(job, name)
             else:
-                self._known[(job, name)] = (self.objects.head_etag(self._key(job, name)), None)
+                self._known[(job, name)] = (
+                    self.objects.head_etag(self.object_key(job, name)),
+                    None,
+                )
             known = self._known[(job, name)]
         return known
 
@@ -186,7 +189,7 @@ class S3CheckpointStore(CheckpointStore):
         return self._expected(job, STATE_NAME)[1]
 
     def _write_atomic(self, job: str, name: str, data: bytes) -> None:
-        key = self._key(job, name)
+        key = self.object_key(job, name)
         condition: dict[str, str] = {}
         if name in _FENCED:
             self.leases.check_deadline(job)
@@ -214,7 +217,7 @@ class S3CheckpointStore(CheckpointStore):
             self._known[(job, name)] = (etag, data if name == STATE_NAME else None)
 
     def _delete(self, job: str, name: str) -> None:
-        key = self._key(job, name)
+        key = self.object_key(job, name)
         try:
             self.objects.delete(key)
         except Exception as e:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
@@ -63,26 +63,40 @@ def current_flow_run() -> FlowRunRef:
     return FlowRunRef(name=str(flow_run.name), id=str(flow_run.id))
 
 
+# The core's loggers: their INFO records go to a flow run's log in the Prefect API.
+CORE_LOGGERS = ("pipeline", "connectors", "transforms")
+
+
 @contextlib.contextmanager
 def core_logs_to_api() -> Iterator[None]:
-    """While a flow runs, the core's INFO logs (`pipeline.*`: each day's progress) go to the
-    flow run's log in the Prefect API too (unless PREFECT_LOGGING_EXTRA_LOGGERS already sends
-    them); the console keeps only warnings (the handlers there have their own levels)."""
+    """While a flow runs, the core's INFO logs (`pipeline.*`, `connectors.*`, `transforms.*`:
+    plan, shards, each day's progress) go to the flow run's log in the Prefect API too
+    (through PREFECT_LOGGING_EXTRA_LOGGERS, which the CLI sets, or a handler added here); the
+    console keeps only warnings (the CLI's handler has its own level). Nested flow runs
+    (nightly days) keep the levels until the outermost one ends."""
     from prefect.logging.handlers import APILogHandler  # noqa: PLC0415
 
-    logger = logging.getLogger("pipeline")
-    level = logger.level
-    handler = None
-    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
-        handler = APILogHandler(level=logging.INFO)
-        logger.addHandler(handler)
-    logger.setLevel(min(level or logging.WARNING, logging.INFO))
+    saved: list[tuple[logging.Logger, int, logging.Handler | None]] = []
+    for name in CORE_LOGGERS:
+        logger = logging.getLogger(name)
+        handler: logging.Handler | None = None
+        if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+            handler = APILogHandler(level=logging.INFO)
+            logger.addHandler(handler)
+        saved.append((logger, logger.level, handler))
+        logger.setLevel(min(logger.level or logging.WARNING, logging.INFO))
     try:
         yield
     finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-        logger.setLevel(level)
+        for logger, level, handler in saved:
+            if handler is not None:
+                logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+def flow_run_tags(job: str, mode: str, day: str | None = None) -> list[str]:
+    """The tags of a flow run: its job and mode (send, dry-run, nightly, range), its day."""
+    return [f"job:{job}", f"mode:{mode}", *([f"day:{day}"] if day else [])]
 
 
 def artifact_key(job: str, what: str) -> str:
@@ -132,7 +146,19 @@ class ProgressArtifact:
             update_progress_artifact(self.artifact_id, 100.0)
 
 
-@flow(name="moesif-backfill", log_prints=False)
+def parameter_job() -> str:
+    """The job named by the running flow run's `settings` parameter (a settings model when
+    called from Python, a dict from a deployment), or "moesif-backfill" without one."""
+    from prefect.runtime import flow_run  # noqa: PLC0415 - resolved at call time
+
+    settings = flow_run.parameters.get("settings")
+    job = settings.get("job") if isinstance(settings, dict) else getattr(settings, "job", None)
+    return str(job or "moesif-backfill")
+
+
+# Flow runs from deployments are named after their job too (the CLI names its own:
+# `run_as_flow_run`, flows/nightly.py `run_days_flow`).
+@flow(name="moesif-backfill", log_prints=False, flow_run_name=parameter_job)
 def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
     """Backfill the sources into Moesif through Firehose (or preview them with --dry-run).
 
@@ -140,7 +166,10 @@ def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
     `set_total(n)` following the rows, and `finished(outcome, flow_run)` receiving the
     `JobOutcome` and the `FlowRunRef` before the flow returns or fails."""
     artifact = ProgressArtifact(settings.job or default_job_name(settings))
-    outcome = run_job(settings, progress=[artifact] if listener is None else [artifact, listener])
+    with core_logs_to_api():
+        outcome = run_job(
+            settings, progress=[artifact] if listener is None else [artifact, listener]
+        )
     if outcome.ok:
         artifact.complete()
     publish_run_summary(outcome.summary)
@@ -171,9 +200,12 @@ def publish_run_summary(summary: RunSummary) -> None:
 
 
 def run_as_flow_run(settings: RunSettings, listener: Any) -> Any:
-    """The CLI's Prefect mode: `backfill` as a flow run; the outcome reaches `listener`. Its
-    final state."""
-    return backfill(settings, listener=listener, return_state=True)
+    """The CLI's Prefect mode: `backfill` as a flow run named after the job, tagged with the
+    job and the mode; the outcome reaches `listener`. Its final state."""
+    job = settings.job or default_job_name(settings)
+    with tags(*flow_run_tags(job, settings.mode)):
+        named = backfill.with_options(flow_run_name=job)
+        return named(settings, listener=listener, return_state=True)
 
 
 __all__ = [
@@ -181,7 +213,10 @@ __all__ = [
     "JobOutcome",
     "artifact_key",
     "backfill",
+    "core_logs_to_api",
     "current_flow_run",
+    "flow_run_tags",
+    "parameter_job",
     "publish_run_summary",
     "run_as_flow_run",
 ]

@@ -13,21 +13,55 @@ saying what to do) when any day could not be delivered. See docs/nightly.md.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.artifacts import create_table_artifact
 
-from flows.backfill import artifact_key, backfill, core_logs_to_api, current_flow_run
+from flows.backfill import (
+    artifact_key,
+    backfill,
+    core_logs_to_api,
+    current_flow_run,
+    flow_run_tags,
+    parameter_job,
+)
 from pipeline.day_run import table_rows
 from pipeline.day_settings import NightlySettings, RangeSettings
 from pipeline.nightly import DaysOutcome, run_nightly, run_range
 from pipeline.settings import RunSettings
 
+DAY_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
 
 def _run_backfill(job: str, settings: RunSettings) -> object:
-    """One day's job as a nested `moesif-backfill` flow run named after it."""
-    return backfill.with_options(flow_run_name=job)(settings)
+    """One day's job (`<job>-YYYY-MM-DD`) as a nested `moesif-backfill` flow run named after
+    it, tagged with its day (and the parent's job and mode tags: `run_days_flow`)."""
+    day = job[-10:] if DAY_SUFFIX.search(job) else None
+    with tags(*([f"day:{day}"] if day else [])):
+        return backfill.with_options(flow_run_name=job)(settings)
+
+
+def run_days_flow(
+    command: str, settings: NightlySettings | RangeSettings, listener: Any, **when: Any
+) -> Any:
+    """The CLI's Prefect mode of `nightly` / `range`: the flow run named after the job and
+    its day(s) (`<job> nightly <date or scheduled day>`, `<job> range <start>..<end>`), tagged
+    job and mode; its final state."""
+    job = settings.job
+    with tags(*flow_run_tags(job, command)):
+        if command == "nightly":
+            assert isinstance(settings, NightlySettings)
+            name = f"{job} nightly {when.get('date') or 'yesterday'}"
+            return nightly_sync.with_options(flow_run_name=name)(
+                settings, date=when.get("date"), listener=listener, return_state=True
+            )
+        assert isinstance(settings, RangeSettings)
+        name = f"{job} range {when['start']}..{when['end']}"
+        return backfill_range.with_options(flow_run_name=name)(
+            settings, start=when["start"], end=when["end"], listener=listener, return_state=True
+        )
 
 
 def scheduled_start() -> dt.datetime:
@@ -53,7 +87,20 @@ def _finish(what: str, job: str, outcome: DaysOutcome, listener: Any) -> dict[st
     return outcome.result
 
 
-@flow(name="nightly-sync", log_prints=False)
+def _nightly_name() -> str:
+    from prefect.runtime import flow_run  # noqa: PLC0415 - resolved at call time
+
+    return f"{parameter_job()} nightly {flow_run.parameters.get('date') or 'scheduled'}"
+
+
+def _range_name() -> str:
+    from prefect.runtime import flow_run  # noqa: PLC0415 - resolved at call time
+
+    p = flow_run.parameters
+    return f"{parameter_job()} range {p.get('start')}..{p.get('end')}"
+
+
+@flow(name="nightly-sync", log_prints=False, flow_run_name=_nightly_name)
 def nightly_sync(
     settings: NightlySettings, date: str | None = None, listener: Any = None
 ) -> dict[str, Any]:
@@ -64,7 +111,7 @@ def nightly_sync(
     return _finish("nightly", settings.job, outcome, listener)
 
 
-@flow(name="backfill-range", log_prints=False)
+@flow(name="backfill-range", log_prints=False, flow_run_name=_range_name)
 def backfill_range(
     settings: RangeSettings, start: str, end: str, listener: Any = None
 ) -> dict[str, Any]:
@@ -75,4 +122,4 @@ def backfill_range(
     return _finish("range", settings.job, outcome, listener)
 
 
-__all__ = ["backfill_range", "nightly_sync", "scheduled_start"]
+__all__ = ["backfill_range", "nightly_sync", "run_days_flow", "scheduled_start"]

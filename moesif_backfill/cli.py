@@ -1,4 +1,5 @@
-"""Command line: `moesif-backfill run|validate|nightly|range` (nightly, range: cli_days.py).
+"""Command line: `moesif-backfill run|validate|nightly|range|status` (nightly, range:
+cli_days.py; status: cli_status.py; progress and --log-format: cli_progress.py).
 
 The CLI runs the core (pipeline/job.py) directly, or as Prefect flow runs when a Prefect API is
 configured (moesif_backfill/modes.py; README "Direct or Prefect"). Flag defaults and help come
@@ -22,8 +23,10 @@ from moesif_backfill import __version__
 from moesif_backfill.cli_days import add_days_parsers, main_days
 from moesif_backfill.cli_flags import apply_env, field_flag, given, mode_flags
 from moesif_backfill.cli_help import ENV_HELP, EXIT_CODES_HELP, RUN_EXAMPLES, TOP_EXAMPLES, epilog
-from moesif_backfill.cli_output import Follow, print_error
+from moesif_backfill.cli_output import Follow, print_error, validate_rejects
+from moesif_backfill.cli_progress import add_log_format_flag, log_format, progress_display
 from moesif_backfill.cli_sql import add_sql_parser, main_sql
+from moesif_backfill.cli_status import add_status_parser, main_status
 from moesif_backfill.modes import MODES_HELP, Mode, choose_mode
 from pipeline.settings import RunSettings
 
@@ -33,6 +36,7 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs")
+    add_log_format_flag(p)
     field_flag(p, RunSettings, "mapping", required=True, help="mapping YAML file")
     field_flag(
         p,
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="send FILE again although it changed since the checkpoint",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     mode_flags(run)
     val = sub.add_parser(
         "validate",
@@ -175,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="as for run: only their number counts, for the expected send duration (no AWS call)",
     )
     _quota_flags(val)
+    field_flag(val, RunSettings, "rejects", help="write every rejected row here (NDJSON)")
     add_days_parsers(sub)
     add_sql_parser(sub)
+    add_status_parser(sub)
     return parser
 
 
@@ -272,9 +278,9 @@ def prefect_environment() -> None:
 
 
 def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> int:
-    from moesif_backfill.cli_output import Bar, print_summary, print_validate
+    from moesif_backfill.cli_output import print_summary, print_validate
 
-    follow = Follow(Bar(sys.stderr.isatty() and not getattr(args, "quiet", False)))
+    follow = Follow(progress_display(args))
     try:
         if mode.prefect:
             from flows.backfill import run_as_flow_run
@@ -305,7 +311,7 @@ def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> 
     code = EXIT_OK if outcome.error is None else print_error(outcome.error)
     summary = outcome.summary.to_dict()
     if settings.mode == "validate" and code == EXIT_OK:
-        print_validate(summary)
+        print_validate(summary, getattr(args, "rejects", None))
         print(follow.label())
         return code
     if summary.get("rows_read") or code == EXIT_OK:
@@ -326,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = setup_logging()
     try:
-        return _command(args)
+        with log_format(args, handler):
+            return _command(args)
     finally:  # an in-process caller (tests) keeps its logging as it was
         if handler is not None:
             logging.getLogger().removeHandler(handler)
@@ -343,6 +350,8 @@ def _command(args: argparse.Namespace) -> int:
         return main_days(args)
     if args.command == "sql":
         return main_sql(args)
+    if args.command == "status":
+        return main_status(args)
     try:
         settings = _settings(args)
         always_direct = {"validate": "validate", "dry-run": "run --dry-run"}.get(settings.mode)
@@ -353,7 +362,8 @@ def _command(args: argparse.Namespace) -> int:
             check_cluster_settings(settings)  # before a Prefect API or a cluster is started
     except BackfillError as exc:
         return print_error(exc)
-    return run_command(args, settings, mode)
+    with validate_rejects(settings) as run_settings:
+        return run_command(args, run_settings, mode)
 
 
 if __name__ == "__main__":  # pragma: no cover

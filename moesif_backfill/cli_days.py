@@ -16,6 +16,7 @@ from typing import Any
 
 from moesif_backfill.cli_flags import field_flag, given, mode_flags
 from moesif_backfill.cli_help import DAYS_EXAMPLES, ENV_HELP, EXIT_CODES_HELP, epilog
+from moesif_backfill.cli_progress import add_log_format_flag
 from moesif_backfill.modes import MODES_HELP
 from pipeline.day_settings import DaySettings, NightlySettings, RangeSettings
 from pipeline.settings import RunSettings
@@ -81,6 +82,7 @@ def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
         .replace("window=time", "--window time"),
     )
     field_flag(p, model, "mapping", required=True)
+    add_log_format_flag(p)
     field_flag(p, model, "job", required=True)
     field_flag(p, model, "streams", "--stream", action="append", required=True, metavar="NAME")
     field_flag(p, model, "timezone")
@@ -139,27 +141,48 @@ def _run(args: argparse.Namespace, settings: Any, prefect: bool, follow: Any) ->
     if prefect:
         from flows import nightly as flows_nightly
 
-        if args.command == "nightly":
-            state = flows_nightly.nightly_sync(
-                settings, date=args.date, listener=follow, return_state=True
-            )
-        else:
-            state = flows_nightly.backfill_range(
-                settings, start=args.start, end=args.end, listener=follow, return_state=True
-            )
+        when = {k: getattr(args, k, None) for k in ("date", "start", "end")}
+        state = flows_nightly.run_days_flow(args.command, settings, follow, **when)
         if follow.outcome is None:
             follow.error = state.result(raise_on_failure=False)
         return follow.outcome
     from pipeline import nightly
 
+    run_job = _direct_job(follow)
     if args.command == "nightly":
-        return nightly.run_nightly(settings, nightly.direct_job, date=args.date)
-    return nightly.run_range(settings, nightly.direct_job, start=args.start, end=args.end)
+        return nightly.run_nightly(settings, run_job, date=args.date)
+    return nightly.run_range(settings, run_job, start=args.start, end=args.end)
+
+
+class _RowsOnly:
+    """The days' rows, summed, to the command's progress display (their totals are per day:
+    not passed on, so a bar stays indeterminate and progress lines show no ETA)."""
+
+    def __init__(self, display: Any) -> None:
+        self.display = display
+
+    def rows_done(self, n: int) -> None:
+        self.display.rows_done(n)
+
+
+def _direct_job(follow: Any) -> Any:
+    """The `RunJob` of a direct nightly/range run: the core's `run_job` with the progress
+    display (`follow.bar`) following every day's rows."""
+
+    def run(job: str, settings: RunSettings) -> None:
+        from pipeline.job import run_job
+
+        outcome = run_job(settings, progress=[_RowsOnly(follow.bar)])
+        if outcome.error is not None:
+            raise outcome.error
+
+    return run
 
 
 def main_days(args: argparse.Namespace) -> int:
     """Run `nightly` or `range`; the exit code."""
-    from moesif_backfill.cli_output import Follow, print_error
+    from moesif_backfill.cli_output import Bar, Follow, print_error
+    from moesif_backfill.cli_progress import progress_display
     from moesif_backfill.errors import BackfillError
     from moesif_backfill.modes import choose_mode
     from pipeline.report import write_json_atomic
@@ -169,12 +192,14 @@ def main_days(args: argparse.Namespace) -> int:
         mode = choose_mode(prefect=args.prefect)
     except BackfillError as exc:
         return print_error(exc)
-    follow = Follow()
+    follow = Follow(progress_display(args) if not mode.prefect else Bar(False))
     try:
         outcome = _run(args, settings, mode.prefect, follow)
     except KeyboardInterrupt:
+        follow.bar.stop()
         print("interrupted: every day's checkpoint holds what was delivered; rerun to resume")
         return 130
+    follow.bar.stop()
     if outcome is None:
         code = print_error(follow.error or RuntimeError("the flow run failed"))
         print("the Prefect flow run ended before its days ran; rerun, or --no-prefect")

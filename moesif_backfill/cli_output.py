@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import sys
+import tempfile
 import time
 import traceback
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from moesif_backfill.modes import direct_label, flow_run_label
+
+if TYPE_CHECKING:
+    from pipeline.settings import RunSettings
 
 
 class Follow:
@@ -54,13 +63,16 @@ def print_error(exc: BaseException) -> int:
 
 
 class Bar:
-    """A rich progress bar on a terminal (rows/s, ETA); nothing otherwise."""
+    """A rich progress bar on the terminal's stderr (rows/s, ETA); nothing otherwise. It
+    starts at once, indeterminate until the run knows its total (after planning); when it
+    stops it shows the rows accounted for, as the summary does, and stays on screen."""
 
     def __init__(self, enabled: bool) -> None:
         self.progress: Any = None
         self.task: Any = None
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -77,7 +89,7 @@ class Bar:
             TextColumn("{task.speed:>10,.0f} rows/s" if False else "{task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            transient=True,
+            console=Console(file=sys.stderr),
         )
         self.start = time.monotonic()
         self.task = self.progress.add_task("rows", total=None, rate="")
@@ -96,8 +108,12 @@ class Bar:
         self.progress.update(self.task, rate=f"{rate:,.0f} rows/s")
 
     def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        if self.progress is None:
+            return
+        done = self.progress.tasks[0].completed
+        self.progress.update(self.task, total=done, completed=done)  # the rows accounted for
+        self.progress.stop()
+        self.progress = None
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -158,7 +174,39 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def print_validate(summary: dict[str, Any]) -> None:
+REJECTS_SHOWN = 10  # rejected rows validate lists (all of them go to --rejects PATH)
+
+
+@contextlib.contextmanager
+def validate_rejects(settings: RunSettings) -> Iterator[RunSettings]:
+    """`validate` writes every rejected row: to --rejects PATH (emptied first, so it holds
+    only this validation's rows), else to a private temporary file (gone afterwards) from
+    which the first ones are listed."""
+    if settings.mode != "validate":
+        yield settings
+        return
+    if settings.rejects is not None:
+        settings.rejects.unlink(missing_ok=True)
+        yield settings
+        return
+    with tempfile.TemporaryDirectory(prefix="moesif-backfill-validate-") as tmp:
+        yield settings.model_copy(update={"rejects": Path(tmp) / "rejects.ndjson"})
+
+
+def first_rejects(path: str | Path | None, limit: int = REJECTS_SHOWN) -> list[dict[str, Any]]:
+    """The first `limit` lines of a rejects file (file, row, reason; not the row's values)."""
+    if not path or not Path(path).exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in itertools.islice(fh, limit):
+            e = json.loads(line)
+            out.append({"file": e.get("source"), "row": e.get("row"), "reason": e.get("reason")})
+    return out
+
+
+def print_validate(summary: dict[str, Any], rejects: Path | None = None) -> None:
+    """The validate report; `rejects`: the --rejects PATH given (else the file is temporary)."""
     print(f"mapping OK for {summary['files_total']} file(s)")
     for warning in summary.get("warnings", []):
         print(f"warning: {warning}")
@@ -172,6 +220,16 @@ def print_validate(summary: dict[str, Any]) -> None:
         f"{_too_old_note(summary)}\n"
         f"payload {summary['bytes_sent']:,} bytes; Firehose bills {units:,} units of 5 KB"
     )
+    shown = first_rejects(summary.get("rejects_path")) if summary["rows_rejected"] else []
+    if shown:
+        first = f"first {len(shown)}" if summary["rows_rejected"] > len(shown) else "the"
+        print(f"{first} rejected row(s) (file, row, reason):")
+        for e in shown:
+            print(f"  {e['file']} row {e['row']}: {e['reason']}")
+        if rejects is not None:
+            print(f"all {summary['rows_rejected']:,} rejected row(s), with their values: {rejects}")
+        else:
+            print("write all of them, with their values, with --rejects PATH")
     print(
         _quota_line(summary)
         or "expected send time: give --max-records-per-second and/or --max-mib-per-second "

@@ -180,27 +180,21 @@ def totals(results: Sequence[DayResult]) -> dict[str, int]:
     return {k: sum(getattr(r, k) or 0 for r in results) for k in COUNTS}
 
 
-def table_rows(results: Sequence[DayResult]) -> list[dict[str, str]]:
-    """The per-day table (Prefect table artifact and CLI), with a totals row."""
-
-    def cell(v: int | None) -> str:
-        return "-" if v is None else f"{v:,}"
-
-    rows = [
+def table_rows(results: Sequence[DayResult]) -> list[dict[str, Any]]:
+    """The per-day table (Prefect table artifact), with a totals row. Counts are numbers
+    (None: the day did not get that far), not their text."""
+    rows: list[dict[str, Any]] = [
         {
             "day": r.day.isoformat(),
             "kind": r.kind,
             "status": r.status,
-            **{k: cell(getattr(r, k)) for k in COUNTS},
+            **{k: getattr(r, k) for k in COUNTS},
             "error": (r.error or "")[:300],
         }
         for r in results
     ]
     total = totals(results)
-    rows.append(
-        {"day": "total", "kind": "", "status": "", **{k: f"{v:,}" for k, v in total.items()}}
-        | {"error": ""}
-    )
+    rows.append({"day": "total", "kind": "", "status": "", **total} | {"error": ""})
     return rows
 
 

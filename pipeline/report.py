@@ -75,7 +75,7 @@ class RunSummary:
         d["accounted"] = self.accounted
         return d
 
-    def table_rows(self) -> list[dict[str, str]]:
+    def table_rows(self) -> list[dict[str, Any]]:
         labels = {
             "actions_sent": "would be sent" if self.mode == "dry-run" else "sent",
         }
@@ -104,7 +104,8 @@ class RunSummary:
             "rows_per_second",
         ]
         d = self.to_dict()
-        return [{"metric": labels.get(k, k), "value": str(d[k])} for k in keys]
+        # typed cells (ints, floats, the status text; None when not known), not their text
+        return [{"metric": labels.get(k, k), "value": d[k]} for k in keys]
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -97,8 +97,8 @@ class RunSettings(BaseModel):
         default=8,
         ge=1,
         le=64,
-        description="shards run at once by a run in one process, while their rows fit in "
-        "--chunks-in-flight x --chunk-rows (many small files side by side, big ones in turn)",
+        description="shards run at once by a run in one process, while their rows fit in what "
+        "one shard may keep in flight (many small files side by side, big ones in turn)",
     )
     retry_budget_s: float = Field(
         default=60.0,

@@ -50,6 +50,15 @@ def test_flow_delivers_and_publishes_summary_artifact(
     assert "actions_sent" in str(summary[0].data) or "sent" in str(summary[0].data)
     progress = asyncio.run(_artifacts("flow-test-progress"))
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
+    # called without a name (as a deployment runs it), the flow run is named after its job
+    assert asyncio.run(_flow_run_name(summary[0].flow_run_id)) == "flow-test"
+
+
+async def _flow_run_name(flow_run_id: Any) -> str:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return str((await client.read_flow_run(flow_run_id)).name)
 
 
 def test_flow_fails_loudly_on_config_error(

@@ -229,16 +229,15 @@ def _module_names(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def _module_level_nodes(tree: ast.Module) -> list[ast.stmt]:
-    """The statements a module runs on import (and its ``if TYPE_CHECKING:`` blocks): the body,
-    recursing into if/try/with/class bodies but never into a function (a function-level import
-    runs only when the function is called, so it is not part of the import graph)."""
+def _import_nodes(tree: ast.Module) -> list[ast.stmt]:
+    """Every statement of a module, also inside functions: a lazy (function-level) import only
+    hides a cycle until the function runs (the issue named one, flows.backfill -> dask_run ->
+    shard_task -> backfill, that was all function-level), so it counts. Also the typing-only
+    ``if TYPE_CHECKING:`` blocks count: a cycle there is still a tangle."""
     out: list[ast.stmt] = []
     todo: list[ast.stmt] = list(tree.body)
     while todo:
         node = todo.pop()
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
         out.append(node)
         for name in ("body", "orelse", "finalbody"):
             todo.extend(getattr(node, name, []))
@@ -248,7 +247,7 @@ def _module_level_nodes(tree: ast.Module) -> list[ast.stmt]:
 
 
 def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
-    """Module -> the modules of *packages* it imports at module level (see _module_level_nodes).
+    """Module -> the modules of *packages* it imports anywhere (see _import_nodes).
 
     ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``;
     relative imports are resolved against the importing module's package.
@@ -258,7 +257,7 @@ def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in _module_level_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -341,7 +340,7 @@ def test_runtime_packages_have_no_import_cycles() -> None:
         for c in import_cycles(import_graph(ROOT, RUNTIME_PACKAGES))
         if tuple(sorted(set(c))) not in PENDING_CYCLES
     ]
-    assert not cycles, "import cycles (module-level imports):\n" + "\n".join(
+    assert not cycles, "import cycles (imports anywhere, also in functions):\n" + "\n".join(
         " -> ".join(cycle) for cycle in cycles
     )
 
@@ -377,7 +376,7 @@ def test_layout_checks_find_cycles_and_long_modules(tmp_path: Path) -> None:
         "pa/b.py": "import pa.c\n",
         "pa/c.py": "if True:\n    from .a import x\n",  # relative, nested in an if: counts
         "pa/d.py": "from pa.a import y\n" + "z = 1\n" * 5,  # imports into the cycle: not on it
-        "pa/e.py": "def f():\n    from pa import d\n",  # function-level: not an edge
+        "pa/e.py": "def f():\n    from pa import d\n",  # function-level: an edge too
         "pb/__init__.py": "",
         "pb/x.py": "class K:\n    from pb import y\n",
         "pb/y.py": "from pb import x\nfrom pa import e\n",
@@ -388,11 +387,13 @@ def test_layout_checks_find_cycles_and_long_modules(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text, encoding="utf-8")
     graph = import_graph(tmp_path, ("pa", "pb"))
-    assert graph["pa.e"] == set()
+    assert graph["pa.e"] == {"pa.d"}
     assert graph["pa.d"] == {"pa.a"}
     assert graph["pb.sub"] == {"pb.x"}
     assert import_cycles(graph) == [["pa.a", "pa.b", "pa.c", "pa.a"], ["pb.x", "pb.y", "pb.x"]]
     (tmp_path / "pa/c.py").write_text("def g():\n    from .a import x\n", encoding="utf-8")
+    assert ["pa.a", "pa.b", "pa.c", "pa.a"] in import_cycles(import_graph(tmp_path, ("pa", "pb")))
+    (tmp_path / "pa/c.py").write_text("def g():\n    return 1\n", encoding="utf-8")
     (tmp_path / "pb/x.py").write_text("", encoding="utf-8")
     assert import_cycles(import_graph(tmp_path, ("pa", "pb"))) == []
 
