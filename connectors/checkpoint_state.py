@@ -82,12 +82,23 @@ class FileProgress(BaseModel):
     # neither sent nor rejected. Stored only when non-zero, so checkpoints of runs without a
     # window stay readable by versions that do not know the field.
     rows_outside_window: int = Field(default=0, ge=0)
+    # Rejected rows of each committed chunk that has any (a rerun counts them as rejected by an
+    # earlier run, not as skipped). Checkpoints written before it was kept lack it.
+    chunk_rejects: dict[int, int] = Field(default_factory=dict)
+    # Committed chunks whose rows older than Moesif's 30-day window were not sent
+    # (--skip-older-than-30-days): chunk -> (cutoff, rows): the rows whose time is before
+    # `cutoff` (epoch microseconds) and inside the run's time window, `rows` of them. They are
+    # pending: a run with --allow-older-than-30-days sends exactly them (`settle_deferred`).
+    deferred: dict[int, tuple[int, int]] = Field(default_factory=dict)
 
     @model_serializer(mode="wrap")
-    def _omit_zero_outside(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Stored only when non-empty, so checkpoints that do not use them stay readable by
+        # versions that do not know these fields.
         data: dict[str, Any] = handler(self)
-        if not data.get("rows_outside_window"):
-            data.pop("rows_outside_window", None)
+        for name in ("rows_outside_window", "chunk_rejects", "deferred"):
+            if not data.get(name):
+                data.pop(name, None)
         return data
 
     @model_validator(mode="after")
@@ -112,9 +123,18 @@ class FileProgress(BaseModel):
         i = bisect.bisect_right(self.done, chunk, key=_range_start)
         return i > 0 and self.done[i - 1][1] > chunk
 
-    def mark_done(self, chunk: int, *, sent: int, rejected: int, outside: int = 0) -> None:
+    def mark_done(
+        self,
+        chunk: int,
+        *,
+        sent: int,
+        rejected: int,
+        outside: int = 0,
+        deferred: tuple[int, int] | None = None,
+    ) -> None:
         """Record ``chunk`` as committed with its row counts (``outside``: rows outside the
-        run's time window).
+        run's time window; ``deferred``: (cutoff, rows) of rows too old to send now, see
+        `deferred`).
 
         Idempotent: marking a chunk that is already done changes nothing (its counts are not
         added again). Adjacent ranges are merged.
@@ -142,10 +162,35 @@ class FileProgress(BaseModel):
         self.rows_sent += sent
         self.rows_rejected += rejected
         self.rows_outside_window += outside
+        if rejected:
+            self.chunk_rejects[chunk] = rejected
+        if deferred is not None and deferred[1] > 0:
+            self.deferred[chunk] = deferred
+
+    def settle_deferred(self, chunk: int, *, sent: int, rejected: int) -> None:
+        """The deferred rows of committed ``chunk`` were sent (``sent``) or rejected: they are
+        no longer pending. Idempotent: a chunk without deferred rows changes nothing."""
+        if self.deferred.pop(chunk, None) is None:
+            return
+        self.rows_sent += sent
+        self.rows_rejected += rejected
+        if rejected:
+            self.chunk_rejects[chunk] = self.chunk_rejects.get(chunk, 0) + rejected
+
+    @property
+    def rows_deferred(self) -> int:
+        """Rows of committed chunks left pending as too old (--skip-older-than-30-days)."""
+        return sum(n for _cutoff, n in self.deferred.values())
+
+    @property
+    def delivered(self) -> bool:
+        """Complete with nothing left pending: every row sent, rejected or outside the window."""
+        return self.complete and not self.deferred
 
     @property
     def complete(self) -> bool:
-        """True once the total is known and every chunk is done (an empty file is complete)."""
+        """True once the total is known and every chunk is done (an empty file is complete);
+        rows of it may still be deferred (see `delivered`)."""
         total = self.total_chunks
         if total is None:
             return False

@@ -242,7 +242,7 @@ def scan_number_columns(
     as a JSON number (blanks around it allowed): one pass over those columns as text, in
     bounded blocks, that stops once every column has shown some other value. The preflight
     decides with it, per file and column, whether metadata goes out as numbers or as strings
-    (pipeline.plan), so every chunk of the file, also after a resume, is typed alike."""
+    (pipeline.binding), so every chunk of the file, also after a resume, is typed alike."""
     left = list(dict.fromkeys(columns))
     if not left:
         return frozenset()

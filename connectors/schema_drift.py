@@ -33,14 +33,14 @@ first block of each file, so they are guesses:
   - inferred types never conflict among themselves: when they cannot be unified the column is
     read as text, as written, in every text file;
   - number text (`FileColumns.number_text`: a text file's metadata column whose values are all
-    JSON numbers, read as the digits written, see pipeline.plan) is typed by its own file: it
+    JSON numbers, read as the digits written, see pipeline.binding) is typed by its own file: it
     stays numbers next to any number or string type of the other files, and never changes
     theirs; next to any other type (timestamp, date, boolean, nested) it is an error.
 
-A column missing from some files is read as null there (`pipeline.plan` decides which columns may be
-missing).
+A column missing from some files is read as null there (`pipeline.binding` decides which
+columns may be missing).
 
-`as_is` columns (pipeline.plan passes those only string fields or metadata fields with a `type:`
+`as_is` columns (pipeline.binding passes those only string fields or metadata fields with a `type:`
 read) are not unified: their values are sent as text (or the forced type) whatever each file's
 type, so no cast is needed and no type conflicts.
 

@@ -6,9 +6,10 @@ configured (moesif_backfill/modes.py; README "Direct or Prefect"). Flag defaults
 from the settings models' fields (moesif_backfill/cli_flags.py).
 
 Exit codes (EXIT_CODES_HELP in cli_help.py, shown by --help): 0 complete; 2 configuration/
-preflight error, nothing sent; 3 complete with rejected rows; 1 failed (undeliverable after
-retries, unreadable source) with the checkpoint holding exactly what was delivered; 130
-interrupted. Options may also come from MOESIF_BACKFILL_<OPTION> variables (cli_flags.py).
+preflight error, nothing sent; 3 complete with rejected rows (also rows an earlier run rejected:
+while the job's rejects file lists any); 1 failed (undeliverable after retries, unreadable
+source) with the checkpoint holding exactly what was delivered; 130 interrupted. Options may
+also come from MOESIF_BACKFILL_<OPTION> variables (cli_flags.py).
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         RunSettings,
         "allow_older_than_30_days",
         help="send rows older than Moesif's 30-day window (account enabled for backfill)",
+    )
+    field_flag(
+        p,
+        RunSettings,
+        "skip_older_than_30_days",
+        help="send only the rows inside Moesif's 30-day window; the older ones stay pending "
+        "(rows_too_old) for a later run with --allow-older-than-30-days",
     )
     field_flag(p, RunSettings, "chunk_rows", help="rows per checkpointed chunk")
     field_flag(p, RunSettings, "region", help="AWS region (default: boto3's configuration)")
@@ -314,7 +322,9 @@ def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> 
     if summary.get("rows_read") or code == EXIT_OK:
         print_summary(summary)
     print(follow.label(), file=sys.stderr)
-    if code == EXIT_OK and summary.get("rows_rejected"):
+    if code == EXIT_OK and (
+        summary.get("rows_rejected") or summary.get("status") == "complete_with_rejects"
+    ):
         code = EXIT_REJECTS
     return code
 

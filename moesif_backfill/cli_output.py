@@ -121,11 +121,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         return
     mode = summary.get("mode")
     sent_label = "would be sent" if mode == "dry-run" else "sent"
+    earlier = summary.get("rows_rejected_earlier") or 0
+    rejected_note = f"  ({earlier:,} by an earlier run)" if earlier else ""
     lines = [
         f"job {summary['job']}: {summary['status']}",
         f"  rows read      {summary['rows_read']:>12,}",
         f"  {sent_label:<14} {summary['actions_sent']:>12,}",
-        f"  rejected       {summary['rows_rejected']:>12,}",
+        f"  rejected       {summary['rows_rejected']:>12,}{rejected_note}",
         f"  skipped        {summary['rows_skipped']:>12,}  (delivered by an earlier run)",
         f"  firehose calls {summary['firehose_calls']:>12,}  retried records "
         f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}, "
@@ -137,6 +139,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  duration       {summary['duration_s']:>11.1f}s  "
         f"({summary['rows_per_second']:,.0f} rows/s)",
     ]
+    if summary.get("rows_too_old"):
+        lines.insert(
+            5,
+            f"  too old        {summary['rows_too_old']:>12,}  (older than 30 days: pending; "
+            "--allow-older-than-30-days sends them)",
+        )
     if summary.get("rows_outside_window"):
         lines.insert(
             5,
@@ -155,7 +163,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     quota = _quota_line(summary)
     if quota and mode == "send":
         lines.append(f"  {quota}")
-    if summary.get("rows_rejected") and summary.get("rejects_path"):
+    if (summary.get("rows_rejected") or summary.get("status") == "complete_with_rejects") and (
+        summary.get("rejects_path")
+    ):
         lines.append(f"  rejects file   {summary['rejects_path']}")
     if summary.get("out_dir"):
         lines.append(f"  output         {summary['out_dir']}")
@@ -206,7 +216,8 @@ def print_validate(summary: dict[str, Any], rejects: Path | None = None) -> None
     print(
         f"rows {summary['rows_read']:,}: {summary['actions_sent']:,} valid actions, "
         f"{summary['rows_rejected']:,} would be rejected, "
-        f"{summary['rows_older_than_30_days']:,} older than 30 days\n"
+        f"{summary['rows_older_than_30_days']:,} older than 30 days"
+        f"{_too_old_note(summary)}\n"
         f"payload {summary['bytes_sent']:,} bytes; Firehose bills {units:,} units of 5 KB"
     )
     shown = first_rejects(summary.get("rejects_path")) if summary["rows_rejected"] else []
@@ -224,6 +235,11 @@ def print_validate(summary: dict[str, Any], rejects: Path | None = None) -> None
         or "expected send time: give --max-records-per-second and/or --max-mib-per-second "
         "(each stream's Firehose quota, see docs/throughput.md) and --stream for each stream"
     )
+
+
+def _too_old_note(summary: dict[str, Any]) -> str:
+    n = summary.get("rows_too_old") or 0
+    return f" ({n:,} would stay pending: --skip-older-than-30-days)" if n else ""
 
 
 def _quota_line(summary: dict[str, Any]) -> str | None:

@@ -3,7 +3,7 @@
 Nightly syncs in time-window mode (`flows.nightly`, window="time") read every source file for
 each day and send only the rows whose mapped time falls in [day 00:00, next day 00:00) in the
 sync's time zone. Rows outside are neither sent nor rejected: the run counts them as
-`rows_outside_window`, so rows_read = sent + rejected + skipped + outside_window still holds.
+`rows_outside_window`, so the summary identity (pipeline/report.py) still holds.
 A row whose time is missing or unparseable is never "outside": it is rejected as before.
 """
 

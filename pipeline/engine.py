@@ -15,7 +15,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,10 +24,12 @@ import pyarrow as pa
 from connectors.checkpoint import CheckpointStore, FileProgress
 from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError, SourceError
+from pipeline.counts import Counts
 from pipeline.day_window import outside_window, window_us
 from pipeline.ledger import ShardLedger
 from pipeline.plan import FilePlan, Plan, file_progress
 from pipeline.rejects import RejectsWriter
+from pipeline.row_filter import split_rows
 from pipeline.sinks import Sink
 from transforms.actions import ActionBatch, build_actions
 
@@ -38,49 +40,6 @@ PREFETCH_DEPTH = 2
 
 class ProgressListener(Protocol):
     def rows_done(self, n: int) -> None: ...
-
-
-@dataclass
-class Counts:
-    rows_read: int = 0
-    actions_sent: int = 0
-    rows_rejected: int = 0
-    rows_skipped: int = 0
-    rows_outside_window: int = 0  # time outside RunSettings.window_start/_end: not sent
-    metadata_nonfinite_omitted: int = 0
-    chunks_committed: int = 0
-    min_time_us: int | None = None
-    sample: list[str] = field(default_factory=list)
-    # Rows sent without a field because their file lacks its column (if_missing: omit), by
-    # the field's label (company_id, metadata.plan, ...).
-    sent_without_field: dict[str, int] = field(default_factory=dict)
-
-    TOTALS = (
-        "rows_read",
-        "actions_sent",
-        "rows_rejected",
-        "rows_skipped",
-        "rows_outside_window",
-        "metadata_nonfinite_omitted",
-        "chunks_committed",
-    )
-
-    def totals(self) -> dict[str, int]:
-        """The additive counters, by name (the summary has a field for each)."""
-        return {name: getattr(self, name) for name in self.TOTALS}
-
-    def add(self, other: Counts) -> None:
-        for name, value in other.totals().items():
-            setattr(self, name, getattr(self, name) + value)
-        if other.min_time_us is not None:
-            self.min_time_us = (
-                other.min_time_us
-                if self.min_time_us is None
-                else min(self.min_time_us, other.min_time_us)
-            )
-        self.sample.extend(other.sample[: max(0, 3 - len(self.sample))])
-        for label, n in other.sent_without_field.items():
-            self.sent_without_field[label] = self.sent_without_field.get(label, 0) + n
 
 
 def rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[tuple[int, pa.Table]]:
@@ -147,6 +106,13 @@ class _InFlight:
     rejected: int
     rejects: list[dict[str, Any]]
     outside: int = 0
+    too_old: int = 0  # rows deferred (--skip-older-than-30-days), see FileProgress.deferred
+    # A chunk committed earlier whose deferred rows are sent now: its other rows, counted
+    # when this send is acknowledged (delivered and rejected by the earlier run).
+    settles: bool = False
+    earlier_sent: int = 0
+    earlier_rejected: int = 0
+    earlier_outside: int = 0
 
 
 class FileRunner:
@@ -173,6 +139,9 @@ class FileRunner:
         self.counts = Counts()
         self.prog: FileProgress = file_progress(plan, fp)
         self.window = window_us(plan.settings)
+        self.too_old_before = plan.too_old_before_us
+        # Rows an earlier run left pending as too old are sent (only) with this flag.
+        self.send_deferred = plan.settings.allow_older_than_30_days
         # Fields this file's rows go without (their column is missing: if_missing: omit).
         self.omitted = [
             label
@@ -188,12 +157,16 @@ class FileRunner:
 
     def run(self) -> Counts:
         prog = self.prog
-        if prog.complete and not self.counted_this_run:
+        settled = prog.delivered or (prog.complete and not self.send_deferred)
+        if settled and not self.counted_this_run:
+            self.counts.add_earlier(
+                sent=prog.rows_sent,
+                rejected=prog.rows_rejected,
+                outside=prog.rows_outside_window,
+                deferred=prog.rows_deferred,
+            )
             n = prog.rows_sent + prog.rows_rejected
-            self.counts.rows_read += n + prog.rows_outside_window
-            self.counts.rows_skipped += n
-            self.counts.rows_outside_window += prog.rows_outside_window
-            self._progress(n + prog.rows_outside_window)
+            self._progress(n + prog.rows_outside_window + prog.rows_deferred)
             log.info("%s: already delivered by an earlier run (%d rows)", self.fp.src.key, n)
             return self.counts
         # Start fetching the next object while this one is read and sent (S3: no idle network).
@@ -218,14 +191,11 @@ class FileRunner:
         try:
             for chunk, table in prefetch(rechunk(batches, prog.chunk_rows)):
                 chunks_seen = chunk + 1
-                if prog.is_done(chunk):
+                resend = prog.is_done(chunk) and chunk in prog.deferred and self.send_deferred
+                if prog.is_done(chunk) and not resend:
                     if chunk not in self.counted_this_run:
                         self.counted_this_run.add(chunk)
-                        outside = self._outside_count(table)
-                        self.counts.rows_read += table.num_rows
-                        self.counts.rows_skipped += table.num_rows - outside
-                        self.counts.rows_outside_window += outside
-                        self._progress(table.num_rows)
+                        self._count_done(chunk, table)
                     continue
                 self._submit(chunk, table)
                 self._drain(block_until=limit - 1)
@@ -248,21 +218,35 @@ class FileRunner:
             return 0
         return int(outside_window(self._logical(table), self.plan.spec, self.window).sum())
 
+    def _count_done(self, chunk: int, table: pa.Table) -> None:
+        """A chunk an earlier run committed, counted once by this run: its rows as that run
+        left them (rejected, deferred as too old, outside the window, the rest delivered).
+        A checkpoint written before rejects were kept per chunk counts them as delivered."""
+        outside = self._outside_count(table)
+        rejected = self.prog.chunk_rejects.get(chunk, 0)
+        deferred = self.prog.deferred[chunk][1] if chunk in self.prog.deferred else 0
+        sent = table.num_rows - outside - rejected - deferred
+        self.counts.add_earlier(sent=sent, rejected=rejected, outside=outside, deferred=deferred)
+        self._progress(table.num_rows)
+
     def _submit(self, chunk: int, table: pa.Table) -> None:
         batch = self._logical(table)
         start_row = chunk * self.prog.chunk_rows
-        work, inside = batch, None  # inside: positions of the rows inside the time window
-        if self.window is not None:
-            out = outside_window(batch, self.plan.spec, self.window)
-            if out.any():
-                inside = np.flatnonzero(~out)
-                work = batch.take(pa.array(inside))
+        resend = self.prog.deferred.get(chunk)  # (cutoff, rows): send those rows only
+        split = split_rows(
+            batch,
+            self.plan.spec,
+            window=self.window,
+            too_old_before=self.too_old_before if resend is None else None,
+            only_before=None if resend is None else resend[0],
+        )
+        work, inside = batch, split.picked  # inside: positions of the rows to send
+        if inside is not None:
+            work = batch.take(pa.array(inside))
         result: ActionBatch = build_actions(
             work, self.plan.spec, number_text=self.fp.number_text_fields()
         )
-        outside = 0
         if inside is not None:  # reject rows by their position in the chunk, not in `work`
-            outside = batch.num_rows - len(inside)
             result = replace(
                 result, accepted=inside[result.accepted], rejected=inside[result.rejected]
             )
@@ -277,12 +261,27 @@ class FileRunner:
             del self.counts.sample[3:]
         rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
         future = self.sink.submit(result.records)
-        if self.ledger is not None:  # done once acknowledged AND its ledger file written
-            future = self.ledger.after_ack(future, start_row, batch, result)
+        # Done once acknowledged AND its ledger file written. Not when an earlier run's
+        # deferred rows are sent: that chunk's ledger file (those rows too_old) stays.
+        if self.ledger is not None and resend is None:
+            left_out = None
+            if split.too_old_at is not None:
+                built = np.zeros(batch.num_rows, dtype=bool)
+                built[result.accepted] = built[result.rejected] = True
+                built[split.too_old_at] = True
+                left_out = {"outside_window": np.flatnonzero(~built), "too_old": split.too_old_at}
+            future = self.ledger.after_ack(future, start_row, batch, result, left_out)
         failpoints.hit("chunk.submitted")
-        self.inflight.append(
-            _InFlight(chunk, future, len(result.records), len(result.rejected), rejects, outside)
+        item = _InFlight(
+            chunk, future, len(result.records), len(result.rejected), rejects, split.outside
         )
+        item.too_old = split.too_old
+        if resend is not None:  # the chunk's other rows: as the earlier run committed them
+            rejected = self.prog.chunk_rejects.get(chunk, 0)
+            item.settles, item.outside = True, 0
+            item.earlier_outside, item.earlier_rejected = split.outside, rejected
+            item.earlier_sent = split.rows - split.picked_count - split.outside - rejected
+        self.inflight.append(item)
 
     def _drain(self, *, block_until: int) -> None:
         """Commit finished chunks; wait while more than `block_until` chunks are in flight."""
@@ -306,20 +305,37 @@ class FileRunner:
             return
         failpoints.hit("chunk.acknowledged")
         self.rejects.write(item.rejects)
-        self.prog.mark_done(
-            item.chunk, sent=item.sent, rejected=item.rejected, outside=item.outside
-        )
+        if item.settles:  # the rows an earlier run left pending as too old
+            self.prog.settle_deferred(item.chunk, sent=item.sent, rejected=item.rejected)
+            earlier = item.earlier_sent + item.earlier_rejected + item.earlier_outside
+            self.counts.add_earlier(
+                sent=item.earlier_sent,
+                rejected=item.earlier_rejected,
+                outside=item.earlier_outside,
+                deferred=0,
+            )
+            self._progress(earlier)
+        else:
+            deferred = (self.too_old_before or 0, item.too_old) if item.too_old else None
+            self.prog.mark_done(
+                item.chunk,
+                sent=item.sent,
+                rejected=item.rejected,
+                outside=item.outside,
+                deferred=deferred,
+            )
         self.counted_this_run.add(item.chunk)
-        self.counts.rows_read += item.sent + item.rejected + item.outside
+        self.counts.rows_read += item.sent + item.rejected + item.outside + item.too_old
         self.counts.actions_sent += item.sent
         self.counts.rows_rejected += item.rejected
         self.counts.rows_outside_window += item.outside
+        self.counts.rows_too_old += item.too_old
         self.counts.chunks_committed += 1
         for label in self.omitted:
             n = self.counts.sent_without_field.get(label, 0) + item.sent
             self.counts.sent_without_field[label] = n
         self._commit()
-        self._progress(item.sent + item.rejected + item.outside)
+        self._progress(item.sent + item.rejected + item.outside + item.too_old)
 
     def _commit(self) -> None:
         if self.store is not None:

@@ -12,8 +12,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from connectors.checkpoint import CheckpointStore, FileProgress
 from moesif_backfill.errors import CheckpointError
@@ -57,7 +65,17 @@ class ShardTotals(BaseModel):
     rows_sent: int = Field(default=0, ge=0)
     rows_rejected: int = Field(default=0, ge=0)
     rows_outside_window: int = Field(default=0, ge=0)
-    complete: bool = False
+    complete: bool = False  # every chunk committed (rows may still be deferred)
+    # Rows left pending as too old (--skip-older-than-30-days); stored only when non-zero, so
+    # layouts without them stay readable by versions that do not know the field.
+    rows_deferred: int = Field(default=0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_zero_deferred(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("rows_deferred"):
+            data.pop("rows_deferred", None)
+        return data
 
     @classmethod
     def of(cls, prog: FileProgress) -> ShardTotals:
@@ -67,11 +85,17 @@ class ShardTotals(BaseModel):
             rows_rejected=prog.rows_rejected,
             rows_outside_window=prog.rows_outside_window,
             complete=prog.complete,
+            rows_deferred=prog.rows_deferred,
         )
 
     @property
+    def delivered(self) -> bool:
+        """Every chunk committed and no row left pending as too old."""
+        return self.complete and not self.rows_deferred
+
+    @property
     def rows_done(self) -> int:
-        return self.rows_sent + self.rows_rejected + self.rows_outside_window
+        return self.rows_sent + self.rows_rejected + self.rows_outside_window + self.rows_deferred
 
 
 class FileShards(BaseModel):
@@ -93,9 +117,15 @@ class ShardLayout(BaseModel):
     files: dict[str, FileShards] = Field(default_factory=dict)
     shards: dict[str, ShardTotals] = Field(default_factory=dict)  # by Shard.sid
 
-    def all_complete(self, shards: Sequence[Shard]) -> bool:
-        """Whether every one of `shards` is recorded complete."""
-        return all((t := self.shards.get(s.sid)) is not None and t.complete for s in shards)
+    def all_complete(self, shards: Sequence[Shard], *, deferred_ok: bool = False) -> bool:
+        """Whether every one of `shards` is recorded complete (and, unless `deferred_ok`, has
+        no row left pending as too old)."""
+        return all(
+            (t := self.shards.get(s.sid)) is not None
+            and t.complete
+            and (deferred_ok or not t.rows_deferred)
+            for s in shards
+        )
 
     def shards_of(self, key: str, file_index: int = 0) -> list[Shard]:
         rec = self.files[key]
@@ -108,13 +138,22 @@ class ShardLayout(BaseModel):
             first += n
         return out
 
-    def complete_files(self) -> dict[str, dict[str, int | str]]:
-        """The files whose every shard is recorded complete, with their identity then."""
+    def complete_files(self, *, deferred_ok: bool = False) -> dict[str, dict[str, int | str]]:
+        """The files whose every shard is recorded complete (`all_complete`), with their
+        identity then."""
         return {
             key: rec.identity
             for key, rec in self.files.items()
-            if self.all_complete(self.shards_of(key))
+            if self.all_complete(self.shards_of(key), deferred_ok=deferred_ok)
         }
+
+    def rows_deferred(self, key: str) -> int:
+        """Rows of file `key` left pending as too old by earlier runs."""
+        return sum(
+            t.rows_deferred
+            for s in self.shards_of(key)
+            if (t := self.shards.get(s.sid)) is not None
+        )
 
 
 def load_layout(store: CheckpointStore, job: str) -> ShardLayout:

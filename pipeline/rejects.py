@@ -4,15 +4,21 @@ Each line: {"source": file, "row": 1-based data row in that file, "reason": ...,
 with the values of the columns the mapping reads. Lines are written when their chunk is
 committed, so after a crash between the two a rerun may write a chunk's rejects again
 (at-least-once; `source` + `row` identify a line). The checkpoint's counts are exact.
+
+The file holds the rows rejected and not sent since: when a file is sent again (--reprocess,
+--reset) its lines are dropped first (`drop_rejects`), so a row fixed since disappears.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import decimal
+import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,3 +85,52 @@ class RejectsWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def rejects_held(path: Path | None) -> bool:
+    """Whether the rejects file at `path` lists any row."""
+    try:
+        return path is not None and path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def drop_rejects(path: Path, sources: set[str] | None) -> int:
+    """Remove the lines of `sources` (their `source`; None: every line) from the rejects file
+    at `path`, atomically (a reader sees the old or the new file), under the same flock the
+    shards' writers take; returns how many lines were dropped. No file: nothing to do."""
+    if not path.exists():
+        return 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        kept: list[str] = []
+        dropped = 0
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if sources is not None and _source(line) not in sources:
+                    kept.append(line)
+                else:
+                    dropped += 1
+        if dropped:
+            tmp_fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                os.fchmod(tmp_fd, PRIVATE_FILE_MODE)
+                with os.fdopen(tmp_fd, "w", encoding="utf-8") as out:
+                    out.writelines(kept)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+    finally:
+        os.close(fd)
+    return dropped
+
+
+def _source(line: str) -> str | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None  # a torn last line (a crash while writing): kept, it names no file
+    return entry.get("source") if isinstance(entry, dict) else None

@@ -1,4 +1,9 @@
-"""The run summary: an exact account of every input row, written as JSON and shown as a table."""
+"""The run summary: an exact account of every input row, written as JSON and shown as a table.
+
+Every run: rows_read == actions_sent + rows_rejected + rows_skipped + rows_outside_window +
+rows_too_old (`RunSummary.accounted`). rows_rejected includes the rows an earlier run rejected
+(rows_rejected_earlier); rows_skipped are rows an earlier run delivered.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ class RunSummary:
     rows_rejected: int = 0
     rows_skipped: int = 0
     rows_outside_window: int = 0  # time outside the run's window (nightly time mode): not sent
+    rows_too_old: int = 0  # older than 30 days, left pending (--skip-older-than-30-days)
+    rows_rejected_earlier: int = 0  # of rows_rejected: rejected by an earlier run of the job
     firehose_calls: int = 0
     records_retried: int = 0
     throttled_calls: int = 0  # PutRecordBatch calls refused whole for throughput
@@ -56,7 +63,11 @@ class RunSummary:
     @property
     def accounted(self) -> bool:
         return self.rows_read == (
-            self.actions_sent + self.rows_rejected + self.rows_skipped + self.rows_outside_window
+            self.actions_sent
+            + self.rows_rejected
+            + self.rows_skipped
+            + self.rows_outside_window
+            + self.rows_too_old
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,8 +84,10 @@ class RunSummary:
             "rows_read",
             "actions_sent",
             "rows_rejected",
+            "rows_rejected_earlier",
             "rows_skipped",
             "rows_outside_window",
+            "rows_too_old",
             "firehose_calls",
             "records_retried",
             "throttled_calls",

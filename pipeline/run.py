@@ -25,8 +25,8 @@ from pipeline import shards as shard_plans
 from pipeline.engine import Counts, ProgressListener
 from pipeline.layout import Shard, ShardLayout, ShardTotals, save_layout
 from pipeline.ledger import check_ledger
-from pipeline.plan import Plan, default_job_name, make_plan
-from pipeline.rejects import RejectsWriter
+from pipeline.plan import Plan, default_job_name, make_plan, reprocess_keys
+from pipeline.rejects import RejectsWriter, drop_rejects, rejects_held
 from pipeline.report import RunSummary, write_json_atomic
 from pipeline.resources import checkpoint_store, make_sink, open_aws, s3_store
 from pipeline.runners import LocalRunner, Runner
@@ -82,9 +82,9 @@ class Run:
         self.session = open_aws(s)
         self.s3 = s3_store(s, self.session)
         self._stack.callback(self.s3.close)
-        store = checkpoint_store(s, self.session)
-        self.store = store if s.mode == "send" else None
-        if s.mode == "send":
+        # Only a send uses the job's checkpoint; a dry-run or validate previews the input.
+        self.store = store = checkpoint_store(s, self.session) if s.mode == "send" else None
+        if store is not None:
             job = s.job or default_job_name(s)
             self._stack.enter_context(store.lock(job))
             if s.reset:
@@ -93,17 +93,31 @@ class Run:
                 log.warning("job %s: checkpoint reset, starting over", job)
         plan = make_plan(s, store, s3=self.s3)
         check_ledger(s, plan.job, self.session, self.s3)  # --ledger: writable, before sending
-        if s.mode == "send":
+        if store is not None:
             store.commit(plan.state)  # proves the checkpoint is writable before sending
         self.plan = plan
         self.sink = make_sink(s, self.session)
         self.rejects = RejectsWriter(self._rejects_path(plan))
+        self._start_rejects(plan)
         if self.store is not None:
             self.shards, self.layout = shard_plans.plan_shards(plan, self.store)
         else:
             self.shards = shard_plans.file_shards(plan)
         log.info("job %s: %d shard(s) of %d file(s)", plan.job, len(self.shards), len(plan.files))
         return plan
+
+    def _start_rejects(self, plan: Plan) -> None:
+        """The rejects file holds the rows rejected and not sent since: a file sent again
+        (--reprocess FILE; every file with --reset) loses its lines (a row fixed since is not
+        listed any more, one still bad is written again); a dry-run or validate writes a new one."""
+        path = self._rejects_path(plan)
+        if path is None:
+            return
+        s = self.settings
+        if s.mode != "send" or s.reset:
+            drop_rejects(path, None)
+        elif s.reprocess:
+            drop_rejects(path, reprocess_keys(s))
 
     def _rejects_path(self, plan: Plan) -> Path | None:
         s = self.settings
@@ -138,9 +152,12 @@ class Run:
         """Those of `shards` (default: all) left to run; the ones an earlier run completed are
         counted as skipped (once per run)."""
         todo = []
+        resend_old = self.settings.allow_older_than_30_days
         for shard in self.shards if shards is None else shards:
             done = self.layout.shards.get(shard.sid)
-            if done is not None and done.complete:
+            # A shard whose only pending rows are too old is left as it is unless those are
+            # sent now (--allow-older-than-30-days).
+            if done is not None and done.complete and not (done.rows_deferred and resend_old):
                 if shard.sid not in self.counted:  # not already counted by this run
                     self.counted[shard.sid] = set()
                     self._skip(done)
@@ -193,6 +210,7 @@ class Run:
             rejects=self._rejects_path(self.plan),
             counted=frozenset(self.counted.get(shard.sid, ())),
             run_id=self.run_id,
+            too_old_before_us=self.plan.too_old_before_us,
         )
 
     def absorb(self, shard: Shard, result: ShardResult) -> None:
@@ -215,11 +233,13 @@ class Run:
         )
 
     def _skip(self, done: ShardTotals) -> None:
-        """A shard an earlier run completed: counted as skipped, as a complete file is."""
-        n = done.rows_sent + done.rows_rejected
-        self.counts.rows_read += n + done.rows_outside_window
-        self.counts.rows_skipped += n
-        self.counts.rows_outside_window += done.rows_outside_window
+        """A shard an earlier run completed, counted as that run left it (engine.Counts)."""
+        self.counts.add_earlier(
+            sent=done.rows_sent,
+            rejected=done.rows_rejected,
+            outside=done.rows_outside_window,
+            deferred=done.rows_deferred,
+        )
         if self.progress is not None:
             self.progress.rows_done(done.rows_done)
 
@@ -252,11 +272,15 @@ class Run:
     def job_totals(self) -> dict[str, int]:
         """What the job's checkpoint says was delivered so far, over all its runs."""
         totals = self.layout.shards.values()
-        return {
+        out = {
             "rows_sent": sum(t.rows_sent for t in totals),
             "rows_rejected": sum(t.rows_rejected for t in totals),
             "files_complete": len(self.layout.complete_files()),
         }
+        pending_old = sum(t.rows_deferred for t in totals)
+        if pending_old:  # left pending as too old (--skip-older-than-30-days)
+            out["rows_too_old"] = pending_old
+        return out
 
     def _files_complete(self) -> int:
         if self.settings.mode != "send":
@@ -318,7 +342,8 @@ class Run:
             summary.error = str(error) if isinstance(error, BackfillError) else repr(error)
             summary.error_type = type(error).__name__
         else:
-            summary.status = "complete_with_rejects" if c.rows_rejected else "complete"
+            held = self.rejects is not None and rejects_held(self.rejects.path)
+            summary.status = "complete_with_rejects" if c.rows_rejected or held else "complete"
         if s.summary_json is not None:
             write_json_atomic(s.summary_json, summary.to_dict())
         return summary

@@ -57,6 +57,12 @@ class RunSettings(BaseModel):
         "status) under this directory or s3://bucket/prefix/, in a job=<job>/ folder",
     )
     allow_older_than_30_days: bool = False
+    skip_older_than_30_days: bool = Field(
+        default=False,
+        description="send only the rows inside Moesif's 30-day window (from the run's start); "
+        "the older ones stay pending in the checkpoint (rows_too_old) for a later run with "
+        "--allow-older-than-30-days",
+    )
     max_records_per_second: float | None = Field(
         default=None,
         gt=0,
@@ -173,6 +179,11 @@ class RunSettings(BaseModel):
             raise ValueError("give --stream NAME to send, or --dry-run --out DIR to preview")
         if self.mode == "dry-run" and self.out is None:
             raise ValueError("--dry-run needs --out DIR (where the would-be records are written)")
+        if self.allow_older_than_30_days and self.skip_older_than_30_days:
+            raise ValueError(
+                "give --allow-older-than-30-days (send rows older than 30 days) or "
+                "--skip-older-than-30-days (leave them pending), not both"
+            )
         if self.dask_address and self.workers:
             raise ValueError("give --dask-address (an existing cluster) or --workers, not both")
         for when in (self.window_start, self.window_end):

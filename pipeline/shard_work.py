@@ -51,6 +51,7 @@ class ShardWork:
     rejects: Path | None
     counted: frozenset[int] = frozenset()  # chunks earlier attempts of this run counted
     run_id: str = ""  # the run's UUID (the ID ledger's run_id)
+    too_old_before_us: int | None = None  # Plan.too_old_before_us (the run's cutoff)
 
 
 @dataclass
@@ -155,6 +156,7 @@ def run_shard(
             files = [*plan_files[:index], work.file, *plan_files[index + 1 :]]
         state = _shard_state(store, work, job)
         plan = Plan(settings=s, spec=work.spec, job=job, files=files, state=state, s3=s3)
+        plan.too_old_before_us = work.too_old_before_us
         own = sink is None
         used = make_sink(s, session, check_stream=False) if sink is None else sink
         rejects = ShardRejectsWriter(work.rejects, work.shard.first_row)

@@ -149,7 +149,9 @@ def test_rerun_writes_nothing_for_skipped_chunks(
     assert len(before) == 6 and len(list(ledger.rglob("*"))) == 6 + 1  # no temp files left
     second, err = run_plain(s)
     assert err is None, err
-    assert second.rows_skipped == 3_000 and second.actions_sent == 0
+    # rows the first run rejected stay rejected (by an earlier run), the rest is skipped
+    assert second.rows_skipped + second.rows_rejected == 3_000 and second.actions_sent == 0
+    assert second.rows_rejected == second.rows_rejected_earlier == _first.rows_rejected
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in ledger.rglob("*.parquet")} == before
     assert len(read_ledger(ledger)) == 3_000
 

@@ -329,28 +329,15 @@ def long_modules(root: Path, packages: tuple[str, ...], limit: int) -> list[str]
     ]
 
 
-# Transitional (issue 11 work in flight): modules being split on other branches. Must end empty.
-PENDING_SPLIT = {"pipeline/plan.py"}
-PENDING_CYCLES: set[tuple[str, ...]] = set()
-
-
 def test_runtime_packages_have_no_import_cycles() -> None:
-    cycles = [
-        c
-        for c in import_cycles(import_graph(ROOT, RUNTIME_PACKAGES))
-        if tuple(sorted(set(c))) not in PENDING_CYCLES
-    ]
+    cycles = import_cycles(import_graph(ROOT, RUNTIME_PACKAGES))
     assert not cycles, "import cycles (imports anywhere, also in functions):\n" + "\n".join(
         " -> ".join(cycle) for cycle in cycles
     )
 
 
 def test_runtime_modules_are_at_most_400_lines() -> None:
-    found = [
-        f
-        for f in long_modules(ROOT, RUNTIME_PACKAGES, MAX_MODULE_LINES)
-        if f.split(":")[0] not in PENDING_SPLIT
-    ]
+    found = long_modules(ROOT, RUNTIME_PACKAGES, MAX_MODULE_LINES)
     assert not found, f"modules over {MAX_MODULE_LINES} lines (split them):\n" + "\n".join(found)
 
 

@@ -166,7 +166,7 @@ def build_actions(
     """Turn one batch (columns named as in the mapping) into actions and rejects.
 
     `number_text`: columns that hold numbers as the text they were written as (metadata
-    columns of text sources, see `pipeline.plan`); their metadata values are JSON numbers with
+    columns of text sources, see `pipeline.binding`); their metadata values are JSON numbers with
     those digits (metadata fields with a `type:` follow it instead).
     """
     n = batch.num_rows

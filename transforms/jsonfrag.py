@@ -120,8 +120,8 @@ def metadata_value(
     form (NaN/Inf, times outside years 1..9999 UTC) were omitted or, inside nested values, nulled.
 
     `number_text`: `arr` holds numbers as the text they were written as (a text source's
-    column whose every value is a JSON number, see `pipeline.plan`); they become JSON numbers with
-    exactly those digits.
+    column whose every value is a JSON number, see `pipeline.binding`); they become JSON
+    numbers with exactly those digits.
     """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()

@@ -53,7 +53,7 @@ class ColumnSource(_Strict):
     `type` (metadata fields only) forces the JSON type of the value: `string` sends every value
     as a JSON string (text as written; other types as the JSON number/boolean text, quoted),
     `number` sends JSON numbers and rejects a row whose value is not one. Unset, text sources
-    type each metadata column by its values (pipeline.plan).
+    type each metadata column by its values (pipeline.binding).
     """
 
     column: str = Field(min_length=1)
