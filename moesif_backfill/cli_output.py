@@ -8,7 +8,6 @@ import json
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,19 +46,6 @@ class Follow:
         if self.flow_run is None:
             return direct_label()
         return flow_run_label(self.flow_run.name, self.flow_run.id)
-
-
-def print_error(exc: BaseException) -> int:
-    """Print `exc` as the CLI's error line (our errors: the message; others: the traceback);
-    its exit code."""
-    from moesif_backfill.errors import BackfillError
-
-    if isinstance(exc, BackfillError):
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    traceback.print_exception(exc, file=sys.stderr)
-    print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
-    return 1
 
 
 class Bar:

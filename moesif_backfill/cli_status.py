@@ -239,17 +239,17 @@ def status_text(doc: dict[str, Any]) -> str:
 
 def main_status(args: argparse.Namespace) -> int:
     """Run `status`; the exit code."""
-    from moesif_backfill.cli_output import print_error  # noqa: PLC0415
+    from moesif_backfill.cli_errors import print_failure  # noqa: PLC0415
     from moesif_backfill.errors import BackfillError, ConfigError  # noqa: PLC0415
 
     try:
         settings = StatusSettings.model_validate(given(args, RunSettings))
     except ValidationError as exc:
-        return print_error(ConfigError.invalid("arguments", exc))
+        return print_failure(ConfigError.invalid("arguments", exc))
     try:
         doc = job_status(settings)
     except BackfillError as exc:
-        return print_error(exc)
+        return print_failure(exc, debug=getattr(args, "debug", False))
     if args.json:
         json.dump(doc, sys.stdout, indent=2, default=_json_default)
         sys.stdout.write("\n")

@@ -20,7 +20,12 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret-key"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ.pop("AWS_PROFILE", None)
 
-pytest_plugins = ["tests.fixtures_firehose", "tests.fixtures_moto", "tests.fixtures_prefect_server"]
+pytest_plugins = [
+    "tests.fixtures_dask",
+    "tests.fixtures_firehose",
+    "tests.fixtures_moto",
+    "tests.fixtures_prefect_server",
+]
 
 
 import pytest  # noqa: E402

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,26 +125,6 @@ def _checkpointed_lines(case: str) -> set[int]:
 @pytest.fixture(scope="module")
 def inputs() -> None:
     _install_inputs()
-
-
-@pytest.fixture(scope="module")
-def dask_cluster() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-        scheduler_kwargs={"dashboard": False},
-    )
-    client = Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 # ------------------------------------------------------------------------------ the rerun

@@ -25,7 +25,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +38,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 CLI = [sys.executable, "-m", "moesif_backfill.cli"]
 CHUNK = 500  # Parquet shards of at least 20 chunks: 10,000 rows, two 5,000-row groups
-
-
-@pytest.fixture(scope="module")
-def dask_cluster() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",  # no warning when 8787 is taken
-        scheduler_kwargs={"dashboard": False},
-    )
-    client = Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _args(tmp_path: Path, sources: list[Path], stream: str, endpoint: str, n: int) -> list[str]:
