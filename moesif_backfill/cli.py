@@ -269,6 +269,11 @@ def setup_logging(debug: bool = False) -> CliLogHandler | None:
     if not any(isinstance(h, CliLogHandler) for h in root.handlers):
         handler = CliLogHandler(debug)
         root.addHandler(handler)
+    if not any(type(h) is logging.NullHandler for h in root.handlers):
+        # After main returns (its handler removed), what is left to log at exit (Prefect's
+        # services draining their queues: "Still processing items ...") would reach Python's
+        # last-resort handler and print below the CLI's output: it goes nowhere instead.
+        root.addHandler(logging.NullHandler())
     if root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # a Dask cluster's chatter
