@@ -207,16 +207,35 @@ def _check_resumed(
     assert summary["job_totals"]["rows_sent"] == ROWS
 
 
+# (the fixture's layout and store, where the rerun runs): each b96172b layout resumed where it
+# ran then, and each moved to the other runner (one process <-> a Dask cluster).
+RESUMES = [
+    ("single-local", "here"),
+    ("single-s3", "here"),
+    ("sharded-local", "dask-address"),
+    ("sharded-s3", "dask-address"),
+    ("single-local", "workers"),
+    ("sharded-local", "here"),
+]
+
+
 @pytest.mark.usefixtures("inputs")
-@pytest.mark.parametrize("case", ["single-local", "single-s3"])
-def test_single_process_job_resumes_in_one_process(
+@pytest.mark.parametrize(("case", "runner"), RESUMES)
+def test_old_job_resumes_without_resending(
     case: str,
+    runner: str,
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     prefect_server: PrefectServer,
     moto_firehose: Any,
     strict_firehose: Any,
     firehose_stream: str,
 ) -> None:
+    cluster: list[str] = []
+    if runner == "workers":
+        cluster = ["--workers", "2"]
+    elif runner == "dask-address":  # the module's LocalCluster, started only for these cases
+        cluster = ["--dask-address", request.getfixturevalue("dask_cluster").scheduler.address]
     done, summary = _rerun(
         case,
         tmp_path,
@@ -224,71 +243,6 @@ def test_single_process_job_resumes_in_one_process(
         firehose=strict_firehose,
         stream=firehose_stream,
         server=prefect_server,
-        cluster=[],
-    )
-    _check_resumed(case, done, summary, strict_firehose.transaction_ids(firehose_stream))
-
-
-@pytest.mark.usefixtures("inputs")
-@pytest.mark.parametrize("case", ["sharded-local", "sharded-s3"])
-def test_dask_job_resumes_on_dask(
-    case: str,
-    tmp_path: Path,
-    prefect_server: PrefectServer,
-    dask_cluster: Any,
-    moto_firehose: Any,
-    strict_firehose: Any,
-    firehose_stream: str,
-) -> None:
-    done, summary = _rerun(
-        case,
-        tmp_path,
-        moto=moto_firehose,
-        firehose=strict_firehose,
-        stream=firehose_stream,
-        server=prefect_server,
-        cluster=["--dask-address", dask_cluster.scheduler.address],
-    )
-    _check_resumed(case, done, summary, strict_firehose.transaction_ids(firehose_stream))
-
-
-@pytest.mark.usefixtures("inputs")
-def test_single_process_job_resumes_with_workers(
-    tmp_path: Path,
-    prefect_server: PrefectServer,
-    moto_firehose: Any,
-    strict_firehose: Any,
-    firehose_stream: str,
-) -> None:
-    case = "single-local"
-    done, summary = _rerun(
-        case,
-        tmp_path,
-        moto=moto_firehose,
-        firehose=strict_firehose,
-        stream=firehose_stream,
-        server=prefect_server,
-        cluster=["--workers", "2"],
-    )
-    _check_resumed(case, done, summary, strict_firehose.transaction_ids(firehose_stream))
-
-
-@pytest.mark.usefixtures("inputs")
-def test_dask_job_resumes_in_one_process(
-    tmp_path: Path,
-    prefect_server: PrefectServer,
-    moto_firehose: Any,
-    strict_firehose: Any,
-    firehose_stream: str,
-) -> None:
-    case = "sharded-local"
-    done, summary = _rerun(
-        case,
-        tmp_path,
-        moto=moto_firehose,
-        firehose=strict_firehose,
-        stream=firehose_stream,
-        server=prefect_server,
-        cluster=[],
+        cluster=cluster,
     )
     _check_resumed(case, done, summary, strict_firehose.transaction_ids(firehose_stream))
