@@ -167,19 +167,15 @@ class _RowsOnly:
 
 
 def _direct_job(follow: Any) -> Any:
-    """The `RunJob` of a direct nightly/range run: the core's `run_job` with the progress
+    """The `RunJob` of a direct nightly/range run: the core's `direct_job` with the progress
     display (`follow.bar`) following every day's rows."""
+    import functools
 
-    def run(job: str, settings: RunSettings) -> None:
-        from pipeline.job import run_job
+    from pipeline.nightly import direct_job
 
-        outcome = run_job(
-            settings, progress=[_RowsOnly(follow.bar)], stop=getattr(follow, "stop", None)
-        )
-        if outcome.error is not None:
-            raise outcome.error
-
-    return run
+    return functools.partial(
+        direct_job, progress=[_RowsOnly(follow.bar)], stop=getattr(follow, "stop", None)
+    )
 
 
 def main_days(args: argparse.Namespace) -> int:

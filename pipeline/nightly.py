@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.checkpoint import CheckpointStore
 from moesif_backfill.errors import ConfigError, DaysFailedError
@@ -46,6 +46,9 @@ from pipeline.nightly_state import Watermark, load_watermark, save_watermark, wa
 from pipeline.resources import checkpoint_store, open_aws
 from pipeline.settings import RunSettings
 
+if TYPE_CHECKING:
+    from pipeline.engine import ProgressListener
+
 log = logging.getLogger(__name__)
 
 MAX_RANGE_DAYS = 3_660
@@ -65,12 +68,19 @@ class DaysOutcome:
         return self.error is None
 
 
-def direct_job(job: str, settings: RunSettings, *, stop: threading.Event | None = None) -> None:
+def direct_job(
+    job: str,
+    settings: RunSettings,
+    *,
+    progress: Sequence[ProgressListener] = (),
+    stop: threading.Event | None = None,
+) -> None:
     """The `RunJob` of direct runs: the core's `run_job`; raises the error that stopped it.
-    `stop`: the CLI's Ctrl-C/SIGTERM event (bind it with functools.partial)."""
+    `progress`: listeners of every day's rows; `stop`: the CLI's Ctrl-C/SIGTERM event (bind
+    both with functools.partial)."""
     from pipeline.job import run_job  # noqa: PLC0415 - the engine loads with the first day
 
-    outcome = run_job(settings, stop=stop)
+    outcome = run_job(settings, progress=progress, stop=stop)
     if outcome.error is not None:
         raise outcome.error
 
