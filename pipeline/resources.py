@@ -12,6 +12,7 @@ from connectors.firehose_client import make_firehose_client
 from connectors.s3_errors import is_s3
 from connectors.s3_store import S3Store
 from moesif_backfill.errors import ConfigError, PermanentDeliveryError, PreflightError
+from pipeline.send_settings import SendSettings
 from pipeline.settings import RunSettings
 from pipeline.sinks import CountingSink, DryRunSink, FirehoseSink, Quota, Sink
 
@@ -77,12 +78,23 @@ def make_sink(s: RunSettings, session: Any, *, check_stream: bool = True) -> Sin
     """The sink of the settings' mode: Firehose (one sender per stream), a dry-run directory, or
     a counter (validate). `check_stream`: DescribeDeliveryStream first (the driver does; a
     shard on a Dask worker does not repeat it)."""
-    quota = Quota(s.max_records_per_second, s.max_mib_per_second, max(len(s.streams), 1))
     if s.mode == "validate":
-        return CountingSink(quota)
+        return CountingSink(quota_of(s))
     if s.mode == "dry-run":
         assert s.out is not None
-        return DryRunSink(s.out, quota)
+        return DryRunSink(s.out, quota_of(s))
+    return send_sink(s, session, check_stream=check_stream)
+
+
+def quota_of(s: SendSettings) -> Quota:
+    """The send limits of `s`, per stream."""
+    return Quota(s.max_records_per_second, s.max_mib_per_second, max(len(s.streams), 1))
+
+
+def send_sink(s: SendSettings, session: Any, *, check_stream: bool = True) -> Sink:
+    """The sink that delivers: Firehose, one sender per stream (`make_sink`'s send mode; also
+    `redrive`'s). `check_stream`: DescribeDeliveryStream first."""
+    quota = quota_of(s)
     assert s.stream is not None
     senders: list[FirehoseSender] = []
     try:
@@ -120,4 +132,12 @@ def make_sink(s: RunSettings, session: Any, *, check_stream: bool = True) -> Sin
     return FirehoseSink(senders, quota)
 
 
-__all__ = ["AwsAccess", "aws_session", "checkpoint_store", "make_sink", "open_aws"]
+__all__ = [
+    "AwsAccess",
+    "aws_session",
+    "checkpoint_store",
+    "make_sink",
+    "open_aws",
+    "quota_of",
+    "send_sink",
+]
