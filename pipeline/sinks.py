@@ -1,7 +1,9 @@
 """Where encoded actions go: Firehose, a dry-run file, or nowhere (validate).
 
 A sink takes one chunk's records and returns a future that resolves to the number of records
-delivered; the engine commits the chunk only after that future succeeded.
+delivered, or to a `Delivery` when the destination refused some records for good (the Moesif
+Collector sink: an action answered 413 on its own); the engine commits the chunk only after that
+future succeeded, and counts refused records as rejected.
 """
 
 from __future__ import annotations
@@ -30,6 +32,25 @@ def byte_counts(records: pa.Array) -> tuple[int, int]:
     lengths = np.asarray(pc.binary_length(records).to_numpy(zero_copy_only=False), dtype=np.int64)
     units = (lengths + BILLING_INCREMENT_BYTES - 1) // BILLING_INCREMENT_BYTES
     return int(lengths.sum()), int(units.sum())
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a sink did with a chunk's `records`: every record was acknowledged except the
+    `refused` ones, each (its position in the submitted records, the destination's reason).
+    A refused record is never retried: the engine rejects it (rejects file, rows_rejected)."""
+
+    records: int
+    refused: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def delivered(self) -> int:
+        return self.records - len(self.refused)
+
+
+def delivery_of(result: int | Delivery) -> Delivery:
+    """A sink future's result as a `Delivery` (a plain count: everything delivered)."""
+    return result if isinstance(result, Delivery) else Delivery(result)
 
 
 def _done(value: int) -> Future[int]:
