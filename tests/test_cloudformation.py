@@ -56,8 +56,17 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def when_true(item: Any) -> Any:
+    """A statement as it is when its `!If` condition holds (None for AWS::NoValue)."""
+    if isinstance(item, dict) and set(item) == {"Fn::If"}:
+        _condition, yes, _no = item["Fn::If"]
+        return None if yes == {"Ref": "AWS::NoValue"} else yes
+    return item
+
+
 def statements(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every IAM statement in a template (inline role policies and managed policies)."""
+    """Every IAM statement in a template (inline role policies and managed policies), the
+    conditional ones (`!If`) as they are when their condition holds."""
     found: list[dict[str, Any]] = []
     for resource in doc["Resources"].values():
         props = resource.get("Properties", {})
@@ -65,7 +74,7 @@ def statements(doc: dict[str, Any]) -> list[dict[str, Any]]:
             found += props["PolicyDocument"]["Statement"]
         for policy in props.get("Policies", []) if resource["Type"] == "AWS::IAM::Role" else []:
             found += policy["PolicyDocument"]["Statement"]
-    return found
+    return [s for s in map(when_true, found) if s is not None]
 
 
 def resource_text(resource: Any) -> str:
@@ -197,6 +206,18 @@ def test_firehose_outputs() -> None:
     assert outputs["FailedRecordsBucketName"]["Value"] == {"Ref": "FailedRecordsBucket"}
 
 
+def test_failed_deliveries_output_is_the_streams_error_output_prefix() -> None:
+    """`redrive` reads the FailedDeliveriesLocation output: exactly where the stream writes
+    what Moesif did not accept (its ErrorOutputPrefix in the backup bucket)."""
+    doc = template(FIREHOSE)
+    stream = only(doc, "AWS::KinesisFirehose::DeliveryStream")["Properties"]
+    backup = stream["HttpEndpointDestinationConfiguration"]["S3Configuration"]
+    assert backup["BucketARN"] == {"Fn::GetAtt": ["FailedRecordsBucket", "Arn"]}
+    error_prefix = backup["ErrorOutputPrefix"]["Fn::Sub"]
+    location = doc["Outputs"]["FailedDeliveriesLocation"]["Value"]["Fn::Sub"]
+    assert location == "s3://${FailedRecordsBucket}/" + error_prefix
+
+
 # ---------------------------------------------------------------------------------------------
 # pipeline-policy.yaml
 
@@ -215,6 +236,9 @@ def test_pipeline_policy_grants_exactly_send_read_source_and_checkpoint() -> Non
     stream += ":deliverystream/${DeliveryStreamName}"
     source_objects = "arn:${AWS::Partition}:s3:::${SourceBucket}/${SourcePrefix}*"
     checkpoint_objects = "arn:${AWS::Partition}:s3:::${CheckpointBucket}/${CheckpointPrefix}*"
+    failed_objects = (
+        "arn:${AWS::Partition}:s3:::${FailedDeliveriesBucket}/${FailedDeliveriesPrefix}*"
+    )
     assert granted == {
         ("firehose:PutRecordBatch", stream),
         ("firehose:DescribeDeliveryStream", stream),
@@ -224,12 +248,50 @@ def test_pipeline_policy_grants_exactly_send_read_source_and_checkpoint() -> Non
         ("s3:GetObject", checkpoint_objects),
         ("s3:PutObject", checkpoint_objects),
         ("s3:DeleteObject", checkpoint_objects),
+        ("s3:ListBucket", "arn:${AWS::Partition}:s3:::${FailedDeliveriesBucket}"),
+        ("s3:GetObject", failed_objects),
+        ("s3:DeleteObject", failed_objects),
     }
     assert by_sid["ListSource"]["Condition"] == {
         "StringLike": {"s3:prefix": {"Fn::Sub": "${SourcePrefix}*"}}
     }
     # not narrowed on purpose: GetObject of a missing checkpoint must get 404, not 403
     assert "Condition" not in by_sid["ListCheckpoints"]
+    assert by_sid["ListFailedDeliveries"]["Condition"] == {
+        "StringLike": {"s3:prefix": {"Fn::Sub": "${FailedDeliveriesPrefix}*"}}
+    }
+
+
+def test_pipeline_policy_grants_redrive_only_when_asked_and_delete_only_with_its_flag() -> None:
+    """Failed deliveries: no access without FailedDeliveriesBucket; read (list + get) with it;
+    delete only when AllowRedriveDelete is true as well."""
+    doc = template(POLICY)
+    conditional = {
+        when_true(item)["Sid"]: item["Fn::If"][0]
+        for item in doc["Resources"]["PipelinePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if isinstance(item, dict) and "Fn::If" in item
+    }
+    assert conditional == {
+        "ListFailedDeliveries": "ReadFailedDeliveries",
+        "ReadFailedDeliveries": "ReadFailedDeliveries",
+        "DeleteRedrivenDeliveries": "DeleteFailedDeliveries",
+    }
+    conditions = doc["Conditions"]
+    assert conditions["ReadFailedDeliveries"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "FailedDeliveriesBucket"}, ""]}]
+    }
+    assert conditions["DeleteFailedDeliveries"] == {
+        "Fn::And": [
+            {"Condition": "ReadFailedDeliveries"},
+            {"Fn::Equals": [{"Ref": "AllowRedriveDelete"}, "true"]},
+        ]
+    }
+    params = doc["Parameters"]
+    assert params["FailedDeliveriesBucket"]["Default"] == ""
+    assert params["AllowRedriveDelete"]["Default"] == "false"
+    # the default prefix is the stack's default FailedRecordsPrefix + errors/
+    stack_prefix = template(FIREHOSE)["Parameters"]["FailedRecordsPrefix"]["Default"]
+    assert params["FailedDeliveriesPrefix"]["Default"] == stack_prefix + "errors/"
 
 
 def test_pipeline_policy_parameters_and_output() -> None:
