@@ -38,6 +38,7 @@ from pipeline.redrive_plan import (
     RedrivePlan,
     chunk_lines,
     cutoff_at,
+    keep_reason,
     load_redrive_state,
     preflight,
     progress_of,
@@ -205,7 +206,7 @@ class Redrive:
                 else:
                     work = build_chunk(info.url, lines, window, skip_before)
                 self.counts.lines_read += work.lines
-                records = pa.array(work.records, pa.binary())
+                records = pa.array(work.records, pa.binary()).cast(pa.string())
                 future = self.sink.submit(records)
                 failpoints.hit("chunk.submitted")
                 self.inflight.append(_InFlight(info, prog, chunk, future, work))
@@ -363,20 +364,6 @@ class Redrive:
         return summary
 
 
-def keep_reason(prog: FileProgress) -> str:
-    """Why an object must not be deleted ("" when every action of it was delivered)."""
-    reasons = []
-    if not prog.complete:
-        reasons.append("not every chunk of it was delivered")
-    if prog.rows_rejected:
-        reasons.append(f"{prog.rows_rejected:,} rejected action(s)/line(s): see the rejects file")
-    if prog.rows_outside_window:
-        reasons.append(f"{prog.rows_outside_window:,} action(s) outside --since/--until")
-    if prog.rows_deferred:
-        reasons.append(f"{prog.rows_deferred:,} action(s) pending as older than 30 days")
-    return "; ".join(reasons)
-
-
 def run_redrive(
     settings: RedriveSettings,
     *,
@@ -406,4 +393,4 @@ def run_redrive(
     return RedriveOutcome(redrive.finish(error), error)
 
 
-__all__ = ["Redrive", "RedriveOutcome", "keep_reason", "run_redrive"]
+__all__ = ["Redrive", "RedriveOutcome", "run_redrive"]

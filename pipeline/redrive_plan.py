@@ -185,6 +185,20 @@ def _refusal(old: int, oldest_us: int | None) -> str:
     )
 
 
+def keep_reason(prog: FileProgress) -> str:
+    """Why an object must not be deleted ("" when every action of it was delivered)."""
+    reasons = []
+    if not prog.complete:
+        reasons.append("not every chunk of it was delivered")
+    if prog.rows_rejected:
+        reasons.append(f"{prog.rows_rejected:,} rejected action(s)/line(s): see the rejects file")
+    if prog.rows_outside_window:
+        reasons.append(f"{prog.rows_outside_window:,} action(s) outside --since/--until")
+    if prog.rows_deferred:
+        reasons.append(f"{prog.rows_deferred:,} action(s) pending as older than 30 days")
+    return "; ".join(reasons)
+
+
 def cutoff_at(now: dt.datetime) -> int:
     return int((now - dt.timedelta(days=30)).timestamp() * 1_000_000)
 
@@ -197,6 +211,7 @@ __all__ = [
     "chunk_lines",
     "cutoff_at",
     "identity",
+    "keep_reason",
     "load_redrive_state",
     "preflight",
     "progress_of",
