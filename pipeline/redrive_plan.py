@@ -145,11 +145,11 @@ def preflight(s: RedriveSettings, plan: RedrivePlan, read: Callable[[ObjectInfo]
     deferred = 0
     for info in plan.objects:
         prog = plan.state.files.get(info.url)
-        if prog is not None and prog.delivered:
-            continue
         if prog is not None:
             deferred += prog.rows_deferred
-            if prog.complete and not s.allow_older_than_30_days:
+            if prog.delivered or (prog.complete and not s.allow_older_than_30_days):
+                plan.actions_total += prog.rows_sent + prog.rows_rejected
+                plan.actions_total += prog.rows_outside_window + prog.rows_deferred
                 continue
         chunk_rows = prog.chunk_rows if prog is not None else s.chunk_rows
         for index, lines in enumerate(chunk_lines(decode_object(read(info)), chunk_rows)):

@@ -402,3 +402,29 @@ def test_cli_end_to_end_sigkill_mid_redrive_then_rerun_loses_nothing(
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["accounted"] and summary["actions_sent"] + summary["actions_skipped"] == 9
     assert "rejects file" in err and "Traceback" not in err
+
+
+def test_settings_from_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moesif_backfill import cli
+    from moesif_backfill.cli_flags import apply_env
+    from moesif_backfill.cli_redrive import redrive_settings
+
+    def parse(*argv: str, env: dict[str, str] | None = None) -> RedriveSettings:
+        args = cli.build_parser().parse_args(["redrive", *argv])
+        apply_env(args, env or {})
+        return redrive_settings(args)
+
+    env = {"MOESIF_BACKFILL_STREAM": "s", "MOESIF_BACKFILL_SINCE": "2026-11-02"}
+    s = parse("s3://b/errors/", "--until", "2026-11-03T12:00:00+01:00", env=env)
+    assert s.since == dt.datetime(2026, 11, 2, tzinfo=dt.UTC) and s.streams == ["s"]
+    assert s.window_ms == (1_793_577_600_000, 1_793_703_600_000)  # 2026-11-03T11:00Z
+    with pytest.raises(ConfigError, match="no time zone"):
+        parse("s3://b/errors/", "--since", "2026-11-02T10:00:00", env=env)
+    with pytest.raises(ConfigError, match="--ledger is not supported by redrive"):
+        parse("s3://b/errors/", "--ledger", "s3://l/", env=env)
+    with pytest.raises(ConfigError, match="not with --dry-run"):
+        parse("s3://b/errors/", "--dry-run", "--out", "o", "--delete-after")
+    with pytest.raises(ConfigError, match="give --stream NAME"):
+        parse("s3://b/errors/")
+    # a ledger set for `run` in the environment does not reach redrive
+    assert parse("s3://b/errors/", env={**env, "MOESIF_BACKFILL_LEDGER": "s3://l/"}).ledger is None
