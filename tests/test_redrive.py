@@ -157,9 +157,8 @@ def settings(
         s3_endpoint_url=moto.endpoint_url,
         region="us-east-1",
         checkpoint=str(tmp_path / "ckpt"),
-        chunk_rows=2,
         summary_json=tmp_path / "summary.json",
-        **extra,
+        **{"chunk_rows": 2, **extra},
     )
 
 
@@ -428,3 +427,76 @@ def test_settings_from_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> N
         parse("s3://b/errors/")
     # a ledger set for `run` in the environment does not reach redrive
     assert parse("s3://b/errors/", env={**env, "MOESIF_BACKFILL_LEDGER": "s3://l/"}).ledger is None
+
+
+def test_stop_mid_redrive_commits_only_acknowledged_chunks_and_a_rerun_resumes(
+    tmp_path: Path,
+    s3_bucket: Scenario,
+    moto_firehose: LocalFirehose,
+    strict_firehose: StrictFirehose,
+    firehose_stream: str,
+) -> None:
+    import threading
+    import time
+
+    from moesif_backfill.errors import RunInterruptedError
+
+    sc = s3_bucket
+    t = NOW - dt.timedelta(hours=2)
+    sc.put(
+        "big",
+        fd_key("errors/", t),
+        [fd_line(a, arrival=t) for a in good_actions(sc, *range(1, 601))],
+    )
+    s = settings(
+        tmp_path,
+        moto_firehose,
+        strict_firehose,
+        firehose_stream,
+        f"s3://{sc.bucket}/errors/",
+        chunk_rows=50,
+        max_records_per_second=400,
+    )
+    stop = threading.Event()
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(run_redrive(s, stop=stop)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while len(strict_firehose.records(firehose_stream)) < 120:
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.01)
+    stop.set()
+    worker.join(60)
+    (first,) = result
+    assert isinstance(first.error, RunInterruptedError)
+    committed = first.summary.actions_sent
+    assert 0 < committed < 600 and committed % 50 == 0
+    assert len(set(strict_firehose.transaction_ids(firehose_stream))) >= committed
+    again = run_redrive(s)
+    assert again.error is None, again.error
+    assert set(strict_firehose.transaction_ids(firehose_stream)) == set(sc.expected)
+    assert again.summary.actions_skipped == committed
+    assert again.summary.actions_sent == 600 - committed and again.summary.accounted
+
+
+def test_a_delivery_failure_ends_the_run_with_nothing_committed_that_was_not_acknowledged(
+    tmp_path: Path,
+    scenario: Scenario,
+    moto_firehose: LocalFirehose,
+    strict_firehose: StrictFirehose,
+    firehose_stream: str,
+) -> None:
+    from moesif_backfill.errors import DeliveryError
+
+    loc = f"s3://{scenario.bucket}/errors/"
+    s = settings(tmp_path, moto_firehose, strict_firehose, firehose_stream, loc, retry_attempts=1)
+    strict_firehose.configure(server_error_rate=1.0)
+    failed = run_redrive(s)
+    assert isinstance(failed.error, DeliveryError), failed.error
+    assert failed.summary.status == "failed" and failed.summary.actions_sent == 0
+    assert strict_firehose.records(firehose_stream) == []
+    strict_firehose.reset_faults()
+    done = run_redrive(s)
+    assert done.error is None, done.error
+    assert sorted(strict_firehose.records(firehose_stream)) == sorted(scenario.expected.values())
+    assert done.summary.actions_sent == 9 and done.summary.accounted
