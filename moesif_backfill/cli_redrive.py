@@ -53,8 +53,7 @@ def add_redrive_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         action="append",
         metavar="NAME",
         exclusive_with=("dry_run",),
-        help="Firehose stream to re-send to; repeat to spread actions over several streams by "
-        "a hash of transaction_id",
+        help="the Firehose stream to re-send to (one)",
     )
     target.add_argument(
         "--dry-run",

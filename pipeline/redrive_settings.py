@@ -75,6 +75,12 @@ class RedriveSettings(SendSettings):
             )
         if self.mode == "send" and not self.streams:
             raise ValueError("give --stream NAME to send, or --dry-run --out DIR")
+        if len(self.streams) > 1:
+            raise ValueError(
+                "redrive sends to one stream: give --stream once (the actions keep their "
+                "transaction_ids and original bytes, so spreading them by id is not needed; "
+                "Moesif deduplicates them whichever stream they come through)"
+            )
         if self.mode == "dry-run" and self.out is None:
             raise ValueError("--dry-run needs --out DIR for the would-be records")
         if self.mode == "dry-run" and self.delete_after:

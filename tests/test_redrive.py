@@ -425,6 +425,8 @@ def test_settings_from_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> N
         parse("s3://b/errors/", "--dry-run", "--out", "o", "--delete-after")
     with pytest.raises(ConfigError, match="give --stream NAME"):
         parse("s3://b/errors/")
+    with pytest.raises(ConfigError, match="redrive sends to one stream"):
+        parse("s3://b/errors/", "--stream", "a", "--stream", "b")
     # a ledger set for `run` in the environment does not reach redrive
     assert parse("s3://b/errors/", env={**env, "MOESIF_BACKFILL_LEDGER": "s3://l/"}).ledger is None
 
