@@ -100,6 +100,14 @@ def add_redrive_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     field_flag(p, R, "max_in_flight", help="PutRecordBatch calls at once (per stream)")
     field_flag(p, R, "adaptive_rate", help="on throttling, lower the send rate, raise it slowly")
     field_flag(p, R, "retry_attempts")
+    field_flag(
+        p,
+        R,
+        "retry_budget_s",
+        metavar="SECONDS",
+        help="how long the run retries after transient delivery errors (throttling, 5xx, "
+        "dropped connections) before it fails",
+    )
     field_flag(p, R, "stall_timeout_s", metavar="SECONDS")
     field_flag(p, R, "reset", env=False, help="forget this job's checkpoint first")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")

@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -31,7 +30,7 @@ from connectors.checkpoint import CheckpointStore, FileProgress
 from connectors.failed_delivery import delete_object, error_location, list_location, read_object
 from connectors.s3_listing import ObjectInfo
 from moesif_backfill import failpoints
-from moesif_backfill.errors import BackfillError, RunInterruptedError
+from moesif_backfill.errors import BackfillError
 from pipeline.engine import ProgressListener
 from pipeline.redrive_chunks import ChunkWork, build_chunk, build_resend, done_counts, reject_entry
 from pipeline.redrive_plan import (
@@ -42,13 +41,14 @@ from pipeline.redrive_plan import (
     load_redrive_state,
     preflight,
     progress_of,
+    rejects_path,
 )
 from pipeline.redrive_report import RedriveCounts, RedriveSummary, Report
+from pipeline.redrive_retry import send_with_retries
 from pipeline.redrive_settings import RedriveSettings, default_redrive_job
 from pipeline.rejects import RejectsWriter, drop_rejects, rejects_held
 from pipeline.report import write_json_atomic
 from pipeline.resources import checkpoint_store, open_aws, quota_of, s3_store, send_sink
-from pipeline.settings import DEFAULT_REJECTS_DIR
 from pipeline.sinks import DryRunSink, Sink, delivery_of
 from transforms.failed_records import decode_object
 
@@ -94,6 +94,7 @@ class Redrive:
         self.inflight: list[_InFlight] = []
         self.error: BaseException | None = None
         self.settled: set[str] = set()  # objects counted as complete (and deleted or kept)
+        self.counted: dict[str, set[int]] = {}  # chunks of each object counted by this run
         self.deleted: list[str] = []
         self.kept: dict[str, str] = {}
         self._stack = contextlib.ExitStack()
@@ -117,7 +118,7 @@ class Redrive:
         if self.loc.note:
             plan.warnings.append(self.loc.note)
         self.plan = plan
-        path = self._rejects_path()
+        path = rejects_path(s, self.job)
         if path is not None and (s.mode != "send" or s.reset):
             drop_rejects(path, None)
         self.rejects = RejectsWriter(path)
@@ -140,31 +141,24 @@ class Redrive:
     def _read(self, info: ObjectInfo) -> bytes:
         return read_object(self.s3.client, info, self.s3.shown_endpoint)
 
-    def _rejects_path(self) -> Path | None:
-        s = self.s
-        if s.rejects is not None:
-            return s.rejects
-        if s.mode == "dry-run":
-            assert s.out is not None
-            return s.out / "rejects.ndjson"
-        if s.checkpoint_is_s3:
-            return DEFAULT_REJECTS_DIR / f"{self.job}.ndjson"
-        return Path(s.checkpoint) / self.job / "rejects.ndjson"
-
     # ------------------------------------------------------------------ send
-    def send(self) -> None:
+    @property
+    def retry_budget_s(self) -> float:
+        return self.s.retry_budget_s
+
+    def unfinished(self) -> bool:
+        return self.plan is not None and len(self.settled) < len(self.plan.objects)
+
+    def send_pass(self) -> None:
+        """One pass over the objects not yet done by this run; leaves `error` set on a failure
+        (after the chunks in flight finished). pipeline/redrive_retry.py drives the passes."""
         assert self.plan is not None
         for index, info in enumerate(self.plan.objects):
             if self.error is not None or self.stop.is_set():
                 break
-            self._object(index, info)
+            if info.url not in self.settled:
+                self._object(index, info)
         self._drain(0)
-        if self.error is not None:
-            raise self.error
-        if self.stop.is_set() and len(self.settled) < len(self.plan.objects):
-            raise RunInterruptedError(
-                "interrupted: the checkpoint holds every acknowledged chunk; rerun to resume"
-            )
 
     def _object(self, index: int, info: ObjectInfo) -> None:
         assert self.plan is not None and self.sink is not None
@@ -196,8 +190,11 @@ class Redrive:
         try:
             for chunk, lines in enumerate(chunks):
                 resend = prog.deferred.get(chunk) if resend_old else None
+                counted = self.counted.setdefault(info.url, set())
                 if prog.is_done(chunk) and resend is None:
-                    self._count_done(prog, chunk, lines)
+                    if chunk not in counted:  # not counted yet (an attempt of this run did)
+                        counted.add(chunk)
+                        self._count_done(prog, chunk, lines)
                     continue
                 if resend is not None:
                     work = build_resend(
@@ -256,6 +253,7 @@ class Redrive:
         self.rejects.write(entries)
         refused = len(delivery.refused)
         sent = delivery.delivered
+        self.counted.setdefault(item.info.url, set()).add(item.chunk)
         if work.settles:
             prog.settle_deferred(item.chunk, sent=sent, rejected=refused)
             c.add_earlier(
@@ -380,7 +378,7 @@ def run_redrive(
         redrive = Redrive(settings, listener, stop, now)
         plan = redrive.prepare()
         if plan.objects:
-            redrive.send()
+            send_with_retries(redrive)
     except Exception as exc:
         error = exc
     except BaseException as exc:

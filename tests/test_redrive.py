@@ -491,7 +491,15 @@ def test_a_delivery_failure_ends_the_run_with_nothing_committed_that_was_not_ack
     from moesif_backfill.errors import DeliveryError
 
     loc = f"s3://{scenario.bucket}/errors/"
-    s = settings(tmp_path, moto_firehose, strict_firehose, firehose_stream, loc, retry_attempts=1)
+    s = settings(
+        tmp_path,
+        moto_firehose,
+        strict_firehose,
+        firehose_stream,
+        loc,
+        retry_attempts=1,
+        retry_budget_s=0,
+    )
     strict_firehose.configure(server_error_rate=1.0)
     failed = run_redrive(s)
     assert isinstance(failed.error, DeliveryError), failed.error
@@ -502,3 +510,38 @@ def test_a_delivery_failure_ends_the_run_with_nothing_committed_that_was_not_ack
     assert done.error is None, done.error
     assert sorted(strict_firehose.records(firehose_stream)) == sorted(scenario.expected.values())
     assert done.summary.actions_sent == 9 and done.summary.accounted
+
+
+def test_transient_errors_are_retried_within_the_budget_counting_each_action_once(
+    tmp_path: Path,
+    scenario: Scenario,
+    moto_firehose: LocalFirehose,
+    strict_firehose: StrictFirehose,
+    firehose_stream: str,
+) -> None:
+    import threading
+
+    loc = f"s3://{scenario.bucket}/errors/"
+    s = settings(
+        tmp_path,
+        moto_firehose,
+        strict_firehose,
+        firehose_stream,
+        loc,
+        chunk_rows=1,
+        retry_attempts=1,
+        retry_budget_s=20,
+    )
+    strict_firehose.configure(server_error_rate=0.5)
+    healed = threading.Timer(2.5, strict_firehose.reset_faults)
+    healed.start()
+    try:
+        outcome = run_redrive(s)
+    finally:
+        healed.cancel()
+    assert outcome.error is None, outcome.error
+    assert set(strict_firehose.transaction_ids(firehose_stream)) == set(scenario.expected)
+    summary = outcome.summary
+    assert (summary.actions_sent, summary.actions_rejected, summary.actions_skipped) == (9, 3, 0)
+    assert summary.accounted and summary.lines_rejected == 2
+    assert summary.server_errors > 0  # the faults were met, and retried
