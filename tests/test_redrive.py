@@ -545,3 +545,46 @@ def test_transient_errors_are_retried_within_the_budget_counting_each_action_onc
     assert (summary.actions_sent, summary.actions_rejected, summary.actions_skipped) == (9, 3, 0)
     assert summary.accounted and summary.lines_rejected == 2
     assert summary.server_errors > 0  # the faults were met, and retried
+
+
+def test_ctrl_c_mid_redrive_exits_130_and_a_rerun_delivers_the_rest(
+    tmp_path: Path,
+    s3_bucket: Scenario,
+    moto_firehose: LocalFirehose,
+    strict_firehose: StrictFirehose,
+    firehose_stream: str,
+) -> None:
+    import signal
+    import time
+
+    sc = s3_bucket
+    t = NOW - dt.timedelta(hours=2)
+    lines = [fd_line(a, arrival=t) for a in good_actions(sc, *range(1, 1501))]
+    sc.put("big", fd_key("errors/", t, ".gz"), lines, gz=True)
+    args = [
+        *_cli(
+            tmp_path, moto_firehose, strict_firehose, firehose_stream, f"s3://{sc.bucket}/errors/"
+        ),
+        "--chunk-rows",
+        "100",
+        "--max-records-per-second",
+        "300",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while len(strict_firehose.records(firehose_stream)) < 200:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.02)
+    since = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert time.monotonic() - since < 6
+    text = err.decode()
+    assert "Traceback" not in text and text.count("interrupted") == 1, text
+    assert len(strict_firehose.records(firehose_stream)) < 1500
+    done = subprocess.run(args[:-2], capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert set(strict_firehose.transaction_ids(firehose_stream)) == set(sc.expected)
