@@ -156,9 +156,13 @@ class Redrive:
         for index, info in enumerate(self.plan.objects):
             if self.error is not None or self.stop.is_set():
                 break
-            if info.url not in self.settled:
+            if info.url in self.settled:
+                continue
+            try:
                 self._object(index, info)
-        self._drain(0)
+            except Exception as exc:  # unreadable object, checkpoint or delete failure...
+                self.error = self.error or exc
+        self._drain(0)  # the chunks in flight finish, and are committed if acknowledged
 
     def _object(self, index: int, info: ObjectInfo) -> None:
         assert self.plan is not None and self.sink is not None
@@ -192,7 +196,7 @@ class Redrive:
                 resend = prog.deferred.get(chunk) if resend_old else None
                 counted = self.counted.setdefault(info.url, set())
                 if prog.is_done(chunk) and resend is None:
-                    if chunk not in counted:  # not counted yet (an attempt of this run did)
+                    if chunk not in counted:  # once per run (also over retried passes)
                         counted.add(chunk)
                         self._count_done(prog, chunk, lines)
                     continue
