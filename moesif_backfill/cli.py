@@ -26,6 +26,7 @@ from moesif_backfill.cli_flags import apply_env, field_flag, given, mode_flags
 from moesif_backfill.cli_help import ENV_HELP, EXIT_CODES_HELP, RUN_EXAMPLES, TOP_EXAMPLES, epilog
 from moesif_backfill.cli_output import validate_rejects
 from moesif_backfill.cli_progress import add_log_format_flag, log_format, progress_display
+from moesif_backfill.cli_redrive import add_redrive_parser, main_redrive
 from moesif_backfill.cli_sql import add_sql_parser, main_sql
 from moesif_backfill.cli_status import add_status_parser, main_status
 from moesif_backfill.modes import MODES_HELP, Mode, choose_mode
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_days_parsers(sub)
     add_sql_parser(sub)
     add_status_parser(sub)
+    add_redrive_parser(sub)
     for command in sub.choices.values():
         add_debug_flag(command)
     return parser
@@ -367,6 +369,8 @@ def _command(args: argparse.Namespace) -> int:
         return main_sql(args)
     if args.command == "status":
         return main_status(args)
+    if args.command == "redrive":
+        return main_redrive(args)
     try:
         settings = _settings(args)
         always_direct = {"validate": "validate", "dry-run": "run --dry-run"}.get(settings.mode)

@@ -30,6 +30,7 @@ MINIMAL = {
     "validate": ["validate", "x.csv"],
     "nightly": ["nightly", "x/{date}/"],
     "range": ["range", "x/{date}/", "--start", "2026-01-01", "--end", "2026-01-02"],
+    "redrive": ["redrive", "s3://backup/errors/"],
 }
 ONE_SHOT = ("--reset", "--reprocess", "--dry-run")
 
@@ -72,7 +73,7 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_help_lists_exit_codes_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ((), ("run",), ("nightly",), ("range",)):
+    for command in ((), ("run",), ("nightly",), ("range",), ("redrive",)):
         text = _help(capsys, *command)
         assert "exit codes:" in text, command
         codes = re.findall(r"^  (\d+) ", text.split("exit codes:")[1], flags=re.M)

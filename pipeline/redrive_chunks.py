@@ -1,0 +1,113 @@
+"""One chunk of a failed-delivery object made ready to send: its records (one action each,
+its original bytes), where each came from (line, position in the record), its rejects file
+entries and counts. Pure, apart from the Line objects it reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.redrive_plan import split_line
+from transforms.failed_records import Line, Rejected
+
+
+@dataclass
+class ChunkWork:
+    records: list[bytes] = field(default_factory=list)
+    where: list[tuple[int, int, str]] = field(default_factory=list)  # (line, index, tid)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    rejected: int = 0  # actions rejected (an undecodable line: one)
+    outside: int = 0
+    too_old: int = 0
+    lines: int = 0
+    lines_rejected: int = 0
+    lines_outside: int = 0
+    # sending the actions an earlier run left pending (--allow-older-than-30-days): the
+    # chunk's other actions, as that run committed them
+    settles: bool = False
+    earlier_sent: int = 0
+    earlier_rejected: int = 0
+    earlier_outside: int = 0
+
+
+def reject_entry(
+    source: str, line: int, rejected: Rejected | None, reason: str, excerpt: str = ""
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"source": source, "line": line, "reason": reason}
+    if rejected is not None and rejected.index is not None:
+        entry["action"] = rejected.index
+    if excerpt or (rejected is not None and rejected.excerpt):
+        entry["excerpt"] = excerpt or (rejected.excerpt if rejected else "")
+    return entry
+
+
+def build_chunk(
+    source: str,
+    lines: list[Line],
+    window: tuple[int | None, int | None] | None,
+    skip_before_us: int | None,
+) -> ChunkWork:
+    """A chunk sent for the first time (`skip_before_us`: leave older actions pending)."""
+    work = ChunkWork(lines=len(lines))
+    for line in lines:
+        split = split_line(line, window, skip_before_us)
+        if split.outside:
+            work.outside += split.outside
+            work.lines_outside += 1
+            continue
+        work.rejected += len(split.rejected)
+        whole_line = [r for r in split.rejected if r.index is None]
+        if whole_line:
+            work.lines_rejected += 1
+            work.rejects.append(
+                reject_entry(source, line.number, None, whole_line[0].reason, whole_line[0].excerpt)
+            )
+        for r in split.rejected:
+            if r.index is not None:
+                work.rejects.append(reject_entry(source, line.number, r, r.reason))
+        work.too_old += len(split.too_old)
+        for action in split.send:
+            work.records.append(action.data)
+            work.where.append((line.number, action.index, action.transaction_id))
+    return work
+
+
+def build_resend(
+    source: str,
+    lines: list[Line],
+    window: tuple[int | None, int | None] | None,
+    before_us: int,
+    earlier_rejected: int,
+) -> ChunkWork:
+    """A committed chunk whose actions older than `before_us` an earlier run left pending:
+    exactly those are sent now."""
+    work = ChunkWork(lines=len(lines), settles=True)
+    total = 0
+    for line in lines:
+        total += line.count
+        split = split_line(line, window, None)
+        if split.outside:
+            work.earlier_outside += split.outside
+            continue
+        for action in split.send:
+            if action.time_us is not None and action.time_us < before_us:
+                work.records.append(action.data)
+                work.where.append((line.number, action.index, action.transaction_id))
+    work.earlier_rejected = earlier_rejected
+    work.earlier_sent = total - len(work.records) - work.earlier_outside - earlier_rejected
+    return work
+
+
+def done_counts(
+    lines: list[Line],
+    window: tuple[int | None, int | None] | None,
+    rejected: int,
+    deferred: int,
+) -> tuple[int, int]:
+    """(sent, outside) of a chunk an earlier run committed, from its lines."""
+    total = sum(line.count for line in lines)
+    outside = sum(split_line(line, window, None).outside for line in lines)
+    return total - outside - rejected - deferred, outside
+
+
+__all__ = ["ChunkWork", "build_chunk", "build_resend", "done_counts", "reject_entry"]
