@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: local stand-ins (moto server as Firehose -> a local Moesif-like receiver),
 # backfill the bundled sample through boto3, run it again to show nothing new is delivered;
-# both runs keep the ID ledger (--ledger), queried with DuckDB at the end.
+# both runs keep the ID ledger (--ledger), queried with DuckDB; then Firehose's failed deliveries
+# (written to the stand-in S3 bucket in Firehose's layout) are re-sent with `redrive`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -17,12 +18,13 @@ export AWS_ACCESS_KEY_ID=demo-key-id AWS_SECRET_ACCESS_KEY=demo-secret AWS_DEFAU
 unset AWS_PROFILE AWS_SESSION_TOKEN || true
 
 "$PY" -m tests.standins down --state-file "$STATE" >/dev/null 2>&1 || true
-rm -rf "$DEMO/checkpoints" "$DEMO/ledger" "$DEMO"/summary-*.json
+rm -rf "$DEMO/checkpoints" "$DEMO/ledger" "$DEMO"/summary-*.json "$DEMO/preview" "$DEMO/redrive-preview"
 "$PY" -m tests.standins up --state-file "$STATE" >"$DEMO/standins.log" 2>&1 &
 trap '"$PY" -m tests.standins down --state-file "$STATE" >/dev/null 2>&1 || true' EXIT
 "$PY" -m tests.standins wait --state-file "$STATE" --timeout 60 >/dev/null
 ENDPOINT=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['endpoint_url'])" "$STATE")
 STREAM=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['stream'])" "$STATE")
+BUCKET=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['bucket'])" "$STATE")
 "$PY" examples/make_sample.py --out "$DEMO/payments.csv"
 echo "== preflight (sends nothing)"
 "$CLI" validate "$DEMO/payments.csv" --mapping examples/mapping.yaml
@@ -59,4 +61,29 @@ rows = duckdb.sql(f"SELECT count(*) FROM read_parquet('{d}/ledger/**/*.parquet')
 one = json.load(open(f"{d}/summary-1.json"))
 assert rows == one["rows_read"], (rows, one["rows_read"])
 print(f"ledger: {rows} rows = rows read; run 2 skipped every chunk, so it wrote none")
+PYEOF
+echo "== redrive: Firehose's failed deliveries (README \"Redriving Firehose's failed deliveries\")"
+# What Firehose would have written after Moesif refused deliveries for its whole retry duration:
+# 300 of the actions run 1 sent, in Firehose's failed-delivery layout, one object gzip'd.
+"$CLI" run "$DEMO/payments.csv" --mapping examples/mapping.yaml --dry-run --out "$DEMO/preview" --quiet >/dev/null
+"$PY" examples/make_failed_deliveries.py --dry-run-dir "$DEMO/preview" --bucket "$BUCKET" \
+  --prefix failed/errors/ --stream "$STREAM" --s3-endpoint-url "$ENDPOINT" --actions 300
+REDRIVE=(redrive "s3://$BUCKET/failed/errors/" --s3-endpoint-url "$ENDPOINT" --region us-east-1)
+echo "-- preview: counts by errorCode and arrival day, nothing sent"
+"$CLI" "${REDRIVE[@]}" --dry-run --out "$DEMO/redrive-preview" --quiet
+for n in 1 2; do
+  echo "-- redrive $n"
+  "$CLI" "${REDRIVE[@]}" --stream "$STREAM" --endpoint-url "$ENDPOINT" \
+    --checkpoint "$DEMO/checkpoints" --summary-json "$DEMO/summary-redrive-$n.json" --delete-after --quiet
+done
+"$PY" - "$DEMO" <<'PYEOF'
+import json, sys
+d = sys.argv[1]
+one, two = (json.load(open(f"{d}/summary-redrive-{n}.json")) for n in (1, 2))
+print(f"redrive 1: sent {one['actions_sent']} actions (their transaction_ids unchanged: Moesif "
+      f"deduplicates those it had), deleted {one['objects_deleted']} objects")
+print(f"redrive 2: sent {two['actions_sent']}, {two['objects_total']} objects left")
+assert one["actions_sent"] == 300 and one["objects_deleted"] == 2, "redrive check failed"
+assert two["actions_sent"] == 0 and two["objects_total"] == 0, "redrive rerun check failed"
+print("redrive OK")
 PYEOF

@@ -6,8 +6,7 @@ them to S3 as Amazon Data Firehose writes what its HTTP endpoint did not accept:
 per record (`attemptsMade`, `arrivalTimestamp`, `errorCode`, `errorMessage`,
 `attemptEndingTimestamp`, `rawData` = base64 of the record, `subsequenceNumber`, `dataId`).
 One object is gzip'd (as with a compressed backup); one record holds a JSON array of three
-actions (a producer that batched them). The uuids and times are fixed, so the objects are the
-same on every run.
+actions (a producer that batched them). The objects arrived in the last two hours.
 
     python examples/make_failed_deliveries.py --dry-run-dir .demo/preview \
         --bucket B --prefix failed/errors/ --stream S --s3-endpoint-url URL [--actions 300]
@@ -17,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import gzip
 import json
 import uuid
@@ -71,10 +71,12 @@ def main() -> None:
     records = [b"[" + b",".join(actions[:3]) + b"]", *actions[3:]]
     halves = [records[: len(records) // 2], records[len(records) // 2 :]]
     s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, region_name=args.region)
-    arrival_ms = 1_765_000_000_000  # any fixed instant: redrive judges age by request.time
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     for i, (part, error) in enumerate(zip(halves, ERRORS, strict=True)):
-        hour = f"2026/12/0{5 + i}/0{3 + i}/"
-        name = f"{args.stream}-1-2026-12-0{5 + i}-0{3 + i}-10-00-{uuid.UUID(int=i + 1)}"
+        arrived = now - dt.timedelta(hours=2 - i)
+        hour = arrived.strftime("%Y/%m/%d/%H/")
+        name = f"{args.stream}-1-{arrived:%Y-%m-%d-%H-%M-%S}-{uuid.UUID(int=i + 1)}"
+        arrival_ms = int(arrived.timestamp() * 1000)
         body = b"".join(failed_line(r, n, error, arrival_ms) for n, r in enumerate(part))
         if i == 1:  # a compressed backup; redrive detects gzip by its magic bytes
             body = gzip.compress(body, mtime=0)
