@@ -109,8 +109,15 @@ def test_exact_delivery_then_rerun_sends_nothing(
     assert first["bytes_sent"] == sum(e["body_bytes"] for e in collector.request_log())
     assert first["accounted"]
     # the values are sacred: what arrived is what the dry run wrote
-    first_line = gzip.decompress(next((tmp_path / "preview").glob("*.gz")).read_bytes())
-    assert collector.actions()[0] == json.loads(first_line.splitlines()[0])
+    # (byte for byte: each body is exactly the dry run's lines of its actions, as an array)
+    previewed = {
+        json.loads(line)["transaction_id"]: line
+        for f in (tmp_path / "preview").glob("*.gz")
+        for line in gzip.decompress(f.read_bytes()).splitlines()
+    }
+    for body in collector.bodies():
+        ids = [a["transaction_id"] for a in json.loads(body)]
+        assert body == b"[" + b",".join(previewed[i] for i in ids) + b"]"
     calls = len(collector.request_log())
     assert main(args(tmp_path, src, collector, *extra)) == 0
     second = summary(tmp_path)
@@ -305,3 +312,26 @@ def test_cli_process_end_to_end(tmp_path: Path, collector: CollectorStandin) -> 
     assert len(delivered) == len(set(delivered)) and set(delivered) == expected_ids(1, 1_500)
     assert summary(tmp_path)["sink"] == "moesif"
     no_app_id_anywhere(tmp_path, proc.stdout, proc.stderr)
+
+
+def test_range_days_send_to_the_collector(tmp_path: Path, collector: CollectorStandin) -> None:
+    for offset, day in enumerate(("2026-11-01", "2026-11-02")):
+        write_payments(tmp_path / "exports" / f"dt={day}" / "p.parquet", offset * 1_000 + 1, 300)
+    code = main(
+        [
+            "range",
+            str(tmp_path / "exports" / "dt={date:%Y-%m-%d}") + "/",
+            *("--mapping", str(write_mapping(tmp_path / "m.yaml")), "--job", "days"),
+            *("--sink", "moesif", "--moesif-url", collector.url),
+            *("--checkpoint", str(tmp_path / "ckpt"), "--start", "2026-11-01"),
+            *("--end", "2026-11-02", "--summary-json", str(tmp_path / "days.json")),
+            "--no-prefect",
+        ]
+    )
+    assert code == 0
+    delivered = collector.delivered_ids()
+    assert len(delivered) == len(set(delivered))
+    assert set(delivered) == expected_ids(1, 300) | expected_ids(1_001, 300)
+    result = json.loads((tmp_path / "days.json").read_text())
+    assert [d["sent"] for d in result["days"]] == [300, 300]
+    no_app_id_anywhere(tmp_path)

@@ -146,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(exc.status, json.dumps({"message": str(exc)}).encode(), headers)
             return
         entry.update(status=201, actions=len(actions))
-        owner._accept(actions, entry)
+        owner._accept(actions, entry, body)
         self._send(201)
 
 
@@ -175,6 +175,7 @@ class CollectorStandin(StartStop):
         self._tids: list[str] = []
         self._actions: list[dict[str, Any]] = []
         self._log_entries: list[dict[str, Any]] = []
+        self._bodies: list[bytes] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Self:
@@ -251,8 +252,9 @@ class CollectorStandin(StartStop):
         if limit is not None and nbytes > limit:
             raise _Refused(413, f"body of {nbytes} bytes over {limit}")
 
-    def _accept(self, actions: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+    def _accept(self, actions: list[dict[str, Any]], entry: dict[str, Any], body: bytes) -> None:
         with self._lock:
+            self._bodies.append(body)
             self._accepted_requests += 1
             self._tids.extend(a["transaction_id"] for a in actions)
             self._actions.extend(actions)
@@ -275,6 +277,11 @@ class CollectorStandin(StartStop):
     def actions(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._actions)
+
+    def bodies(self) -> list[bytes]:
+        """The uncompressed body of every accepted request, byte for byte."""
+        with self._lock:
+            return list(self._bodies)
 
     def request_log(self) -> list[dict[str, Any]]:
         """One entry per POST: status (or "dropped"), actions, bytes, body_bytes, encoding."""
