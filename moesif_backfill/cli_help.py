@@ -8,7 +8,8 @@ exit codes:
   1    failed (undeliverable after retries, unreadable source): the checkpoint holds
        exactly what was delivered; rerun to resume
   2    configuration or preflight error (flags, environment variables, mapping, the
-       30-day window, a locked job): nothing was sent
+       30-day window, a locked job): nothing was sent; also --sink moesif when Moesif
+       refused a batch for good (400/401/402/406) before anything was committed
   3    complete, but rows were rejected (listed in the rejects file)
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); rerun to resume"""
 
@@ -31,7 +32,9 @@ examples:
   moesif-backfill run invoices.csv --mapping mapping.yaml --dry-run --out preview/
   # send; the same command again resumes after an interruption (exit 1, 130, 143)
   MOESIF_BACKFILL_STREAM=moesif-actions moesif-backfill run s3://exports/2025/ \\
-      --mapping mapping.yaml --checkpoint s3://my-state/moesif-backfill/"""
+      --mapping mapping.yaml --checkpoint s3://my-state/moesif-backfill/
+  # straight to Moesif's Collector API, no Firehose (the id: never a flag)
+  MOESIF_APPLICATION_ID=... moesif-backfill run exports/ --mapping mapping.yaml --sink moesif"""
 
 DAYS_EXAMPLES = """\
 examples:

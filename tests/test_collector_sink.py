@@ -335,3 +335,42 @@ def test_range_days_send_to_the_collector(tmp_path: Path, collector: CollectorSt
     result = json.loads((tmp_path / "days.json").read_text())
     assert [d["sent"] for d in result["days"]] == [300, 300]
     no_app_id_anywhere(tmp_path)
+
+
+@pytest.mark.e2e
+def test_prefect_mode_and_secret_block_never_show_the_id(
+    tmp_path: Path, collector: CollectorStandin, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a Prefect flow run (the id from the environment), then directly with the id from a
+    Prefect Secret block: delivered, and the id is in no flow run parameter, log or artifact."""
+    import asyncio
+
+    from prefect.blocks.system import Secret
+
+    from tests.test_secrets import _prefect_text
+
+    src = write_payments(tmp_path / "p.parquet", 1, 600)
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, PREFECT_LOGGING_LEVEL="INFO")
+    proc = subprocess.run(
+        [*(sys.executable, "-m", "moesif_backfill.cli"), *args(tmp_path, src, collector)[:-1]]
+        + ["--prefect"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "as Prefect flow run" in proc.stderr + proc.stdout
+    assert set(collector.delivered_ids()) == expected_ids(1, 600)
+
+    Secret(value=APP_ID).save("moesif-app-id-test", overwrite=True)
+    monkeypatch.delenv("MOESIF_APPLICATION_ID")
+    other = write_payments(tmp_path / "q.parquet", 1_001, 200)
+    extra = ("--moesif-app-id-block", "moesif-app-id-test", "--job", "from-block")
+    assert main([*args(tmp_path, other, collector), *extra]) == 0
+    assert set(collector.delivered_ids()) == expected_ids(1, 600) | expected_ids(1_001, 200)
+    assert main([*args(tmp_path, other, collector), "--moesif-app-id-block", "nope"]) == 2
+
+    assert APP_ID not in asyncio.run(_prefect_text())
+    no_app_id_anywhere(tmp_path, proc.stdout, proc.stderr)
