@@ -351,9 +351,9 @@ def test_prefect_mode_and_secret_block_never_show_the_id(
 
     src = write_payments(tmp_path / "p.parquet", 1, 600)
     env = dict(os.environ, PREFECT_API_URL=prefect_api, PREFECT_LOGGING_LEVEL="INFO")
+    command = [sys.executable, "-m", "moesif_backfill.cli", *args(tmp_path, src, collector)[:-1]]
     proc = subprocess.run(
-        [*(sys.executable, "-m", "moesif_backfill.cli"), *args(tmp_path, src, collector)[:-1]]
-        + ["--prefect"],
+        [*command, "--prefect"],
         env=env,
         capture_output=True,
         text=True,
