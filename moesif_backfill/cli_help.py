@@ -32,9 +32,7 @@ examples:
   moesif-backfill run invoices.csv --mapping mapping.yaml --dry-run --out preview/
   # send; the same command again resumes after an interruption (exit 1, 130, 143)
   MOESIF_BACKFILL_STREAM=moesif-actions moesif-backfill run s3://exports/2025/ \\
-      --mapping mapping.yaml --checkpoint s3://my-state/moesif-backfill/
-  # straight to Moesif's Collector API, no Firehose (the id: never a flag)
-  MOESIF_APPLICATION_ID=... moesif-backfill run exports/ --mapping mapping.yaml --sink moesif"""
+      --mapping mapping.yaml --checkpoint s3://my-state/moesif-backfill/"""
 
 DAYS_EXAMPLES = """\
 examples:

@@ -339,38 +339,48 @@ def test_range_days_send_to_the_collector(tmp_path: Path, collector: CollectorSt
 
 @pytest.mark.e2e
 def test_prefect_mode_and_secret_block_never_show_the_id(
-    tmp_path: Path, collector: CollectorStandin, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, collector: CollectorStandin, prefect_api: str
 ) -> None:
     """As a Prefect flow run (the id from the environment), then directly with the id from a
-    Prefect Secret block: delivered, and the id is in no flow run parameter, log or artifact."""
+    Prefect Secret block: delivered, and the id is in no flow run parameter, log or artifact.
+    Each run is a process of its own (Prefect's logging set up in this one would reach the
+    other tests of the session)."""
     import asyncio
 
     from prefect.blocks.system import Secret
 
     from tests.test_secrets import _prefect_text
 
+    def cli(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+        base = dict(os.environ, PREFECT_API_URL=prefect_api, PREFECT_LOGGING_LEVEL="INFO")
+        if "MOESIF_APPLICATION_ID" in env and not env["MOESIF_APPLICATION_ID"]:
+            base.pop("MOESIF_APPLICATION_ID")
+            env = {}
+        return subprocess.run(
+            [sys.executable, "-m", "moesif_backfill.cli", *argv],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
     src = write_payments(tmp_path / "p.parquet", 1, 600)
-    env = dict(os.environ, PREFECT_API_URL=prefect_api, PREFECT_LOGGING_LEVEL="INFO")
-    command = [sys.executable, "-m", "moesif_backfill.cli", *args(tmp_path, src, collector)[:-1]]
-    proc = subprocess.run(
-        [*command, "--prefect"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "as Prefect flow run" in proc.stderr + proc.stdout
+    flow = cli([*args(tmp_path, src, collector)[:-1], "--prefect"])
+    assert flow.returncode == 0, flow.stderr
+    assert "as Prefect flow run" in flow.stderr + flow.stdout
     assert set(collector.delivered_ids()) == expected_ids(1, 600)
 
     Secret(value=APP_ID).save("moesif-app-id-test", overwrite=True)
-    monkeypatch.delenv("MOESIF_APPLICATION_ID")
     other = write_payments(tmp_path / "q.parquet", 1_001, 200)
-    extra = ("--moesif-app-id-block", "moesif-app-id-test", "--job", "from-block")
-    assert main([*args(tmp_path, other, collector), *extra]) == 0
+    extra = ["--moesif-app-id-block", "moesif-app-id-test", "--job", "from-block"]
+    block = cli([*args(tmp_path, other, collector), *extra], MOESIF_APPLICATION_ID="")
+    assert block.returncode == 0, block.stderr
     assert set(collector.delivered_ids()) == expected_ids(1, 600) | expected_ids(1_001, 200)
-    assert main([*args(tmp_path, other, collector), "--moesif-app-id-block", "nope"]) == 2
+    extra[1] = "nope"
+    missing = cli([*args(tmp_path, other, collector), *extra], MOESIF_APPLICATION_ID="")
+    assert missing.returncode == 2 and "no Prefect Secret block named 'nope'" in missing.stderr
 
     assert APP_ID not in asyncio.run(_prefect_text())
-    no_app_id_anywhere(tmp_path, proc.stdout, proc.stderr)
+    outputs = [p.stdout + p.stderr for p in (flow, block, missing)]
+    no_app_id_anywhere(tmp_path, *outputs)
