@@ -384,3 +384,31 @@ def test_prefect_mode_and_secret_block_never_show_the_id(
     assert APP_ID not in asyncio.run(_prefect_text())
     outputs = [p.stdout + p.stderr for p in (flow, block, missing)]
     no_app_id_anywhere(tmp_path, *outputs)
+
+
+def test_a_lost_collector_fails_the_run_as_stalled(
+    tmp_path: Path, collector: CollectorStandin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 300)
+    url = collector.url
+    argv = args(tmp_path, src, collector, "--stall-timeout-s", "1")
+    argv[argv.index("--retry-attempts") + 1] = "1000"
+    collector.stop()  # connections refused from now on
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "acknowledged nothing" in err and url in err
+    s = summary(tmp_path)
+    assert (s["error_type"], s["chunks_committed"]) == ("DeliveryStalledError", 0)
+    assert s["connection_errors"] >= 1
+
+
+def test_records_per_second_shape_the_actions(tmp_path: Path, collector: CollectorStandin) -> None:
+    src = write_payments(tmp_path / "p.parquet", 1, 1_000)
+    extra = ("--chunk-rows", "100", "--max-records-per-second", "2000", "--max-in-flight", "2")
+    assert main(args(tmp_path, src, collector, *extra)) == 0
+    s = summary(tmp_path)
+    assert s["actions_sent"] == 1_000 and s["expected_send_s"] == 0.5
+    # shaped to 98% of 2,000/s, each call waiting for its actions (no burst at the start):
+    # 1,000 actions take about 0.51 s
+    assert s["duration_s"] >= 0.45
+    assert set(collector.delivered_ids()) == expected_ids(1, 1_000)
