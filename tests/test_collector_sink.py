@@ -412,3 +412,17 @@ def test_records_per_second_shape_the_actions(tmp_path: Path, collector: Collect
     # 1,000 actions take about 0.51 s
     assert s["duration_s"] >= 0.45
     assert set(collector.delivered_ids()) == expected_ids(1, 1_000)
+
+
+@pytest.mark.e2e
+def test_dask_workers_resolve_the_id_themselves(
+    tmp_path: Path, collector: CollectorStandin
+) -> None:
+    srcs = [write_payments(tmp_path / "in" / f"p{i}.parquet", i * 1_000 + 1, 400) for i in range(3)]
+    assert main(args(tmp_path, srcs[0].parent, collector, "--workers", "2")) == 0
+    delivered = collector.delivered_ids()
+    assert len(delivered) == len(set(delivered))
+    assert set(delivered) == set().union(*(expected_ids(i * 1_000 + 1, 400) for i in range(3)))
+    s = summary(tmp_path)
+    assert (s["sink"], s["actions_sent"]) == ("moesif", 1_200)
+    assert s["calls"] == collector.stats()["accepted_requests"]
