@@ -22,9 +22,15 @@ class StallClock:
     """One sender's stall clock (thread-safe)."""
 
     def __init__(
-        self, stream_name: str, timeout_s: float | None, clock: Callable[[], float] = time.monotonic
+        self,
+        stream_name: str,
+        timeout_s: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        label: str = "Firehose stream",
     ) -> None:
         self.stream_name = stream_name
+        self.label = label
         self.timeout_s = timeout_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -61,8 +67,9 @@ class StallClock:
             self._warned = self._warned or warn
         if warn:
             logger.warning(
-                "Firehose stream %r has acknowledged nothing for %.0f s (%s); the run fails if "
+                "%s %r has acknowledged nothing for %.0f s (%s); the run fails if "
                 "that lasts %.0f s (stall_timeout_s)",
+                self.label,
                 self.stream_name,
                 since,
                 reason,

@@ -48,7 +48,7 @@ class SendStats:
             return dict(self._values)
 
     def __getattr__(self, name: str) -> int:
-        if name in SendStats.FIELDS:
+        if name in type(self).FIELDS:
             with self._lock:
                 return self._values[name]
         raise AttributeError(name)

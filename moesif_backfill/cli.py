@@ -22,7 +22,7 @@ import sys
 from moesif_backfill import __version__
 from moesif_backfill.cli_days import add_days_parsers, main_days
 from moesif_backfill.cli_errors import add_debug_flag, print_failure
-from moesif_backfill.cli_flags import apply_env, field_flag, given, mode_flags
+from moesif_backfill.cli_flags import apply_env, field_flag, given, mode_flags, sink_flags
 from moesif_backfill.cli_help import ENV_HELP, EXIT_CODES_HELP, RUN_EXAMPLES, TOP_EXAMPLES, epilog
 from moesif_backfill.cli_output import validate_rejects
 from moesif_backfill.cli_progress import add_log_format_flag, log_format, progress_display
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the records that would be sent to --out DIR; no AWS calls, never Prefect",
     )
+    sink_flags(run, RunSettings)
     field_flag(run, RunSettings, "out", help="output directory for --dry-run")
     field_flag(
         run, RunSettings, "endpoint_url", help="Firehose endpoint URL (local stand-ins, VPC)"
@@ -297,6 +298,7 @@ def prefect_environment() -> None:
 def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> int:
     from moesif_backfill.cli_interrupts import StoppableFollow, run_interruptible
     from moesif_backfill.cli_output import print_summary, print_validate
+    from moesif_backfill.errors import exit_code_for
 
     follow = StoppableFollow(progress_display(args))
     if mode.prefect:
@@ -322,6 +324,8 @@ def run_command(args: argparse.Namespace, settings: RunSettings, mode: Mode) -> 
     outcome = follow.outcome
     code = EXIT_OK if outcome.error is None else print_failure(outcome.error, debug=args.debug)
     summary = outcome.summary.to_dict()
+    if outcome.error is not None:  # --sink moesif refused: 2 before any commit, 1 after
+        code = exit_code_for(outcome.error, committed=summary["chunks_committed"]) or code
     if settings.mode == "validate" and code == EXIT_OK:
         print_validate(summary, getattr(args, "rejects", None))
         print(follow.label())

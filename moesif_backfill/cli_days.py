@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moesif_backfill.cli_flags import field_flag, given, mode_flags
+from moesif_backfill.cli_flags import field_flag, given, mode_flags, sink_flags
 from moesif_backfill.cli_help import DAYS_EXAMPLES, ENV_HELP, EXIT_CODES_HELP, epilog
 from moesif_backfill.cli_progress import add_log_format_flag
 from moesif_backfill.modes import MODES_HELP
@@ -85,7 +85,8 @@ def _days_common(p: argparse.ArgumentParser, model: type[DaySettings]) -> None:
     field_flag(p, model, "mapping", required=True)
     add_log_format_flag(p)
     field_flag(p, model, "job", required=True)
-    field_flag(p, model, "streams", "--stream", action="append", required=True, metavar="NAME")
+    field_flag(p, model, "streams", "--stream", action="append", metavar="NAME")
+    sink_flags(p, model)
     field_flag(p, model, "timezone")
     field_flag(p, model, "window", choices=["path", "time"])
     field_flag(p, model, "checkpoint")

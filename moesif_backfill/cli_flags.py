@@ -170,6 +170,16 @@ def given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in model.model_fields}
 
 
+def sink_flags(p: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """--sink and the options of --sink moesif (run, nightly, range). The application id has no
+    flag: it comes from MOESIF_APPLICATION_ID or the Secret block --moesif-app-id-block names."""
+    field_flag(p, model, "sink", choices=["firehose", "moesif"])
+    field_flag(p, model, "moesif_url", metavar="URL")
+    field_flag(p, model, "moesif_app_id_block", metavar="NAME")
+    field_flag(p, model, "moesif_batch_max_bytes", metavar="BYTES")
+    field_flag(p, model, "moesif_action_max_bytes", metavar="BYTES")
+
+
 def mode_flags(p: argparse.ArgumentParser) -> None:
     """--prefect / --no-prefect (README "Direct or Prefect")."""
     group = p.add_mutually_exclusive_group()
@@ -201,4 +211,5 @@ __all__ = [
     "field_help",
     "given",
     "mode_flags",
+    "sink_flags",
 ]

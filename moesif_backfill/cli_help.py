@@ -8,7 +8,8 @@ exit codes:
   1    failed (undeliverable after retries, unreadable source): the checkpoint holds
        exactly what was delivered; rerun to resume
   2    configuration or preflight error (flags, environment variables, mapping, the
-       30-day window, a locked job): nothing was sent
+       30-day window, a locked job): nothing was sent; also --sink moesif when Moesif
+       refused a batch for good (400/401/402/406) before anything was committed
   3    complete, but rows were rejected (listed in the rejects file)
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); rerun to resume"""
 

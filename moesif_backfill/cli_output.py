@@ -102,6 +102,29 @@ class Bar:
         self.progress = None
 
 
+def _sender_lines(summary: dict[str, Any]) -> list[str]:
+    """The sink's counters: Firehose calls, or (--sink moesif) Collector API batch POSTs."""
+    if summary.get("sink") == "moesif":
+        return [
+            f"  moesif calls   {summary.get('calls', 0):>12,}  retried records "
+            f"{summary['records_retried']:,}, throttled calls (429) "
+            f"{summary['throttled_calls']:,}, server errors {summary['server_errors']:,}, "
+            f"connection errors {summary['connection_errors']:,}, refused (413) "
+            f"{summary.get('records_refused', 0):,}",
+            f"  bytes          {summary['bytes_sent']:>12,}  gzip "
+            f"{summary.get('bytes_compressed', 0):,}",
+        ]
+    return [
+        f"  firehose calls {summary['firehose_calls']:>12,}  retried records "
+        f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}, "
+        f"throttled records {summary.get('throttled_records', 0):,}, "
+        f"server errors {summary['server_errors']:,}, "
+        f"connection errors {summary['connection_errors']:,}",
+        f"  bytes          {summary['bytes_sent']:>12,}  billable 5 KB units "
+        f"{summary['billable_5kb_units']:,}",
+    ]
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     if not summary:
         return
@@ -115,13 +138,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  {sent_label:<14} {summary['actions_sent']:>12,}",
         f"  rejected       {summary['rows_rejected']:>12,}{rejected_note}",
         f"  skipped        {summary['rows_skipped']:>12,}  (delivered by an earlier run)",
-        f"  firehose calls {summary['firehose_calls']:>12,}  retried records "
-        f"{summary['records_retried']:,}, throttled calls {summary['throttled_calls']:,}, "
-        f"throttled records {summary.get('throttled_records', 0):,}, "
-        f"server errors {summary['server_errors']:,}, "
-        f"connection errors {summary['connection_errors']:,}",
-        f"  bytes          {summary['bytes_sent']:>12,}  billable 5 KB units "
-        f"{summary['billable_5kb_units']:,}",
+        *_sender_lines(summary),
         f"  duration       {summary['duration_s']:>11.1f}s  "
         f"({summary['rows_per_second']:,.0f} rows/s)",
     ]

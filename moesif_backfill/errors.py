@@ -19,7 +19,10 @@
     │   │   └── DeliveryStalledError  nothing acknowledged for RunSettings.stall_timeout_s
     │   │                             (endpoint lost): not retried by the run
     │   └── PermanentDeliveryError    unknown stream, access denied, invalid request:
-    │                                 fix the cause, then rerun
+    │       │                         fix the cause, then rerun
+    │       └── DestinationRefusedError   Moesif's Collector API refused a batch (400, 401,
+    │                                 402, 406): exit 2 while nothing was committed in the
+    │                                 run, else 1 (`exit_code_for`)
     ├── RunInterruptedError           Ctrl-C / SIGTERM: stopped early, the checkpoint holds what
     │                                 was acknowledged; exit 130 (SIGINT) / 143 (SIGTERM)
     └── DaysFailedError               days of a nightly sync or date range not delivered: exit 2
@@ -121,6 +124,23 @@ class DeliveryStalledError(TransientDeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Delivery failed with an error that retrying cannot fix."""
+
+
+class DestinationRefusedError(PermanentDeliveryError):
+    """Moesif's Collector API (--sink moesif) refused a batch for good (400, 401, 402, 406, or
+    an answer that is neither success nor retryable): the run stops at once. Exit 2 when the
+    run had committed nothing yet (a configuration problem: the application id, the account),
+    1 after (`exit_code_for`)."""
+
+    exit_code = 2
+
+
+def exit_code_for(exc: BaseException, *, committed: int) -> int | None:
+    """The exit code of `exc` when it depends on the run's progress (None: its own):
+    `DestinationRefusedError` is 2 while nothing was committed in the run, 1 after."""
+    if isinstance(exc, DestinationRefusedError):
+        return 1 if committed else 2
+    return None
 
 
 class DaysFailedError(BackfillError):

@@ -27,6 +27,7 @@ from moesif_backfill.errors import (
     DeliveryError,
     EmptyDayError,
     MissingDayError,
+    exit_code_for,
 )
 from pipeline.day_settings import DaySettings
 from pipeline.days import DayKind, day_job, format_sources
@@ -68,7 +69,10 @@ class DayResult:
         self.status = "failed"
         self.error = str(exc) if isinstance(exc, BackfillError) else repr(exc)
         self.error_type = type(exc).__name__
-        self.config_error = isinstance(exc, ConfigError)
+        # A destination that refused the day before anything was committed (Moesif's Collector
+        # API: 401, 402) is a configuration problem too (exit 2).
+        refused_early = exit_code_for(exc, committed=self.sent or 0) == 2
+        self.config_error = isinstance(exc, ConfigError) or refused_early
         self.stops_others = isinstance(exc, DeliveryError)
         return self
 

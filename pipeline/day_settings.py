@@ -12,9 +12,10 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moesif_backfill.errors import ConfigError
+from pipeline.send_settings import SendSettings, Sink
 from pipeline.settings import DEFAULT_CHECKPOINT_DIR, RunSettings
 
 # pipeline.days (and the checkpoint module it needs) loads with the first check: `--help` reads
@@ -42,8 +43,14 @@ FIXED_PER_DAY = frozenset(
         "rejects",
         "summary_json",
         "ledger",
+        "sink",
+        "moesif_url",
+        "moesif_app_id_block",
+        "moesif_batch_max_bytes",
+        "moesif_action_max_bytes",
     }
 )
+_SEND = SendSettings.model_fields
 
 
 class DaySettings(BaseModel):
@@ -58,7 +65,28 @@ class DaySettings(BaseModel):
     )
     mapping: str = Field(min_length=1, description="the mapping YAML file")
     job: str = Field(description="sync name; day D's checkpoint job is JOB-D")
-    streams: list[str] = Field(min_length=1, description="Firehose stream(s)")
+    streams: list[str] = Field(
+        default_factory=list, description="Firehose stream(s) (--sink firehose: required)"
+    )
+    sink: Sink = Field(default="firehose", description=_SEND["sink"].description)
+    moesif_url: str = Field(
+        default=_SEND["moesif_url"].default, description=_SEND["moesif_url"].description
+    )
+    moesif_app_id_block: str | None = Field(
+        default=None, min_length=1, description=_SEND["moesif_app_id_block"].description
+    )
+    moesif_batch_max_bytes: int = Field(
+        default=_SEND["moesif_batch_max_bytes"].default,
+        ge=1_000,
+        le=15_000_000,
+        description=_SEND["moesif_batch_max_bytes"].description,
+    )
+    moesif_action_max_bytes: int = Field(
+        default=_SEND["moesif_action_max_bytes"].default,
+        ge=100,
+        le=1_000_000,
+        description=_SEND["moesif_action_max_bytes"].description,
+    )
     timezone: str = Field(default="UTC", description="IANA time zone of the days")
     window: WindowMode = Field(
         default="path",
@@ -89,6 +117,17 @@ class DaySettings(BaseModel):
         description="further RunSettings fields for every day's job (chunk_rows, "
         "max_in_flight, retry_attempts, ...)",
     )
+
+    @model_validator(mode="after")
+    def _sink_needs(self) -> DaySettings:
+        if self.sink == "firehose" and not self.streams:
+            raise ValueError(
+                "give --stream NAME (the Firehose stream), or --sink moesif to send straight "
+                "to Moesif's Collector API"
+            )
+        if self.sink == "moesif" and self.streams:
+            raise ValueError("--stream is for --sink firehose; --sink moesif takes no stream")
+        return self
 
     @property
     def lease_seconds(self) -> float:
@@ -135,6 +174,11 @@ class DaySettings(BaseModel):
             allow_older_than_30_days=self.allow_older_than_30_days,
             summary_json=summary_json,
             ledger=self.ledger,
+            sink=self.sink,
+            moesif_url=self.moesif_url,
+            moesif_app_id_block=self.moesif_app_id_block,
+            moesif_batch_max_bytes=self.moesif_batch_max_bytes,
+            moesif_action_max_bytes=self.moesif_action_max_bytes,
         )
         if self.window == "time":
             data["window_start"], data["window_end"] = day_bounds(day, self.timezone)

@@ -30,7 +30,7 @@ from pipeline.ledger import ShardLedger
 from pipeline.plan import FilePlan, Plan, file_progress
 from pipeline.rejects import RejectsWriter
 from pipeline.row_filter import split_rows
-from pipeline.sinks import Sink
+from pipeline.sinks import Sink, delivery_of
 from transforms.actions import ActionBatch, build_actions
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,16 @@ def prefetch(it: Iterator[Any], depth: int = PREFETCH_DEPTH) -> Iterator[Any]:
 @dataclass
 class _InFlight:
     chunk: int
-    future: Future[int]
+    future: Future[Any]  # the sink's (pipeline.sinks.SinkFuture), after the ledger's
     sent: int
     rejected: int
     rejects: list[dict[str, Any]]
     outside: int = 0
+    # What a record the sink refuses (`Delivery.refused`) is rejected as: the chunk's rows,
+    # its first row, and the row position of each record.
+    batch: pa.RecordBatch | None = None
+    start_row: int = 0
+    accepted: np.ndarray | None = None
     too_old: int = 0  # rows deferred (--skip-older-than-30-days), see FileProgress.deferred
     # A chunk committed earlier whose deferred rows are sent now: its other rows, counted
     # when this send is acknowledged (delivered and rejected by the earlier run).
@@ -244,7 +249,10 @@ class FileRunner:
         if inside is not None:
             work = batch.take(pa.array(inside))
         result: ActionBatch = build_actions(
-            work, self.plan.spec, number_text=self.fp.number_text_fields()
+            work,
+            self.plan.spec,
+            number_text=self.fp.number_text_fields(),
+            max_action_bytes=self.plan.settings.max_action_bytes,
         )
         if inside is not None:  # reject rows by their position in the chunk, not in `work`
             result = replace(
@@ -260,7 +268,7 @@ class FileRunner:
             self.counts.sample.extend(result.records.slice(0, 3).to_pylist())
             del self.counts.sample[3:]
         rejects = self.rejects.entries(self.fp.src.path, start_row, batch, result)
-        future = self.sink.submit(result.records)
+        future: Future[Any] = self.sink.submit(result.records)
         # Done once acknowledged AND its ledger file written. Not when an earlier run's
         # deferred rows are sent: that chunk's ledger file (those rows too_old) stays.
         if self.ledger is not None and resend is None:
@@ -276,6 +284,7 @@ class FileRunner:
             chunk, future, len(result.records), len(result.rejected), rejects, split.outside
         )
         item.too_old = split.too_old
+        item.batch, item.start_row, item.accepted = batch, start_row, result.accepted
         if resend is not None:  # the chunk's other rows: as the earlier run committed them
             rejected = self.prog.chunk_rejects.get(chunk, 0)
             item.settles, item.outside = True, 0
@@ -304,6 +313,7 @@ class FileRunner:
             log.error("%s chunk %d not delivered: %s", self.fp.src.key, item.chunk, exc)
             return
         failpoints.hit("chunk.acknowledged")
+        self._refused(item, delivery_of(item.future.result()).refused)
         self.rejects.write(item.rejects)
         if item.settles:  # the rows an earlier run left pending as too old
             self.prog.settle_deferred(item.chunk, sent=item.sent, rejected=item.rejected)
@@ -336,6 +346,26 @@ class FileRunner:
             self.counts.sent_without_field[label] = n
         self._commit()
         self._progress(item.sent + item.rejected + item.outside + item.too_old)
+
+    def _refused(self, item: _InFlight, refused: tuple[tuple[int, str], ...]) -> None:
+        """Records the sink refused for good (e.g. 413 from Moesif's Collector API for one
+        action alone) are rejected rows: counted, checkpointed and written as rejects."""
+        if not refused:
+            return
+        assert item.batch is not None and item.accepted is not None
+        positions = item.accepted[np.fromiter((i for i, _ in refused), dtype=np.int64)]
+        reasons = [reason for _, reason in refused]
+        item.rejects = item.rejects + self.rejects.rows(
+            self.fp.src.path, item.start_row, item.batch, positions, reasons
+        )
+        item.sent -= len(refused)
+        item.rejected += len(refused)
+        log.warning(
+            "%s chunk %d: %d action(s) refused by the destination, rejected",
+            self.fp.src.key,
+            item.chunk,
+            len(refused),
+        )
 
     def _commit(self) -> None:
         if self.store is not None:

@@ -143,6 +143,32 @@ def _scatter(
     return pc.take(ids, take), pc.take(times, take)
 
 
+def refuse_rows(
+    table: pa.Table, accepted: np.ndarray, refused: tuple[tuple[int, str], ...]
+) -> pa.Table:
+    """A chunk's ledger rows with the records the sink refused for good (`Delivery.refused`:
+    (index in the chunk's records, reason)) as `rejected` with their reason. `accepted`: the
+    chunk position of each record (`ActionBatch.accepted`)."""
+    positions = accepted[np.fromiter((i for i, _ in refused), dtype=np.int64)]
+    status = np.asarray(
+        pc.index_in(table.column("status"), value_set=_STATUS_TEXT).to_numpy(zero_copy_only=False)
+    ).astype(np.int64)
+    status[positions] = STATUSES.index("rejected")
+    reasons = table.column("reason").to_pylist()
+    for pos, (_, reason) in zip(positions, refused, strict=True):
+        reasons[int(pos)] = reason
+    out = table.set_column(
+        table.schema.get_field_index("status"),
+        LEDGER_SCHEMA.field("status"),
+        pc.take(_STATUS_TEXT, pa.array(status)),
+    )
+    return out.set_column(
+        out.schema.get_field_index("reason"),
+        LEDGER_SCHEMA.field("reason"),
+        pa.array(reasons, pa.string()),
+    )
+
+
 class ShardLedger:
     """The ledger of one shard's chunks. `after_ack` builds a chunk's rows when it is handed to
     the sink and encodes its file on the shard's ledger thread while the chunk is in flight;
@@ -227,7 +253,13 @@ class ShardLedger:
                 done.set_exception(exc)
                 return
             try:
-                self.store.publish(staged.result())
+                ready = staged.result()
+                refused = getattr(value, "refused", ())
+                if refused:  # a pipeline.sinks.Delivery: those rows are rejected, not sent
+                    self.store.discard(ready)
+                    fixed = refuse_rows(table, result.accepted, refused)
+                    ready = self.store.prepare(self.job, name, fixed)
+                self.store.publish(ready)
             except BaseException as exc:
                 done.set_exception(exc)
             else:
@@ -276,4 +308,5 @@ __all__ = [
     "chunk_name",
     "ledger_rows",
     "open_ledger",
+    "refuse_rows",
 ]

@@ -60,12 +60,24 @@ class RejectsWriter:
     def entries(
         self, source: str, start_row: int, batch: pa.RecordBatch, result: ActionBatch
     ) -> list[dict[str, Any]]:
-        if not len(result.rejected):
+        return self.rows(source, start_row, batch, result.rejected, result.reasons)
+
+    def rows(
+        self,
+        source: str,
+        start_row: int,
+        batch: pa.RecordBatch,
+        positions: Any,
+        reasons: list[str],
+    ) -> list[dict[str, Any]]:
+        """The lines of the rows at `positions` of `batch` (its first row: `start_row`), each
+        rejected for its reason."""
+        if not len(positions):
             return []
-        rows = _python_rows(batch.take(pa.array(result.rejected)))
+        rows = _python_rows(batch.take(pa.array(positions)))
         return [
             {"source": source, "row": start_row + int(pos) + 1, "reason": reason, "values": vals}
-            for pos, reason, vals in zip(result.rejected, result.reasons, rows, strict=True)
+            for pos, reason, vals in zip(positions, reasons, rows, strict=True)
         ]
 
     def write(self, entries: list[dict[str, Any]]) -> None:

@@ -27,6 +27,8 @@ class RunSummary:
     rows_outside_window: int = 0  # time outside the run's window (nightly time mode): not sent
     rows_too_old: int = 0  # older than 30 days, left pending (--skip-older-than-30-days)
     rows_rejected_earlier: int = 0  # of rows_rejected: rejected by an earlier run of the job
+    sink: str = "firehose"  # where actions went: firehose | moesif (the Collector API)
+    calls: int = 0  # requests to the sink: PutRecordBatch calls, or Collector batch POSTs
     firehose_calls: int = 0
     records_retried: int = 0
     throttled_calls: int = 0  # PutRecordBatch calls refused whole for throughput
@@ -35,6 +37,8 @@ class RunSummary:
     server_errors: int = 0
     connection_errors: int = 0
     bytes_sent: int = 0
+    bytes_compressed: int = 0  # --sink moesif: gzip bytes of the acknowledged batches
+    records_refused: int = 0  # --sink moesif: actions refused with 413 alone (rejected)
     billable_5kb_units: int = 0
     # Time the given quota allows for this run's records: max(records / records_per_second,
     # bytes / (mib_per_second * MiB)) / streams; None without a records/s or MiB/s limit.
@@ -88,6 +92,7 @@ class RunSummary:
             "rows_skipped",
             "rows_outside_window",
             "rows_too_old",
+            "calls",
             "firehose_calls",
             "records_retried",
             "throttled_calls",

@@ -3,18 +3,23 @@ sink. Plain functions of the settings, so the driver and a Dask worker build the
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 from connectors.checkpoint import CheckpointStore
 from connectors.checkpoint_factory import make_checkpoint_store
 from connectors.firehose import FirehoseSender, RetryPolicy
 from connectors.firehose_client import make_firehose_client
+from connectors.moesif_collector import CollectorClient, CollectorSender
 from connectors.s3_errors import is_s3
 from connectors.s3_store import S3Store
 from moesif_backfill.errors import ConfigError, PermanentDeliveryError, PreflightError
+from pipeline.moesif_sink import CollectorSink
 from pipeline.send_settings import SendSettings
 from pipeline.settings import RunSettings
 from pipeline.sinks import CountingSink, DryRunSink, FirehoseSink, Quota, Sink
+
+APP_ID_ENV = "MOESIF_APPLICATION_ID"
 
 
 def aws_session(block_name: str | None) -> Any:
@@ -31,6 +36,45 @@ def aws_session(block_name: str | None) -> Any:
             "Prefect UI or with AwsCredentials(...).save(name)"
         ) from None
     return block.get_boto3_session()
+
+
+def moesif_app_id(block_name: str | None) -> str:
+    """The Moesif application id (--sink moesif): the value of the Prefect `Secret` block
+    `block_name` when one is named, else the MOESIF_APPLICATION_ID environment variable.
+    ConfigError (exit 2) saying how to provide it when there is none. Never logged."""
+    if block_name is not None:
+        from prefect.blocks.system import Secret  # noqa: PLC0415 - only when a block is named
+
+        try:
+            block: Any = Secret.load(block_name)
+        except ValueError:
+            raise ConfigError(
+                f"no Prefect Secret block named {block_name!r} (--moesif-app-id-block); create "
+                "it in the Prefect UI or with Secret(value=...).save(name), holding the Moesif "
+                "application id"
+            ) from None
+        value = block.get()
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"the Prefect Secret block {block_name!r} does not hold a Moesif application "
+                "id (a non-empty string)"
+            )
+        return value.strip()
+    value = os.environ.get(APP_ID_ENV, "").strip()
+    if not value:
+        raise ConfigError(
+            "--sink moesif needs the Moesif application id: set the environment variable "
+            f"{APP_ID_ENV}, or name a Prefect Secret block holding it with "
+            "--moesif-app-id-block NAME (never a flag value). Nothing was read or sent."
+        )
+    return value
+
+
+def check_sink(s: SendSettings) -> None:
+    """What the sink needs that can be checked before anything is read: the application id
+    of --sink moesif (ConfigError)."""
+    if s.sink == "moesif":
+        moesif_app_id(s.moesif_app_id_block)
 
 
 class AwsAccess(Protocol):
@@ -87,13 +131,44 @@ def make_sink(s: RunSettings, session: Any, *, check_stream: bool = True) -> Sin
 
 
 def quota_of(s: SendSettings) -> Quota:
-    """The send limits of `s`, per stream."""
-    return Quota(s.max_records_per_second, s.max_mib_per_second, max(len(s.streams), 1))
+    """The send limits of `s`, per stream (the Collector API: one)."""
+    streams = 1 if s.sink == "moesif" else max(len(s.streams), 1)
+    return Quota(s.max_records_per_second, s.max_mib_per_second, streams)
 
 
 def send_sink(s: SendSettings, session: Any, *, check_stream: bool = True) -> Sink:
-    """The sink that delivers: Firehose, one sender per stream (`make_sink`'s send mode; also
-    `redrive`'s). `check_stream`: DescribeDeliveryStream first."""
+    """The sink that delivers (`make_sink`'s send mode; also `redrive`'s): by `s.sink`,
+    Firehose, one sender per stream (`check_stream`: DescribeDeliveryStream first), or Moesif's
+    Collector API (its application id resolved here, so a Dask worker resolves it itself; no
+    preflight call)."""
+    if s.sink == "moesif":
+        return collector_sink(s)
+    return firehose_sink(s, session, check_stream=check_stream)
+
+
+def collector_sink(s: SendSettings) -> CollectorSink:
+    """The --sink moesif sink of `s`."""
+    client = CollectorClient(
+        s.moesif_url,
+        moesif_app_id(s.moesif_app_id_block),
+        connect_timeout_s=s.connect_timeout_s,
+        read_timeout_s=s.read_timeout_s,
+    )
+    sender = CollectorSender(
+        client,
+        batch_max_bytes=s.moesif_batch_max_bytes,
+        max_in_flight=s.max_in_flight,
+        max_records_per_second=s.max_records_per_second,
+        max_mib_per_second=s.max_mib_per_second,
+        retry=RetryPolicy(max_attempts=s.retry_attempts),
+        adaptive_rate=s.adaptive_rate,
+        stall_timeout_s=s.stall_timeout_s,
+    )
+    return CollectorSink(sender, quota_of(s))
+
+
+def firehose_sink(s: SendSettings, session: Any, *, check_stream: bool = True) -> FirehoseSink:
+    """The Firehose sink of `s`: one sender per stream."""
     quota = quota_of(s)
     assert s.stream is not None
     senders: list[FirehoseSender] = []
@@ -135,8 +210,12 @@ def send_sink(s: SendSettings, session: Any, *, check_stream: bool = True) -> Si
 __all__ = [
     "AwsAccess",
     "aws_session",
+    "check_sink",
     "checkpoint_store",
+    "collector_sink",
+    "firehose_sink",
     "make_sink",
+    "moesif_app_id",
     "open_aws",
     "quota_of",
     "send_sink",

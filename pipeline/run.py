@@ -28,7 +28,7 @@ from pipeline.ledger import check_ledger
 from pipeline.plan import Plan, default_job_name, make_plan, reprocess_keys
 from pipeline.rejects import RejectsWriter, drop_rejects, rejects_held
 from pipeline.report import RunSummary, write_json_atomic
-from pipeline.resources import checkpoint_store, make_sink, open_aws, s3_store
+from pipeline.resources import check_sink, checkpoint_store, make_sink, open_aws, s3_store
 from pipeline.runners import LocalRunner, Runner
 from pipeline.scheduler import RetryBudget, run_shards
 from pipeline.settings import DEFAULT_REJECTS_DIR, RunSettings
@@ -79,6 +79,8 @@ class Run:
     # ------------------------------------------------------------------ prepare
     def prepare(self) -> Plan:
         s = self.settings
+        if s.mode == "send":
+            check_sink(s)  # --sink moesif: the application id, before anything is read
         self.session = open_aws(s)
         self.s3 = s3_store(s, self.session)
         self._stack.callback(self.s3.close)
@@ -307,7 +309,7 @@ class Run:
     def finish(self, error: BaseException | None = None) -> RunSummary:
         s = self.settings
         job = self.plan.job if self.plan else (s.job or default_job_name(s))
-        summary = RunSummary(job=job, mode=s.mode)
+        summary = RunSummary(job=job, mode=s.mode, sink=s.sink)
         try:
             if self.sink is not None:
                 self.sink.close()

@@ -4,11 +4,15 @@ checkpoint, the job's outputs. `pipeline.settings.RunSettings` adds the input si
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_CHECKPOINT_DIR = ".moesif-backfill/checkpoints"
+DEFAULT_MOESIF_URL = "https://api.moesif.net"
+# Moesif's 1 MB event limit; the Firehose path keeps transforms.actions.MAX_ACTION_BYTES.
+FIREHOSE_ACTION_MAX_BYTES = 1_000_000
+Sink = Literal["firehose", "moesif"]
 
 
 class SendSettings(BaseModel):
@@ -17,6 +21,36 @@ class SendSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
+    sink: Sink = Field(
+        default="firehose",
+        description="where actions go: firehose (PutRecordBatch to --stream) or moesif (straight "
+        "to Moesif's Collector API, POST /v1/actions/batch; the application id from "
+        "MOESIF_APPLICATION_ID or --moesif-app-id-block)",
+    )
+    moesif_url: str = Field(
+        default=DEFAULT_MOESIF_URL,
+        min_length=1,
+        description="--sink moesif: the Collector API's base URL (a proxy, a local stand-in)",
+    )
+    moesif_app_id_block: str | None = Field(
+        default=None,
+        min_length=1,
+        description="--sink moesif: a Prefect Secret block holding the Moesif application id "
+        "(instead of the MOESIF_APPLICATION_ID environment variable)",
+    )
+    moesif_batch_max_bytes: int = Field(
+        default=12_000_000,
+        ge=1_000,
+        le=15_000_000,
+        description="--sink moesif: largest uncompressed JSON body of one /v1/actions/batch call",
+    )
+    moesif_action_max_bytes: int = Field(
+        default=1_000_000,
+        ge=100,
+        le=1_000_000,
+        description="--sink moesif: larger actions are rejected, not sent (Moesif's 1 MB event "
+        "limit)",
+    )
     streams: list[str] = Field(
         default_factory=list,
         description="Firehose streams; with several, an action goes to the stream picked by a "
@@ -55,10 +89,14 @@ class SendSettings(BaseModel):
     max_records_per_second: float | None = Field(
         default=None,
         gt=0,
-        description="each stream's Firehose records/s quota (sends shaped to 98%)",
+        description="each stream's Firehose records/s quota (--sink moesif: actions/s); sends "
+        "shaped to 98%",
     )
     max_mib_per_second: float | None = Field(
-        default=None, gt=0, description="each stream's Firehose MiB/s quota (sends shaped to 98%)"
+        default=None,
+        gt=0,
+        description="each stream's Firehose MiB/s quota (--sink moesif: MiB/s of actions); "
+        "sends shaped to 98%",
     )
     adaptive_rate: bool = Field(
         default=True,
@@ -68,7 +106,12 @@ class SendSettings(BaseModel):
     chunk_rows: int = Field(
         default=10_000, ge=1, le=1_000_000, description="rows per checkpointed chunk"
     )
-    max_in_flight: int = Field(default=8, ge=1, le=64, description="PutRecordBatch calls at once")
+    max_in_flight: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="PutRecordBatch calls (--sink moesif: batch POSTs) at once",
+    )
     chunks_in_flight: int = Field(default=4, ge=1, le=64)
     retry_budget_s: float = Field(
         default=60.0,
@@ -123,6 +166,27 @@ class SendSettings(BaseModel):
         """The first (usually the only) stream."""
         return self.streams[0] if self.streams else None
 
+    @property
+    def max_action_bytes(self) -> int:
+        """The largest action the sink takes: larger ones are rejected before they are sent."""
+        if self.sink == "moesif":
+            return self.moesif_action_max_bytes
+        return FIREHOSE_ACTION_MAX_BYTES
+
+    @field_validator("moesif_url")
+    @classmethod
+    def _moesif_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit  # noqa: PLC0415
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "moesif_url must be an http:// or https:// URL, e.g. " + DEFAULT_MOESIF_URL
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("moesif_url takes no user, password, query or fragment")
+        return v.rstrip("/")
+
     @field_validator("checkpoint", "ledger", mode="before")
     @classmethod
     def _as_text(cls, v: object) -> object:
@@ -146,4 +210,10 @@ class SendSettings(BaseModel):
         return self
 
 
-__all__ = ["DEFAULT_CHECKPOINT_DIR", "SendSettings"]
+__all__ = [
+    "DEFAULT_CHECKPOINT_DIR",
+    "DEFAULT_MOESIF_URL",
+    "FIREHOSE_ACTION_MAX_BYTES",
+    "SendSettings",
+    "Sink",
+]

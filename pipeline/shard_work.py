@@ -32,7 +32,6 @@ from pipeline.resources import checkpoint_store, make_sink, open_aws, s3_store
 from pipeline.settings import RunSettings
 from pipeline.shards import Shard, ShardTotals
 from pipeline.sinks import Sink
-from transforms.actions import ActionBatch
 from transforms.mapping import MappingSpec
 
 LOCAL_LOCK_WAIT_S = 30.0  # a local shard lock is freed when its holder dies: only wait a little
@@ -77,10 +76,15 @@ class ShardRejectsWriter(RejectsWriter):
         super().__init__(path)
         self.first_row = first_row
 
-    def entries(
-        self, source: str, start_row: int, batch: pa.RecordBatch, result: ActionBatch
+    def rows(
+        self,
+        source: str,
+        start_row: int,
+        batch: pa.RecordBatch,
+        positions: Any,
+        reasons: list[str],
     ) -> list[dict[str, Any]]:
-        return super().entries(source, self.first_row + start_row, batch, result)
+        return super().rows(source, self.first_row + start_row, batch, positions, reasons)
 
     def write(self, entries: list[dict[str, Any]]) -> None:
         if not entries or self.path is None:

@@ -53,6 +53,11 @@ def delivery_of(result: int | Delivery) -> Delivery:
     return result if isinstance(result, Delivery) else Delivery(result)
 
 
+# What `Sink.submit` returns: a future of the records delivered, or of a `Delivery` (a sink that
+# may refuse records for good: the Moesif Collector sink). Firehose's futures resolve to int.
+SinkFuture = Future[int] | Future[int | Delivery]
+
+
 def _done(value: int) -> Future[int]:
     fut: Future[int] = Future()
     fut.set_result(value)
@@ -61,7 +66,7 @@ def _done(value: int) -> Future[int]:
 
 class Sink(Protocol):
     def open_file(self, index: int, name: str) -> None: ...
-    def submit(self, records: pa.Array) -> Future[int]: ...
+    def submit(self, records: pa.Array) -> SinkFuture: ...
     def close_file(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
@@ -157,7 +162,13 @@ class FirehoseSink:
             }
             for name, s in snaps.items()
         }
-        return {**totals, **self.quota.report(records, totals["bytes_sent"]), "streams": streams}
+        return {
+            "sink": "firehose",
+            "calls": totals["firehose_calls"],
+            **totals,
+            **self.quota.report(records, totals["bytes_sent"]),
+            "streams": streams,
+        }
 
     def close(self) -> None:
         errors: list[BaseException] = []

@@ -233,7 +233,9 @@ def test_a_required_option_may_come_from_its_variable(
     assert "mapping OK" in capsys.readouterr().out
     # run without --stream or its variable: the model's message, exit 2
     assert cli.main(["run", str(src)]) == 2
-    assert "give --stream NAME to send, or --dry-run --out DIR" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "give --stream NAME to send through Firehose, --sink moesif" in err
+    assert "or --dry-run --out DIR" in err
 
 
 def test_dry_run_configured_from_the_environment(

@@ -318,6 +318,19 @@ def test_cli_up_stats_down_round_trip(tmp_path: Path) -> None:
         ids = _run_cli("stats", "--state-file", str(state_file), "--transaction-ids")
         assert set(ids.stdout.split()) == {a["transaction_id"] for a in actions}
 
+        # the Collector API stand-in: one batch of the same actions, then its stats
+        from connectors.moesif_collector import CollectorClient
+        from tests.standins.__main__ import DEMO_APP_ID
+
+        app_id = os.environ.get("MOESIF_APPLICATION_ID") or DEMO_APP_ID
+        client_m = CollectorClient(state["collector_url"], app_id)
+        body = gzip.compress(b"[" + b",".join(json.dumps(a).encode() for a in actions) + b"]")
+        assert client_m.post(body).status == 201
+        client_m.close()
+        collected = _run_cli("stats", "--state-file", str(state_file), "--collector")
+        assert json.loads(collected.stdout)["unique_transaction_ids"] == 50
+        assert app_id not in state_file.read_text()
+
         down = _run_cli("down", "--state-file", str(state_file))
         assert down.returncode == 0, down.stderr
         assert up.wait(timeout=10) == 0

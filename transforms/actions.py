@@ -160,10 +160,22 @@ def _transaction_ids(batch: pa.RecordBatch, spec: MappingSpec, rej: Rejects) -> 
     return uuid5_array(tid.namespace_uuid(), id_names(texts))
 
 
+def too_large_reason(max_action_bytes: int) -> str:
+    """The reject reason of an action over `max_action_bytes` (R_TOO_LARGE at the default)."""
+    return f"action over {max_action_bytes:,} bytes"
+
+
 def build_actions(
-    batch: pa.RecordBatch, spec: MappingSpec, *, number_text: Collection[str] = ()
+    batch: pa.RecordBatch,
+    spec: MappingSpec,
+    *,
+    number_text: Collection[str] = (),
+    max_action_bytes: int = MAX_ACTION_BYTES,
 ) -> ActionBatch:
     """Turn one batch (columns named as in the mapping) into actions and rejects.
+
+    `max_action_bytes`: a larger action is rejected (`too_large_reason`), never sent: the
+    sink's limit (Moesif's 1 MB event limit; `--sink moesif` may set a lower one).
 
     `number_text`: columns that hold numbers as the text they were written as (metadata
     columns of text sources, see `pipeline.binding`); their metadata values are JSON numbers with
@@ -210,7 +222,10 @@ def build_actions(
     pieces.append("}")
 
     records = pc.binary_join_element_wise(*pieces, "", null_handling="replace", null_replacement="")
-    rej.add(pc.greater(pc.binary_length(records), MAX_ACTION_BYTES), R_TOO_LARGE)
+    rej.add(
+        pc.greater(pc.binary_length(records), max_action_bytes),
+        too_large_reason(max_action_bytes),
+    )
 
     ok = rej.ok
     counters["metadata_nonfinite_omitted"] = int(omitted[ok].sum())  # in actions sent only
@@ -299,4 +314,5 @@ __all__ = [
     "json_string",
     "row_ids_and_times",
     "time_bounds",
+    "too_large_reason",
 ]

@@ -2,13 +2,16 @@
 
     python -m tests.standins up    --state-file PATH [--stream NAME] [--region R]
     python -m tests.standins wait  --state-file PATH [--timeout S]
-    python -m tests.standins stats --state-file PATH [--transaction-ids]
+    python -m tests.standins stats --state-file PATH [--transaction-ids] [--collector]
     python -m tests.standins down  --state-file PATH [--timeout S]
 
 ``up`` starts the receiver and moto (Firehose + S3) on 127.0.0.1, creates the bucket and the
-stream, then writes ``{"endpoint_url", "region", "stream", "receiver_url", "delivery_url",
-"bucket", "pid"}`` as JSON to the state file (atomically, only once everything answers) and
-serves until SIGTERM/SIGINT; on the way out it removes the state file. Typical shell use::
+stream, starts the Moesif Collector API stand-in (`tests.standins.collector`; it expects the
+application id in ``MOESIF_APPLICATION_ID``, else ``DEMO_APP_ID``), then writes
+``{"endpoint_url", "region", "stream", "receiver_url", "delivery_url", "bucket",
+"collector_url", "pid"}`` (never the application id) as JSON to the state file (atomically,
+only once everything answers) and serves until SIGTERM/SIGINT; on the way out it removes the
+state file. Typical shell use::
 
     python -m tests.standins up --state-file .demo/standins.json &
     python -m tests.standins wait --state-file .demo/standins.json
@@ -37,6 +40,7 @@ from typing import Any
 
 _PROG = "python -m tests.standins"
 _CMDLINE_MARK = b"tests.standins"
+DEMO_APP_ID = "local-demo-application-id"  # a stand-in's id, not a secret
 
 
 def _err(message: str) -> None:
@@ -107,6 +111,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     # Imported here so that `wait`, `stats` and `down` stay fast (no boto3/moto import).
+    from tests.standins.collector import CollectorStandin
     from tests.standins.moto_firehose import LocalFirehose
 
     options = {"stream": args.stream, "region": args.region}
@@ -115,10 +120,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         moto_port=args.moto_port,
         receiver_port=args.receiver_port,
     )
+    collector = CollectorStandin(os.environ.get("MOESIF_APPLICATION_ID") or DEMO_APP_ID)
     try:
         local.start()
+        collector.start()
     except Exception as exc:
         _err(f"failed to start: {type(exc).__name__}: {exc}")
+        local.stop()
         return 1
     try:
         state = {
@@ -128,6 +136,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             "receiver_url": local.receiver_url,
             "delivery_url": local.delivery_url,
             "bucket": local.bucket,
+            "collector_url": collector.url,
             "pid": os.getpid(),
         }
         _write_state(state_file, state)
@@ -138,6 +147,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
     finally:
+        collector.stop()
         local.stop()
         current = _read_state(state_file)
         if current is not None and current.get("pid") == os.getpid():
@@ -172,10 +182,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         _err(f"no state file {args.state_file}: is `{_PROG} up` running?")
         return 1
     path = "/transaction_ids" if args.transaction_ids else "/stats"
+    base = state.get("collector_url") if args.collector else state.get("receiver_url")
     try:
-        body = _http_get(f"{state['receiver_url']}{path}")
+        body = _http_get(f"{base}{path}")
     except (OSError, urllib.error.URLError) as exc:
-        _err(f"receiver at {state.get('receiver_url')} unreachable: {exc}")
+        _err(f"stand-in at {base} unreachable: {exc}")
         return 1
     if args.transaction_ids:
         sys.stdout.write(body.decode())
@@ -233,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats = add("stats", "print the receiver's stats JSON")
     stats.add_argument(
         "--transaction-ids", action="store_true", help="print unique transaction ids instead"
+    )
+    stats.add_argument(
+        "--collector", action="store_true", help="the Collector API stand-in's, not the receiver's"
     )
     stats.set_defaults(func=cmd_stats)
 

@@ -1,0 +1,176 @@
+"""Moesif Collector API batches (`POST /v1/actions/batch`): how a chunk of actions is cut into
+request bodies, what each answer means, and how the batches' outcomes make the chunk's.
+
+A body is a JSON array of the actions as they came (``[`` + ``,``.join + ``]``: the bytes of an
+action are never re-serialized), at most `max_body_bytes` uncompressed. Any 2xx acknowledges the
+whole batch. 413 splits a batch in halves (a one-action batch answered 413 is *refused*: the
+action is reported, never retried). 429, 5xx (and 408), timeouts and dropped connections are
+retried; 400, 401, 402, 406 and any other answer stop the run (`DestinationRefusedError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import NamedTuple
+
+from connectors.firehose_batching import BatchFailed
+from moesif_backfill.errors import (
+    DeliveryStalledError,
+    DestinationRefusedError,
+    TransientDeliveryError,
+)
+
+logger = logging.getLogger(__name__)
+
+BATCH_PATH = "/v1/actions/batch"
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+# What a permanent answer means and what to do (FACTS: Moesif's documented error codes).
+PERMANENT_ADVICE = {
+    400: "Moesif refused a batch as a bad request (400): the actions are as the mapping built "
+    "them; check the mapping with `moesif-backfill validate` and the answer",
+    401: "Moesif refused the application id (401): check MOESIF_APPLICATION_ID / the Secret block",
+    402: "Moesif refused the batch (402: the account's subscription is not active): check the "
+    "Moesif account's plan and billing",
+    406: "Moesif refused the batch (406: not acceptable as JSON): check that --moesif-url points "
+    "at the Collector API and nothing in between rewrites the request",
+}
+
+
+class Refusals(NamedTuple):
+    """What the Collector did with a chunk's `records`: all acknowledged except `refused`, each
+    (its index in the chunk's records, why). A plain count when nothing was refused."""
+
+    records: int
+    refused: tuple[tuple[int, str], ...]
+
+
+def body_size(sizes: Sequence[int]) -> int:
+    """Bytes of the JSON array of actions of these sizes: brackets and commas."""
+    return sum(sizes) + max(len(sizes) - 1, 0) + 2
+
+
+def plan_bodies(sizes: Sequence[int], max_body_bytes: int) -> list[tuple[int, int]]:
+    """Greedy, ordered split of actions (by their sizes) into ``[start, end)`` ranges whose
+    JSON array body is at most `max_body_bytes`. An action too big for a body of its own
+    still gets one (the Collector answers 413 and it is refused); the engine rejects actions
+    over `moesif_action_max_bytes` before they get here."""
+    if max_body_bytes < 3:
+        raise ValueError("max_body_bytes must be at least 3")
+    ranges: list[tuple[int, int]] = []
+    start, total = 0, 2
+    for index, size in enumerate(sizes):
+        extra = size + (1 if index > start else 0)
+        if index > start and total + extra > max_body_bytes:
+            ranges.append((start, index))
+            start, total, extra = index, 2, size
+        total += extra
+    if len(sizes) > start:
+        ranges.append((start, len(sizes)))
+    return ranges
+
+
+def batch_body(records: Sequence[bytes]) -> bytes:
+    """The JSON array of `records` (each already one JSON action), byte for byte."""
+    return b"[" + b",".join(records) + b"]"
+
+
+def permanent_reason(status: int, endpoint: str, detail: str) -> str:
+    """The message of an answer that no retry can fix."""
+    advice = PERMANENT_ADVICE.get(
+        status,
+        f"Moesif's Collector API at {endpoint} answered HTTP {status}, which is neither success "
+        "nor a retryable error: check --moesif-url (a proxy or something else answering?)",
+    )
+    shown = f" (answer: {detail})" if detail else ""
+    return f"{advice}{shown}; nothing of that batch counts as delivered"
+
+
+class CollectorChunk:
+    """Resolves one chunk's future once all of its batches are done: a `Refusals` when every
+    batch was acknowledged or refused, else the chunk's error (the first permanent one first)."""
+
+    def __init__(self, outer: Future[Refusals], *, endpoint: str, total: int, batches: int) -> None:
+        self._outer = outer
+        self._collector_url = endpoint
+        self._total = total
+        self._remaining = batches
+        self._refused: list[tuple[int, str]] = []
+        self._unacked = 0
+        self._permanent: str | None = None
+        self._stalled: str | None = None
+        self._transient: str | None = None
+        self._lock = threading.Lock()
+        self.futures: list[Future[list[tuple[int, str]]]] = []
+
+    def batch_done(self, future: Future[list[tuple[int, str]]], *, size: int) -> None:
+        cancel_siblings = False
+        with self._lock:
+            if future.cancelled():
+                self._unacked += size
+                self._transient = self._transient or "the sender was closed before sending"
+            elif isinstance(exc := future.exception(), BatchFailed):
+                self._unacked += exc.unacked
+                if exc.permanent:
+                    cancel_siblings = self._permanent is None
+                    self._permanent = self._permanent or exc.reason
+                elif exc.stalled:
+                    self._stalled = self._stalled or exc.reason
+                else:
+                    self._transient = self._transient or exc.reason
+            elif exc is not None:
+                logger.error("unexpected error while sending a batch", exc_info=exc)
+                self._unacked += size
+                cancel_siblings = self._permanent is None
+                self._permanent = self._permanent or (
+                    f"unexpected {type(exc).__name__} while sending (a bug)"
+                )
+            else:
+                self._refused.extend(future.result())
+            self._remaining -= 1
+            finished = self._remaining == 0
+        if cancel_siblings:
+            for sibling in self.futures:
+                sibling.cancel()  # only batches not started yet; their callbacks count them
+        if finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        lost = f"({self._unacked} of {self._total} actions of this chunk were not acknowledged)"
+        if self._permanent is not None:
+            self._outer.set_exception(DestinationRefusedError(f"{self._permanent} {lost}"))
+        elif self._stalled is not None:
+            self._outer.set_exception(
+                DeliveryStalledError(
+                    f"{self._stalled} {lost}. The checkpoint holds every acknowledged chunk: "
+                    "rerun to resume once the Collector API answers"
+                )
+            )
+        elif self._unacked:
+            self._outer.set_exception(
+                TransientDeliveryError(
+                    f"{lost[1:-1]} by Moesif's Collector API at {self._collector_url} (last error: "
+                    f"{self._transient}). Rerun later to resume from the last checkpoint; "
+                    "actions Moesif already took are deduplicated by transaction_id."
+                )
+            )
+        else:
+            self._outer.set_result(Refusals(self._total, tuple(sorted(self._refused))))
+
+
+__all__ = [
+    "BATCH_PATH",
+    "PERMANENT_ADVICE",
+    "RETRYABLE_STATUSES",
+    "RETRY_AFTER_STATUSES",
+    "CollectorChunk",
+    "Refusals",
+    "batch_body",
+    "body_size",
+    "permanent_reason",
+    "plan_bodies",
+]
