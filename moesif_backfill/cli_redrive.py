@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from moesif_backfill.cli_errors import print_failure
-from moesif_backfill.cli_flags import field_flag, given
+from moesif_backfill.cli_flags import field_flag, given, sink_flags
 from moesif_backfill.cli_help import ENV_HELP, EXIT_CODES_HELP, epilog
 from moesif_backfill.cli_progress import add_log_format_flag, progress_display
 from pipeline.redrive_settings import RedriveSettings
@@ -25,7 +25,9 @@ examples:
   # preview: the would-be records and a report by errorCode and day; nothing sent
   moesif-backfill redrive s3://my-firehose-backup/errors/ --dry-run --out redrive-preview/
   # re-send, then delete each object whose every action was delivered
-  moesif-backfill redrive s3://my-firehose-backup/errors/ --stream moesif-actions --delete-after"""
+  moesif-backfill redrive s3://my-firehose-backup/errors/ --stream moesif-actions --delete-after
+  # re-send straight to Moesif's Collector API (while the stream's endpoint is the problem)
+  MOESIF_APPLICATION_ID=... moesif-backfill redrive s3://my-firehose-backup/errors/ --sink moesif"""
 
 R = RedriveSettings
 
@@ -53,7 +55,7 @@ def add_redrive_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         action="append",
         metavar="NAME",
         exclusive_with=("dry_run",),
-        help="the Firehose stream to re-send to (one)",
+        help="the Firehose stream to re-send to (one); or --sink moesif",
     )
     target.add_argument(
         "--dry-run",
@@ -61,6 +63,7 @@ def add_redrive_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="write the would-be records and the report to --out DIR; send nothing, no checkpoint",
     )
     field_flag(p, R, "out")
+    sink_flags(p, R)
     field_flag(p, R, "since", metavar="TIME")
     field_flag(p, R, "until", metavar="TIME")
     field_flag(p, R, "delete_after")
@@ -129,7 +132,7 @@ def redrive_settings(args: argparse.Namespace) -> RedriveSettings:
 
 def main_redrive(args: argparse.Namespace) -> int:
     from moesif_backfill.cli_interrupts import StoppableFollow, run_interruptible
-    from moesif_backfill.errors import BackfillError
+    from moesif_backfill.errors import BackfillError, exit_code_for
     from moesif_backfill.signals import INTERRUPTED
     from pipeline.redrive import run_redrive
 
@@ -144,11 +147,25 @@ def main_redrive(args: argparse.Namespace) -> int:
     follow.bar.stop()
     code = 0 if outcome.error is None else print_failure(outcome.error, debug=args.debug)
     summary = outcome.summary.to_dict()
+    if outcome.error is not None:  # --sink moesif refused: 2 before any commit, 1 after
+        code = exit_code_for(outcome.error, committed=summary["chunks_committed"]) or code
     if code == 0 or summary.get("actions_read") or summary.get("lines_read"):
         print_redrive_summary(summary)
     if code == 0 and summary.get("status") == "complete_with_rejects":
         code = 3
     return code
+
+
+def _calls_line(s: dict[str, Any]) -> str:
+    if s.get("sink") == "moesif":
+        return (
+            f"  collector calls{s['calls']:>12,}  retried records {s['records_retried']:,}, "
+            f"throttled calls {s['throttled_calls']:,}, refused (413) {s['records_refused']:,}"
+        )
+    return (
+        f"  firehose calls {s['firehose_calls']:>12,}  retried records "
+        f"{s['records_retried']:,}, throttled calls {s['throttled_calls']:,}"
+    )
 
 
 def print_redrive_summary(s: dict[str, Any]) -> None:
@@ -181,10 +198,7 @@ def print_redrive_summary(s: dict[str, Any]) -> None:
             "--allow-older-than-30-days sends them)"
         )
     if s["mode"] == "send":
-        lines.append(
-            f"  firehose calls {s['firehose_calls']:>12,}  retried records "
-            f"{s['records_retried']:,}, throttled calls {s['throttled_calls']:,}"
-        )
+        lines.append(_calls_line(s))
     lines.append(f"  duration       {s['duration_s']:>11.1f}s")
     for code, n in s.get("by_error_code", {}).items():
         lines.append(f"  errorCode {code}: {n:,} action(s)")

@@ -43,12 +43,19 @@ from pipeline.redrive_plan import (
     progress_of,
     rejects_path,
 )
-from pipeline.redrive_report import RedriveCounts, RedriveSummary, Report
+from pipeline.redrive_report import RedriveCounts, RedriveOutcome, RedriveSummary, Report
 from pipeline.redrive_retry import send_with_retries
 from pipeline.redrive_settings import RedriveSettings, default_redrive_job
 from pipeline.rejects import RejectsWriter, drop_rejects, rejects_held
 from pipeline.report import write_json_atomic
-from pipeline.resources import checkpoint_store, open_aws, quota_of, s3_store, send_sink
+from pipeline.resources import (
+    check_sink,
+    checkpoint_store,
+    open_aws,
+    quota_of,
+    s3_store,
+    send_sink,
+)
 from pipeline.sinks import DryRunSink, Sink, delivery_of
 from transforms.failed_records import decode_object
 
@@ -62,12 +69,6 @@ class _InFlight:
     chunk: int
     future: Future[Any]
     work: ChunkWork
-
-
-@dataclass(frozen=True)
-class RedriveOutcome:
-    summary: RedriveSummary
-    error: BaseException | None = None
 
 
 class Redrive:
@@ -104,6 +105,7 @@ class Redrive:
         s = self.s
         if self.loc.note:
             log.warning("%s", self.loc.note)
+        check_sink(s)  # --sink moesif: the application id, before anything is read
         session = open_aws(s)
         self.s3 = s3_store(s, session)
         self._stack.callback(self.s3.close)

@@ -96,7 +96,10 @@ class RedriveSummary:
     by_error_code: dict[str, int] = field(default_factory=dict)
     by_arrival_day: dict[str, int] = field(default_factory=dict)
     chunks_committed: int = 0
+    sink: str = "firehose"  # or "moesif" (the Collector API)
     firehose_calls: int = 0
+    calls: int = 0  # --sink moesif: Collector API calls
+    records_refused: int = 0  # --sink moesif: actions answered 413 on their own (rejected)
     records_retried: int = 0
     throttled_calls: int = 0
     throttled_records: int = 0
@@ -138,8 +141,11 @@ class RedriveSummary:
             "connection_errors",
             "bytes_sent",
             "billable_5kb_units",
+            "calls",
+            "records_refused",
         ):
             setattr(self, name, int(stats.get(name, 0) or 0))
+        self.sink = str(stats.get("sink") or self.sink)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -147,4 +153,10 @@ class RedriveSummary:
         return d
 
 
-__all__ = ["RedriveCounts", "RedriveSummary", "Report", "iso_us"]
+@dataclass(frozen=True)
+class RedriveOutcome:
+    summary: RedriveSummary
+    error: BaseException | None = None
+
+
+__all__ = ["RedriveCounts", "RedriveOutcome", "RedriveSummary", "Report", "iso_us"]
