@@ -31,6 +31,7 @@ from connectors.failed_delivery import delete_object, error_location, list_locat
 from connectors.s3_listing import ObjectInfo
 from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError
+from pipeline import resources
 from pipeline.engine import ProgressListener
 from pipeline.redrive_chunks import ChunkWork, build_chunk, build_resend, done_counts, reject_entry
 from pipeline.redrive_plan import (
@@ -48,14 +49,6 @@ from pipeline.redrive_retry import send_with_retries
 from pipeline.redrive_settings import RedriveSettings, default_redrive_job
 from pipeline.rejects import RejectsWriter, drop_rejects, rejects_held
 from pipeline.report import write_json_atomic
-from pipeline.resources import (
-    check_sink,
-    checkpoint_store,
-    open_aws,
-    quota_of,
-    s3_store,
-    send_sink,
-)
 from pipeline.sinks import DryRunSink, Sink, delivery_of
 from transforms.failed_records import decode_object
 
@@ -105,12 +98,12 @@ class Redrive:
         s = self.s
         if self.loc.note:
             log.warning("%s", self.loc.note)
-        check_sink(s)  # --sink moesif: the application id, before anything is read
-        session = open_aws(s)
-        self.s3 = s3_store(s, session)
+        resources.check_sink(s)  # --sink moesif: the application id, before anything is read
+        session = resources.open_aws(s)
+        self.s3 = resources.s3_store(s, session)
         self._stack.callback(self.s3.close)
         if s.mode == "send":
-            self.store = checkpoint_store(s, session)
+            self.store = resources.checkpoint_store(s, session)
             self._stack.enter_context(self.store.lock(self.job))
             if s.reset:
                 self.store.reset(self.job)
@@ -130,10 +123,10 @@ class Redrive:
         if self.store is not None:
             self.store.commit(state)  # the checkpoint is writable, before sending
         if s.mode == "send":
-            self.sink = send_sink(s, session)
+            self.sink = resources.send_sink(s, session)
         else:
             assert s.out is not None
-            self.sink = DryRunSink(s.out, quota_of(s))
+            self.sink = DryRunSink(s.out, resources.quota_of(s))
         if self.progress is not None:
             set_total = getattr(self.progress, "set_total", None)
             if set_total is not None:
@@ -207,7 +200,8 @@ class Redrive:
                         info.url, lines, window, resend[0], prog.chunk_rejects.get(chunk, 0)
                     )
                 else:
-                    work = build_chunk(info.url, lines, window, skip_before)
+                    limit = s.moesif_action_max_bytes if s.sink == "moesif" else None
+                    work = build_chunk(info.url, lines, window, skip_before, limit)
                 self.counts.lines_read += work.lines
                 records = pa.array(work.records, pa.binary()).cast(pa.string())
                 future = self.sink.submit(records)

@@ -46,8 +46,10 @@ def build_chunk(
     lines: list[Line],
     window: tuple[int | None, int | None] | None,
     skip_before_us: int | None,
+    max_action_bytes: int | None = None,
 ) -> ChunkWork:
-    """A chunk sent for the first time (`skip_before_us`: leave older actions pending)."""
+    """A chunk sent for the first time (`skip_before_us`: leave older actions pending;
+    `max_action_bytes`: --sink moesif's per-action limit, larger actions are rejected)."""
     work = ChunkWork(lines=len(lines))
     for line in lines:
         split = split_line(line, window, skip_before_us)
@@ -67,6 +69,16 @@ def build_chunk(
                 work.rejects.append(reject_entry(source, line.number, r, r.reason))
         work.too_old += len(split.too_old)
         for action in split.send:
+            if max_action_bytes is not None and len(action.data) > max_action_bytes:
+                work.rejected += 1
+                reason = (
+                    f"the action has {len(action.data):,} bytes, over --moesif-action-max-bytes "
+                    f"({max_action_bytes:,}; Moesif's event limit is 1 MB)"
+                )
+                work.rejects.append(
+                    {**reject_entry(source, line.number, None, reason), "action": action.index}
+                )
+                continue
             work.records.append(action.data)
             work.where.append((line.number, action.index, action.transaction_id))
     return work

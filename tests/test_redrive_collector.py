@@ -164,3 +164,29 @@ def test_without_an_application_id_nothing_is_read(
     assert redrive(tmp_path, moto_firehose, bucket, collector.url) == 2
     assert "MOESIF_APPLICATION_ID" in capsys.readouterr().err
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_an_action_over_the_per_action_limit_is_rejected_not_sent(
+    tmp_path: Path,
+    bucket: Scenario,
+    moto_firehose: LocalFirehose,
+    collector: CollectorStandin,
+) -> None:
+    t = NOW - dt.timedelta(hours=3)
+    (small,) = good_actions(bucket, 1)
+    big, big_id = action(2)
+    big = big.replace(b'"plan":"caf\\u00e9"', b'"plan":"' + b"y" * 2_000 + b'"')
+    bucket.put("one", fd_key("errors/", t), [fd_line(small, arrival=t), fd_line(big, arrival=t)])
+    extra = ("--moesif-action-max-bytes", "1500")
+    assert redrive(tmp_path, moto_firehose, bucket, collector.url, *extra) == 3
+    assert collector.delivered_ids() == list(bucket.expected)
+    assert collector.stats()["accepted_requests"] == 1  # the big one never left
+    entries = [
+        json.loads(line)
+        for line in (tmp_path / "ckpt" / "rd" / "rejects.ndjson").read_text().splitlines()
+    ]
+    assert [(e["source"], e["line"], e["action"]) for e in entries] == [(bucket.url("one"), 2, 0)]
+    assert "--moesif-action-max-bytes" in entries[0]["reason"]
+    s = summary(tmp_path)
+    assert (s["actions_sent"], s["actions_rejected"], s["accounted"]) == (1, 1, True)
+    assert big_id not in collector.delivered_ids()
