@@ -2,7 +2,8 @@
 # make demo: local stand-ins (moto server as Firehose -> a local Moesif-like receiver),
 # backfill the bundled sample through boto3, run it again to show nothing new is delivered;
 # both runs keep the ID ledger (--ledger), queried with DuckDB; then Firehose's failed deliveries
-# (written to the stand-in S3 bucket in Firehose's layout) are re-sent with `redrive`.
+# (written to the stand-in S3 bucket in Firehose's layout) are re-sent with `redrive`; last, the
+# same sample goes straight to the Moesif Collector API stand-in (--sink moesif).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -16,6 +17,8 @@ export PREFECT_LOGGING_LEVEL=WARNING
 # Dummy credentials for the local stand-ins only: nothing here talks to AWS.
 export AWS_ACCESS_KEY_ID=demo-key-id AWS_SECRET_ACCESS_KEY=demo-secret AWS_DEFAULT_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN || true
+# The Collector stand-in's application id (--sink moesif); a real one is a secret: never a flag.
+export MOESIF_APPLICATION_ID=local-demo-application-id
 
 "$PY" -m tests.standins down --state-file "$STATE" >/dev/null 2>&1 || true
 rm -rf "$DEMO/checkpoints" "$DEMO/ledger" "$DEMO"/summary-*.json "$DEMO/preview" "$DEMO/redrive-preview"
@@ -24,6 +27,7 @@ trap '"$PY" -m tests.standins down --state-file "$STATE" >/dev/null 2>&1 || true
 "$PY" -m tests.standins wait --state-file "$STATE" --timeout 60 >/dev/null
 ENDPOINT=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['endpoint_url'])" "$STATE")
 STREAM=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['stream'])" "$STATE")
+COLLECTOR=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['collector_url'])" "$STATE")
 BUCKET=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['bucket'])" "$STATE")
 "$PY" examples/make_sample.py --out "$DEMO/payments.csv"
 echo "== preflight (sends nothing)"
@@ -86,4 +90,21 @@ print(f"redrive 2: sent {two['actions_sent']}, {two['objects_total']} objects le
 assert one["actions_sent"] == 300 and one["objects_deleted"] == 2, "redrive check failed"
 assert two["actions_sent"] == 0 and two["objects_total"] == 0, "redrive rerun check failed"
 print("redrive OK")
+PYEOF
+echo "== --sink moesif: the same sample straight to the Collector API stand-in at $COLLECTOR"
+for n in 1 2; do
+  "$CLI" run "$DEMO/payments.csv" --mapping examples/mapping.yaml --sink moesif \
+    --moesif-url "$COLLECTOR" --checkpoint "$DEMO/checkpoints" --job demo-payments-direct \
+    --summary-json "$DEMO/summary-direct-$n.json" --quiet --no-prefect 2>&1 | grep -E "^job|sent|skipped|moesif calls" || true
+done
+"$PY" -m tests.standins stats --state-file "$STATE" --collector
+"$PY" - "$DEMO" <<'PYEOF'
+import json, sys
+d = sys.argv[1]
+one, two = (json.load(open(f"{d}/summary-direct-{n}.json")) for n in (1, 2))
+assert one["sink"] == "moesif" and one["actions_sent"] == one["rows_read"] == 2000, one
+assert two["actions_sent"] == 0 and two["rows_skipped"] == 2000, two
+print(f"--sink moesif: sent {one['actions_sent']} in {one['calls']} Collector calls; "
+      f"rerun skipped {two['rows_skipped']}")
+print("collector OK")
 PYEOF

@@ -102,7 +102,7 @@ class Bar:
         self.progress = None
 
 
-def _sender_lines(summary: dict[str, Any]) -> list[str]:
+def sender_lines(summary: dict[str, Any]) -> list[str]:
     """The sink's counters: Firehose calls, or (--sink moesif) Collector API batch POSTs."""
     if summary.get("sink") == "moesif":
         return [
@@ -138,7 +138,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  {sent_label:<14} {summary['actions_sent']:>12,}",
         f"  rejected       {summary['rows_rejected']:>12,}{rejected_note}",
         f"  skipped        {summary['rows_skipped']:>12,}  (delivered by an earlier run)",
-        *_sender_lines(summary),
+        *sender_lines(summary),
         f"  duration       {summary['duration_s']:>11.1f}s  "
         f"({summary['rows_per_second']:,.0f} rows/s)",
     ]

@@ -17,6 +17,7 @@ from typing import Any
 from moesif_backfill.cli_errors import print_failure
 from moesif_backfill.cli_flags import field_flag, given, sink_flags
 from moesif_backfill.cli_help import ENV_HELP, EXIT_CODES_HELP, epilog
+from moesif_backfill.cli_output import sender_lines
 from moesif_backfill.cli_progress import add_log_format_flag, progress_display
 from pipeline.redrive_settings import RedriveSettings
 
@@ -25,9 +26,7 @@ examples:
   # preview: the would-be records and a report by errorCode and day; nothing sent
   moesif-backfill redrive s3://my-firehose-backup/errors/ --dry-run --out redrive-preview/
   # re-send, then delete each object whose every action was delivered
-  moesif-backfill redrive s3://my-firehose-backup/errors/ --stream moesif-actions --delete-after
-  # re-send straight to Moesif's Collector API (while the stream's endpoint is the problem)
-  MOESIF_APPLICATION_ID=... moesif-backfill redrive s3://my-firehose-backup/errors/ --sink moesif"""
+  moesif-backfill redrive s3://my-firehose-backup/errors/ --stream moesif-actions --delete-after"""
 
 R = RedriveSettings
 
@@ -156,18 +155,6 @@ def main_redrive(args: argparse.Namespace) -> int:
     return code
 
 
-def _calls_line(s: dict[str, Any]) -> str:
-    if s.get("sink") == "moesif":
-        return (
-            f"  collector calls{s['calls']:>12,}  retried records {s['records_retried']:,}, "
-            f"throttled calls {s['throttled_calls']:,}, refused (413) {s['records_refused']:,}"
-        )
-    return (
-        f"  firehose calls {s['firehose_calls']:>12,}  retried records "
-        f"{s['records_retried']:,}, throttled calls {s['throttled_calls']:,}"
-    )
-
-
 def print_redrive_summary(s: dict[str, Any]) -> None:
     if s.get("status") == "nothing_to_do":
         print(
@@ -198,7 +185,7 @@ def print_redrive_summary(s: dict[str, Any]) -> None:
             "--allow-older-than-30-days sends them)"
         )
     if s["mode"] == "send":
-        lines.append(_calls_line(s))
+        lines.extend(sender_lines(s))
     lines.append(f"  duration       {s['duration_s']:>11.1f}s")
     for code, n in s.get("by_error_code", {}).items():
         lines.append(f"  errorCode {code}: {n:,} action(s)")

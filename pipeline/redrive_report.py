@@ -100,6 +100,7 @@ class RedriveSummary:
     firehose_calls: int = 0
     calls: int = 0  # --sink moesif: Collector API calls
     records_refused: int = 0  # --sink moesif: actions answered 413 on their own (rejected)
+    bytes_compressed: int = 0  # --sink moesif: gzip'd request bodies
     records_retried: int = 0
     throttled_calls: int = 0
     throttled_records: int = 0
@@ -143,6 +144,7 @@ class RedriveSummary:
             "billable_5kb_units",
             "calls",
             "records_refused",
+            "bytes_compressed",
         ):
             setattr(self, name, int(stats.get(name, 0) or 0))
         self.sink = str(stats.get("sink") or self.sink)

@@ -119,7 +119,7 @@ def test_redrive_to_the_collector_sends_the_original_bytes_and_rejects_a_refused
     again = summary(tmp_path)
     assert (again["actions_sent"], again["actions_skipped"]) == (0, 3)
     out = capsys.readouterr()
-    assert "collector calls" in out.err
+    assert "moesif calls" in out.err
     written_nowhere(tmp_path, out.out, out.err)
 
 
