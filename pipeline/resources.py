@@ -154,17 +154,21 @@ def collector_sink(s: SendSettings) -> CollectorSink:
         connect_timeout_s=s.connect_timeout_s,
         read_timeout_s=s.read_timeout_s,
     )
-    sender = CollectorSender(
-        client,
-        batch_max_bytes=s.moesif_batch_max_bytes,
-        max_in_flight=s.max_in_flight,
-        max_records_per_second=s.max_records_per_second,
-        max_mib_per_second=s.max_mib_per_second,
-        retry=RetryPolicy(max_attempts=s.retry_attempts),
-        adaptive_rate=s.adaptive_rate,
-        stall_timeout_s=s.stall_timeout_s,
-    )
+    sender = CollectorSender(client, batch_max_bytes=s.moesif_batch_max_bytes, **sender_options(s))
     return CollectorSink(sender, quota_of(s))
+
+
+def sender_options(s: SendSettings) -> dict[str, Any]:
+    """What a Firehose and a Collector sender take alike from the settings: calls in flight,
+    shaping, retries, adaptive rate, stall timeout."""
+    return {
+        "max_in_flight": s.max_in_flight,
+        "max_records_per_second": s.max_records_per_second,
+        "max_mib_per_second": s.max_mib_per_second,
+        "retry": RetryPolicy(max_attempts=s.retry_attempts),
+        "adaptive_rate": s.adaptive_rate,
+        "stall_timeout_s": s.stall_timeout_s,
+    }
 
 
 def firehose_sink(s: SendSettings, session: Any, *, check_stream: bool = True) -> FirehoseSink:
@@ -182,18 +186,7 @@ def firehose_sink(s: SendSettings, session: Any, *, check_stream: bool = True) -
                 read_timeout_s=s.read_timeout_s,
                 session=session,
             )
-            senders.append(
-                FirehoseSender(
-                    client,
-                    stream,
-                    max_in_flight=s.max_in_flight,
-                    max_records_per_second=s.max_records_per_second,
-                    max_mib_per_second=s.max_mib_per_second,
-                    retry=RetryPolicy(max_attempts=s.retry_attempts),
-                    adaptive_rate=s.adaptive_rate,
-                    stall_timeout_s=s.stall_timeout_s,
-                )
-            )
+            senders.append(FirehoseSender(client, stream, **sender_options(s)))
             if check_stream:
                 senders[-1].check_stream()
     except PermanentDeliveryError as exc:
