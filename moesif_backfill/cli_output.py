@@ -166,15 +166,23 @@ def print_summary(summary: dict[str, Any]) -> None:
     quota = _quota_line(summary)
     if quota and mode == "send":
         lines.append(f"  {quota}")
-    if (summary.get("rows_rejected") or summary.get("status") == "complete_with_rejects") and (
-        summary.get("rejects_path")
-    ):
+    rejected = bool(summary.get("rows_rejected"))
+    lines += closing_lines(summary, rejected=rejected, unit="rows")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def closing_lines(summary: dict[str, Any], *, rejected: bool, unit: str) -> list[str]:
+    """A summary's last lines (run and redrive): where the rejects and the dry-run output
+    are, and a warning if the `unit`s (rows, actions) do not add up."""
+    lines = []
+    rejects = rejected or summary.get("status") == "complete_with_rejects"
+    if rejects and summary.get("rejects_path"):
         lines.append(f"  rejects file   {summary['rejects_path']}")
     if summary.get("out_dir"):
         lines.append(f"  output         {summary['out_dir']}")
     if not summary.get("accounted", True):
-        lines.append("  WARNING: rows do not add up; please report this")
-    print("\n".join(lines), file=sys.stderr)
+        lines.append(f"  WARNING: {unit} do not add up; please report this")
+    return lines
 
 
 REJECTS_SHOWN = 10  # rejected rows validate lists (all of them go to --rejects PATH)

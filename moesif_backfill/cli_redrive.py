@@ -17,7 +17,7 @@ from typing import Any
 from moesif_backfill.cli_errors import print_failure
 from moesif_backfill.cli_flags import field_flag, given, sink_flags
 from moesif_backfill.cli_help import ENV_HELP, EXIT_CODES_HELP, epilog
-from moesif_backfill.cli_output import sender_lines
+from moesif_backfill.cli_output import closing_lines, sender_lines
 from moesif_backfill.cli_progress import add_log_format_flag, progress_display
 from pipeline.redrive_settings import RedriveSettings
 
@@ -197,12 +197,7 @@ def print_redrive_summary(s: dict[str, Any]) -> None:
             lines.append(f"  kept {url}: {why}")
     for warning in s.get("warnings", []):
         lines.append(f"  warning: {warning}")
-    if s.get("status") == "complete_with_rejects" and s.get("rejects_path"):
-        lines.append(f"  rejects file   {s['rejects_path']}")
-    if s.get("out_dir"):
-        lines.append(f"  output         {s['out_dir']}")
-    if not s.get("accounted", True):
-        lines.append("  WARNING: actions do not add up; please report this")
+    lines += closing_lines(s, rejected=False, unit="actions")
     print("\n".join(lines), file=sys.stderr)
 
 
