@@ -30,7 +30,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-from tests.standins.lifecycle import StartStop
+from tests.standins.lifecycle import StartStop, serve_in_thread, stop_serving
 from tests.standins.receiver import validate_action
 
 __all__ = ["APP_ID_HEADER", "BATCH_PATH", "CollectorStandin"]
@@ -181,23 +181,14 @@ class CollectorStandin(StartStop):
     def start(self) -> Self:
         if self._server is None:
             self._server = _Server((self._host, self._port), self)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.1},
-                name="collector-standin",
-                daemon=True,
-            )
-            self._thread.start()
+            self._thread = serve_in_thread(self._server, "collector-standin")
         return self
 
     def stop(self) -> None:
         server, thread = self._server, self._thread
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        stop_serving(server, thread)
         self._server = self._thread = None
 
     @property

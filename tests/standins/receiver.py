@@ -68,7 +68,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-from tests.standins.lifecycle import StartStop
+from tests.standins.lifecycle import StartStop, serve_in_thread, stop_serving
 
 __all__ = [
     "ACCESS_KEY_HEADER",
@@ -329,24 +329,14 @@ class FirehoseReceiver(StartStop):
         if self._server is not None:
             return self
         server = _Server((self._host, self._port), self)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="firehose-receiver",
-            daemon=True,
-        )
-        thread.start()
-        self._server, self._thread = server, thread
+        self._server, self._thread = server, serve_in_thread(server, "firehose-receiver")
         return self
 
     def stop(self) -> None:
         server, thread = self._server, self._thread
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        stop_serving(server, thread)
         self._server = self._thread = None
 
     @property

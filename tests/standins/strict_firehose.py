@@ -117,7 +117,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.standins.lifecycle import StartStop
+from tests.standins.lifecycle import StartStop, serve_in_thread, stop_serving
 
 logger = logging.getLogger(__name__)
 
@@ -331,13 +331,7 @@ class StrictFirehose(StartStop):
         server = _Server((self._host, self._port), _Handler)
         server.owner = self
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="strict-firehose",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(server, "strict-firehose")
         logger.debug("strict Firehose listening on %s", self.endpoint_url)
         return self
 
@@ -345,12 +339,8 @@ class StrictFirehose(StartStop):
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.close_all_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        stop_serving(server, self._thread, server.close_all_connections)
+        self._thread = None
 
     @property
     def endpoint_url(self) -> str:
