@@ -219,6 +219,23 @@ def test_an_action_over_the_limit_is_rejected_before_sending(
     assert [json.loads(x)["reason"] for x in rejects] == ["action over 2,000 bytes"]
 
 
+def test_validate_with_sink_moesif_rejects_what_the_collector_would_refuse(
+    tmp_path: Path, collector: CollectorStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate --sink moesif applies the per-action limit; it needs no application id and
+    sends nothing."""
+    monkeypatch.delenv("MOESIF_APPLICATION_ID")
+    src = big_row_file(tmp_path / "p.parquet", 20, big=5)
+    base = ["validate", str(src), "--mapping", str(write_mapping(tmp_path / "m.yaml"))]
+    rejects = tmp_path / "rejects.ndjson"
+    limit = ("--moesif-action-max-bytes", "2000", "--rejects", str(rejects))
+    assert main([*base, "--sink", "moesif", *limit]) == 0  # validate reports rejects
+    assert [json.loads(x)["row"] for x in rejects.read_text().splitlines()] == [5]
+    assert main([*base, *limit]) == 0  # the Firehose path's limit is the record's, not this
+    assert not rejects.exists() or rejects.read_text() == ""
+    assert collector.request_log() == []
+
+
 def test_401_before_any_commit_exits_2_with_nothing_committed(
     tmp_path: Path, collector: CollectorStandin, capsys: pytest.CaptureFixture[str]
 ) -> None:
