@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -367,3 +368,55 @@ def test_duckdb_reads_runs_and_redrives_ledgers_together(
     sent = duckdb.sql(f"SELECT transaction_id FROM {dataset} WHERE status = 'sent'").fetchall()
     assert Counter(r[0] for r in sent) == Counter(strict_firehose.transaction_ids(firehose_stream))
     assert run_summary.actions_sent + outcome.summary.actions_sent == len(sent)
+
+
+def test_sigkill_after_the_ledger_file_before_the_commit_then_rerun(
+    tmp_path: Path,
+    bucket: Scenario,
+    moto_firehose: LocalFirehose,
+    strict_firehose: StrictFirehose,
+    firehose_stream: str,
+) -> None:
+    """SIGKILL after a chunk's ledger file was written but before its checkpoint commit: every
+    `sent` row was acknowledged, every committed chunk has its file; the rerun resends the
+    uncommitted chunk, overwrites its file, and the ledger ends with one row per action."""
+    from connectors.checkpoint_local import LocalCheckpointStore
+    from tests.test_redrive import _cli
+
+    t = NOW - dt.timedelta(hours=2)
+    lines = [fd_line(a, arrival=t) for a in good_actions(bucket, *range(1, 9))]
+    bucket.put("one", fd_key("errors/", t), [*lines, b"not JSON"])
+    ledger = tmp_path / "ledger"
+    loc = f"s3://{bucket.bucket}/errors/"
+    args = [*_cli(tmp_path, moto_firehose, strict_firehose, firehose_stream, loc), "--ledger"]
+    args.append(str(ledger))
+    env = {**os.environ, "MOESIF_BACKFILL_FAILPOINTS": "chunk.acknowledged=4"}
+    killed = subprocess.run(args, env=env, capture_output=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    acknowledged = set(strict_firehose.transaction_ids(firehose_stream))
+    after_kill = read_ledger(ledger)
+    assert {r["transaction_id"] for r in after_kill if r["status"] == "sent"} <= acknowledged
+    state = LocalCheckpointStore(tmp_path / "ckpt").load("cli")
+    prog = state.files[bucket.url("one")] if state is not None else None
+    committed = {c for a, b in (prog.done if prog else []) for c in range(a, b)}
+    in_ledger = {r["line"] - 1 for r in after_kill}  # --chunk-rows 1: chunk = line - 1
+    assert len(committed) == 3 and committed < in_ledger  # the 4th: written, not committed
+    first_run = {r["run_id"] for r in after_kill}
+
+    env.pop("MOESIF_BACKFILL_FAILPOINTS")
+    done = subprocess.run(args, env=env, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 3, done.stderr.decode()[-2000:]  # complete, with a rejected line
+    final = read_ledger(ledger)
+    assert [(r["line"], r["status"]) for r in final] == [
+        *((n, "sent") for n in range(1, 9)),
+        (9, "rejected"),
+    ]
+    sent = Counter(r["transaction_id"] for r in final if r["status"] == "sent")
+    assert (
+        set(sent) == set(strict_firehose.transaction_ids(firehose_stream)) == set(bucket.expected)
+    )
+    assert all(n == 1 for n in sent.values())
+    by_line = {r["line"]: r["run_id"] for r in final}
+    assert all(by_line[c + 1] in first_run for c in committed)  # skipped: not written again
+    written_not_committed = in_ledger - committed
+    assert all(by_line[c + 1] not in first_run for c in written_not_committed)  # overwritten
