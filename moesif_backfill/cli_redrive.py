@@ -79,9 +79,10 @@ def add_redrive_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         p,
         R,
         "ledger",
-        env=False,
         metavar="LOCATION",
-        help="not supported by redrive (exit 2): the ID ledger is `run`'s",
+        help="write the ID ledger here (a directory or s3://bucket/prefix/): one Parquet row per "
+        "action of each committed chunk (object, line, action, transaction_id, status), under "
+        "job=<job>/ beside `run`'s",
     )
     field_flag(
         p,

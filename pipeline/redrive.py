@@ -34,6 +34,7 @@ from moesif_backfill.errors import BackfillError
 from pipeline import resources
 from pipeline.engine import ProgressListener
 from pipeline.redrive_chunks import ChunkWork, build_chunk, build_resend, done_counts, reject_entry
+from pipeline.redrive_ledger import RedriveLedger, open_redrive_ledger
 from pipeline.redrive_plan import (
     RedrivePlan,
     chunk_lines,
@@ -84,6 +85,7 @@ class Redrive:
         self.store: CheckpointStore | None = None
         self.sink: Sink | None = None
         self.rejects: RejectsWriter | None = None
+        self.ledger: RedriveLedger | None = None  # --ledger (pipeline/redrive_ledger.py)
         self.s3: Any = None
         self.inflight: list[_InFlight] = []
         self.error: BaseException | None = None
@@ -120,6 +122,7 @@ class Redrive:
         if not objects:
             return plan
         preflight(s, plan, self._read)
+        self.ledger = open_redrive_ledger(s, self.job, self.s3.client, self._stack)
         if self.store is not None:
             self.store.commit(state)  # the checkpoint is writable, before sending
         if s.mode == "send":
@@ -205,6 +208,8 @@ class Redrive:
                 self.counts.lines_read += work.lines
                 records = pa.array(work.records, pa.binary()).cast(pa.string())
                 future = self.sink.submit(records)
+                if self.ledger is not None and resend is None:  # done once its file is written
+                    future = self.ledger.after_ack(future, info, chunk * prog.chunk_rows, work)
                 failpoints.hit("chunk.submitted")
                 self.inflight.append(_InFlight(info, prog, chunk, future, work))
                 self._drain(s.chunks_in_flight - 1)

@@ -95,12 +95,6 @@ class RedriveSettings(SendSettings):
             raise ValueError("--delete-after deletes delivered objects: not with --dry-run")
         if self.since and self.until and self.since >= self.until:
             raise ValueError(f"--since {self.since} must be before --until {self.until}")
-        if self.ledger is not None:
-            raise ValueError(
-                "--ledger is not supported by redrive: the ID ledger is written per input row "
-                "of `run`; the redriven actions keep their transaction_ids, see the rejects "
-                "file and the summary. Leave out --ledger"
-            )
         return self
 
     @property

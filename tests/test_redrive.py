@@ -419,16 +419,18 @@ def test_settings_from_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> N
     assert s.window_ms == (1_793_577_600_000, 1_793_703_600_000)  # 2026-11-03T11:00Z
     with pytest.raises(ConfigError, match="no time zone"):
         parse("s3://b/errors/", "--since", "2026-11-02T10:00:00", env=env)
-    with pytest.raises(ConfigError, match="--ledger is not supported by redrive"):
-        parse("s3://b/errors/", "--ledger", "s3://l/", env=env)
+    assert parse("s3://b/errors/", "--ledger", "s3://l/", env=env).ledger == "s3://l/"
     with pytest.raises(ConfigError, match="not with --dry-run"):
         parse("s3://b/errors/", "--dry-run", "--out", "o", "--delete-after")
     with pytest.raises(ConfigError, match="give --stream NAME"):
         parse("s3://b/errors/")
     with pytest.raises(ConfigError, match="redrive sends to one stream"):
         parse("s3://b/errors/", "--stream", "a", "--stream", "b")
-    # a ledger set for `run` in the environment does not reach redrive
-    assert parse("s3://b/errors/", env={**env, "MOESIF_BACKFILL_LEDGER": "s3://l/"}).ledger is None
+    # --ledger and MOESIF_BACKFILL_LEDGER apply to redrive (tests/test_redrive_ledger.py)
+    assert parse("s3://b/errors/", env={**env, "MOESIF_BACKFILL_LEDGER": "s3://l/"}).ledger == (
+        "s3://l/"
+    )
+    assert parse("s3://b/errors/", env=env).ledger is None
 
 
 def test_stop_mid_redrive_commits_only_acknowledged_chunks_and_a_rerun_resumes(
