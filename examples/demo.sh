@@ -78,7 +78,8 @@ echo "-- preview: counts by errorCode and arrival day, nothing sent"
 for n in 1 2; do
   echo "-- redrive $n"
   "$CLI" "${REDRIVE[@]}" --stream "$STREAM" --endpoint-url "$ENDPOINT" \
-    --checkpoint "$DEMO/checkpoints" --summary-json "$DEMO/summary-redrive-$n.json" --delete-after --quiet
+    --checkpoint "$DEMO/checkpoints" --summary-json "$DEMO/summary-redrive-$n.json" --delete-after \
+    --ledger "$DEMO/ledger" --quiet
 done
 "$PY" - "$DEMO" <<'PYEOF'
 import json, sys
@@ -90,6 +91,25 @@ print(f"redrive 2: sent {two['actions_sent']}, {two['objects_total']} objects le
 assert one["actions_sent"] == 300 and one["objects_deleted"] == 2, "redrive check failed"
 assert two["actions_sent"] == 0 and two["objects_total"] == 0, "redrive rerun check failed"
 print("redrive OK")
+PYEOF
+echo "-- the ledger of run and redrive together (union_by_name: redrive adds line, action, etag)"
+"$PY" - "$DEMO" <<'PYEOF'
+import sys
+import duckdb
+d = sys.argv[1]
+query = (
+    f"SELECT job, status, count(*) AS actions, count(DISTINCT transaction_id) AS ids "
+    f"FROM read_parquet('{d}/ledger/**/*.parquet', hive_partitioning=true, union_by_name=true) "
+    "GROUP BY ALL ORDER BY ALL"
+)
+duckdb.sql(query).show()
+both = duckdb.sql(
+    f"SELECT count(*) FROM read_parquet('{d}/ledger/**/*.parquet', union_by_name=true) r "
+    "WHERE r.line IS NOT NULL AND r.transaction_id NOT IN (SELECT transaction_id FROM "
+    f"read_parquet('{d}/ledger/**/*.parquet', union_by_name=true) WHERE line IS NULL)"
+).fetchall()[0][0]
+assert both == 0, f"{both} redriven ids were never sent by run"
+print("every redriven transaction_id is one run had sent: Moesif deduplicates them")
 PYEOF
 echo "== --sink moesif: the same sample straight to the Collector API stand-in at $COLLECTOR"
 for n in 1 2; do
