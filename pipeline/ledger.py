@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -56,6 +56,45 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("written_at", _UTC_US, nullable=False),
     ]
 )
+
+
+def publish_after_ack(
+    acked: Future[T],
+    staged: Future[Staged],
+    store: LedgerStore,
+    pool: ThreadPoolExecutor,
+    restage: Callable[[tuple[tuple[int, str], ...]], Staged],
+) -> Future[T]:
+    """A future done when `acked` (the sink's future for a chunk) is done and the chunk's
+    `staged` ledger file was then published: `acked`'s result; `acked`'s error (the file is
+    discarded), or the error of a file that could not be written (the chunk must not be
+    committed). When the sink refused records (a `pipeline.sinks.Delivery`), the file is
+    staged again by `restage(refused)` with those as rejected. Runs on `pool` (one thread:
+    a file is prepared before its publish is taken up)."""
+    done: Future[T] = Future()
+
+    def publish() -> None:
+        try:
+            value = acked.result()
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                store.discard(staged.result())
+            done.set_exception(exc)
+            return
+        try:
+            ready = staged.result()
+            refused = getattr(value, "refused", ())
+            if refused:  # a pipeline.sinks.Delivery: those records are rejected, not sent
+                store.discard(ready)
+                ready = restage(refused)
+            store.publish(ready)
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(value)
+
+    acked.add_done_callback(lambda _f: pool.submit(publish))
+    return done
 
 
 def chunk_name(source: str, first_row: int) -> str:
@@ -243,34 +282,15 @@ class ShardLedger:
         first, table = self.rows(start_row, batch, result, left_out)
         name = chunk_name(self.source, first)
         staged = self.pool.submit(self.store.prepare, self.job, name, table)
-        done: Future[T] = Future()
-
-        def publish() -> None:
-            try:
-                value = acked.result()
-            except BaseException as exc:
-                self._discard(staged)
-                done.set_exception(exc)
-                return
-            try:
-                ready = staged.result()
-                refused = getattr(value, "refused", ())
-                if refused:  # a pipeline.sinks.Delivery: those rows are rejected, not sent
-                    self.store.discard(ready)
-                    fixed = refuse_rows(table, result.accepted, refused)
-                    ready = self.store.prepare(self.job, name, fixed)
-                self.store.publish(ready)
-            except BaseException as exc:
-                done.set_exception(exc)
-            else:
-                done.set_result(value)
-
-        acked.add_done_callback(lambda _f: self.pool.submit(publish))
-        return done
-
-    def _discard(self, staged: Future[Staged]) -> None:
-        with contextlib.suppress(BaseException):
-            self.store.discard(staged.result())
+        return publish_after_ack(
+            acked,
+            staged,
+            self.store,
+            self.pool,
+            lambda refused: self.store.prepare(
+                self.job, name, refuse_rows(table, result.accepted, refused)
+            ),
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

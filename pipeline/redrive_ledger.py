@@ -26,10 +26,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.ledger_store import LedgerStore, Staged, make_ledger_store
+from connectors.ledger_store import LedgerStore, make_ledger_store
 from connectors.s3_listing import ObjectInfo
 from moesif_backfill.errors import LedgerError, PreflightError
-from pipeline.ledger import LEDGER_SCHEMA, chunk_name
+from pipeline.ledger import LEDGER_SCHEMA, chunk_name, publish_after_ack
 from pipeline.redrive_chunks import ChunkWork, LedgerEntries
 from pipeline.redrive_settings import RedriveSettings
 
@@ -109,31 +109,15 @@ class RedriveLedger:
         result, or its error, or the LedgerError of a file that could not be written."""
         name = chunk_name(info.url, first_line)
         staged = self.pool.submit(self.store.prepare, self.job, name, self.rows(info, work.ledger))
-        done: Future[Any] = Future()
-
-        def publish() -> None:
-            try:
-                value = acked.result()
-            except BaseException as exc:
-                with contextlib.suppress(BaseException):
-                    self.store.discard(staged.result())
-                done.set_exception(exc)
-                return
-            try:
-                ready: Staged = staged.result()
-                refused = getattr(value, "refused", ())
-                if refused:  # a pipeline.sinks.Delivery: those actions are rejected, not sent
-                    self.store.discard(ready)
-                    fixed = refused_entries(work.ledger, work.entries, refused)
-                    ready = self.store.prepare(self.job, name, self.rows(info, fixed))
-                self.store.publish(ready)
-            except BaseException as exc:
-                done.set_exception(exc)
-            else:
-                done.set_result(value)
-
-        acked.add_done_callback(lambda _f: self.pool.submit(publish))
-        return done
+        return publish_after_ack(
+            acked,
+            staged,
+            self.store,
+            self.pool,
+            lambda refused: self.store.prepare(
+                self.job, name, self.rows(info, refused_entries(work.ledger, work.entries, refused))
+            ),
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
