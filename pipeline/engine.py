@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -96,6 +96,29 @@ def prefetch(it: Iterator[Any], depth: int = PREFETCH_DEPTH) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
+
+
+class HasFuture(Protocol):
+    @property
+    def future(self) -> Future[Any]: ...
+
+
+F = TypeVar("F", bound=HasFuture)
+
+
+def drain(inflight: list[F], block_until: int, finish: Callable[[F], None]) -> None:
+    """`finish` (commit) the chunks of `inflight` whose future is done, removing them; wait
+    while more than `block_until` chunks are in flight."""
+    while inflight:
+        done = [f for f in inflight if f.future.done()]
+        if not done:
+            if len(inflight) <= block_until:
+                return
+            wait([f.future for f in inflight], return_when=FIRST_COMPLETED)
+            continue
+        for item in done:
+            inflight.remove(item)
+            finish(item)
 
 
 @dataclass
@@ -293,17 +316,7 @@ class FileRunner:
         self.inflight.append(item)
 
     def _drain(self, *, block_until: int) -> None:
-        """Commit finished chunks; wait while more than `block_until` chunks are in flight."""
-        while self.inflight:
-            done = [f for f in self.inflight if f.future.done()]
-            if not done:
-                if len(self.inflight) <= block_until:
-                    return
-                wait([f.future for f in self.inflight], return_when=FIRST_COMPLETED)
-                continue
-            for item in done:
-                self.inflight.remove(item)
-                self._finish(item)
+        drain(self.inflight, block_until, self._finish)
 
     def _finish(self, item: _InFlight) -> None:
         exc = item.future.exception()
@@ -376,4 +389,4 @@ class FileRunner:
             self.progress.rows_done(n)
 
 
-__all__ = ["BackfillError", "Counts", "FileRunner", "ProgressListener", "rechunk"]
+__all__ = ["BackfillError", "Counts", "FileRunner", "ProgressListener", "drain", "rechunk"]

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from connectors.s3_listing import ObjectInfo
 from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError
 from pipeline import resources
-from pipeline.engine import ProgressListener
+from pipeline.engine import ProgressListener, drain
 from pipeline.redrive_chunks import ChunkWork, build_chunk, build_resend, done_counts, reject_entry
 from pipeline.redrive_ledger import RedriveLedger, open_redrive_ledger
 from pipeline.redrive_plan import (
@@ -227,17 +227,7 @@ class Redrive:
         self._progress(sent + rejected + outside + deferred)
 
     def _drain(self, block_until: int) -> None:
-        """Commit finished chunks; wait while more than `block_until` chunks are in flight."""
-        while self.inflight:
-            done = [f for f in self.inflight if f.future.done()]
-            if not done:
-                if len(self.inflight) <= block_until:
-                    return
-                wait([f.future for f in self.inflight], return_when=FIRST_COMPLETED)
-                continue
-            for item in done:
-                self.inflight.remove(item)
-                self._finish(item)
+        drain(self.inflight, block_until, self._finish)
 
     def _finish(self, item: _InFlight) -> None:
         exc = item.future.exception()
