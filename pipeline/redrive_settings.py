@@ -73,16 +73,8 @@ class RedriveSettings(SendSettings):
                 f"location {self.location!r}: give the S3 location of the failed deliveries, "
                 "s3://BUCKET/PREFIX/"
             )
-        if self.mode == "send" and self.sink == "firehose" and not self.streams:
-            raise ValueError(
-                "give --stream NAME to send through Firehose, --sink moesif to send straight to "
-                "Moesif's Collector API, or --dry-run --out DIR"
-            )
-        if self.mode == "send" and self.sink == "moesif" and self.streams:
-            raise ValueError(
-                "--stream is for --sink firehose: --sink moesif sends to the Collector API "
-                "(--moesif-url), give one or the other"
-            )
+        if self.mode == "send":
+            self.check_target()
         if len(self.streams) > 1:
             raise ValueError(
                 "redrive sends to one stream: give --stream once (the actions keep their "

@@ -166,6 +166,19 @@ class SendSettings(BaseModel):
         """The first (usually the only) stream."""
         return self.streams[0] if self.streams else None
 
+    def check_target(self) -> None:
+        """A send has one target: --stream (Firehose) or --sink moesif (ValueError if not)."""
+        if self.sink == "firehose" and not self.streams:
+            raise ValueError(
+                "give --stream NAME to send through Firehose, --sink moesif to send straight to "
+                "Moesif's Collector API, or --dry-run --out DIR to preview"
+            )
+        if self.sink == "moesif" and self.streams:
+            raise ValueError(
+                "--stream is for --sink firehose: --sink moesif sends to the Collector API "
+                "(--moesif-url), give one or the other"
+            )
+
     @property
     def max_action_bytes(self) -> int:
         """The largest action the sink takes: larger ones are rejected before they are sent."""

@@ -59,16 +59,8 @@ class RunSettings(SendSettings):
 
     @model_validator(mode="after")
     def _mode_needs(self) -> RunSettings:
-        if self.mode == "send" and self.sink == "firehose" and not self.stream:
-            raise ValueError(
-                "give --stream NAME to send through Firehose, --sink moesif to send straight to "
-                "Moesif's Collector API, or --dry-run --out DIR to preview"
-            )
-        if self.mode == "send" and self.sink == "moesif" and self.streams:
-            raise ValueError(
-                "--stream is for --sink firehose: --sink moesif sends to the Collector API "
-                "(--moesif-url), give one or the other"
-            )
+        if self.mode == "send":
+            self.check_target()
         if self.mode == "dry-run" and self.out is None:
             raise ValueError("--dry-run needs --out DIR (where the would-be records are written)")
         if self.dask_address and self.workers:
