@@ -55,6 +55,12 @@ def test_plan_bodies_keeps_order_and_the_limit(limit: int) -> None:
         assert body_size(sizes[s : e + 1]) > limit
 
 
+def test_plan_bodies_one_body_when_all_fit() -> None:
+    assert plan_bodies([5] * 7, body_size([5] * 7)) == [(0, 7)]
+    assert plan_bodies([5] * 7, body_size([5] * 7) - 1) == [(0, 6), (6, 7)]
+    assert plan_bodies([], 3) == []
+
+
 def test_body_is_the_records_byte_for_byte() -> None:
     records = [b'{"a":1.50}', b'{"b":"\\u00e9"}']
     body = batch_body(records)
