@@ -34,7 +34,7 @@ falls on all alike); medians are printed with every run's figure and the 1-minut
 The stand-in (`tests.standins.collector`) runs in its own process (its own GIL), started fresh
 for every measurement. By default with ``count_only``: it gunzips each body and collects its
 ``transaction_id``s with one regular expression instead of parsing and validating every action
-(``--validating-standin`` for the full check; at ~10 us of stand-in CPU per action the full
+(``--validating-standin`` for the full check; at ~8 us of stand-in CPU per action the full
 check makes the 2-core machine measure the stand-in). Either way every run must deliver exactly
 one action per row, each ``transaction_id`` once: otherwise exit status 1. The stand-in's CPU
 per action is printed.
