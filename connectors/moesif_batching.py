@@ -61,6 +61,8 @@ def plan_bodies(sizes: Sequence[int], max_body_bytes: int) -> list[tuple[int, in
     over `moesif_action_max_bytes` before they get here."""
     if max_body_bytes < 3:
         raise ValueError("max_body_bytes must be at least 3")
+    if body_size(sizes) <= max_body_bytes:  # the usual case: no loop over the actions
+        return [(0, len(sizes))] if sizes else []
     ranges: list[tuple[int, int]] = []
     start, total = 0, 2
     for index, size in enumerate(sizes):

@@ -10,7 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectors.moesif_batching import Refusals, batch_body, body_size, plan_bodies
+from connectors.moesif_batching import (
+    Refusals,
+    batch_body,
+    body_size,
+    plan_bodies,
+)
 from connectors.moesif_collector import CollectorSender
 from connectors.moesif_http import CollectorClient
 from connectors.rate_limit import RetryPolicy
@@ -48,6 +53,12 @@ def test_plan_bodies_keeps_order_and_the_limit(limit: int) -> None:
     # greedy: the next action would not have fit
     for (s, e), _next in itertools.pairwise(plan):
         assert body_size(sizes[s : e + 1]) > limit
+
+
+def test_plan_bodies_one_body_when_all_fit() -> None:
+    assert plan_bodies([5] * 7, body_size([5] * 7)) == [(0, 7)]
+    assert plan_bodies([5] * 7, body_size([5] * 7) - 1) == [(0, 6), (6, 7)]
+    assert plan_bodies([], 3) == []
 
 
 def test_body_is_the_records_byte_for_byte() -> None:
@@ -170,3 +181,18 @@ def test_gzip_body_decodes_to_the_records(standin: CollectorStandin) -> None:
         s.close()
     assert standin.actions() == [json.loads(r) for r in records]
     assert gzip.decompress(gzip.compress(batch_body(records))) == batch_body(records)
+
+
+def test_count_only_standin_counts_the_ids_without_keeping_actions() -> None:
+    records = [action(i) for i in range(250)]
+    with CollectorStandin(APP_ID, count_only=True) as counting:
+        s = sender(counting, batch_max_bytes=5_000)
+        try:
+            assert s.submit(records).result(timeout=30) == Refusals(250, ())
+        finally:
+            s.close()
+        assert sorted(counting.delivered_ids()) == sorted(expected_id(i) for i in range(250))
+        assert counting.actions() == [] and counting.bodies() == []
+        stats = counting.stats()
+        assert stats["accepted_requests"] == len(counting.request_log()) > 1
+        assert stats["actions"] == stats["unique_transaction_ids"] == 250

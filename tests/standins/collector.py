@@ -18,12 +18,27 @@ chunks); `too_large_over` answers 413 to any body over `n` uncompressed bytes.
 The request log holds status, action count, body sizes and encoding: never the application id.
 Read-only HTTP views for another process: ``GET /stats``, ``GET /transaction_ids``, ``GET
 /healthz``.
+
+``count_only=True`` (for benchmarks, `bench/bench_collector.py`): the body is still gunzipped,
+but instead of parsing and validating every action it only finds each ``"transaction_id":"…"``
+with one regular expression over the body (C speed) and keeps those ids: no actions, no bodies,
+no validation. It is only right for bodies whose values never contain that text (the benchmark's
+generated data). In its own process::
+
+    MOESIF_APPLICATION_ID=... python -m tests.standins.collector [--port 0] [--count-only]
+
+prints its URL on one line and serves until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import json
+import os
+import re
+import signal
+import sys
 import threading
 import zlib
 from collections import deque
@@ -38,6 +53,9 @@ __all__ = ["APP_ID_HEADER", "BATCH_PATH", "CollectorStandin"]
 APP_ID_HEADER = "X-Moesif-Application-Id"
 BATCH_PATH = "/v1/actions/batch"
 MAX_BODY_BYTES = 64 * 1024 * 1024  # after decompression; well over the 15 MB batch limit
+_TID_RE = re.compile(
+    rb'"transaction_id":"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"'
+)
 
 
 class _Refused(Exception):
@@ -136,6 +154,12 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(fault, tuple):
                 raise _Refused(fault[0], "injected fault")
             owner._check_size(len(body))
+            if owner.count_only:
+                tids = [t.decode() for t in _TID_RE.findall(body)]
+                entry.update(status=201, actions=len(tids))
+                owner._accept_ids(tids, entry)
+                self._send(201)
+                return
             actions = _actions(body)
         except _Refused as exc:
             entry.update(status=exc.status, message=str(exc))
@@ -153,10 +177,13 @@ class _Handler(BaseHTTPRequestHandler):
 class CollectorStandin(StartStop):
     """Threaded stand-in for Moesif's Collector API; see the module docstring."""
 
-    def __init__(self, app_id: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app_id: str, host: str = "127.0.0.1", port: int = 0, *, count_only: bool = False
+    ) -> None:
         if not app_id:
             raise ValueError("the stand-in needs an application id")
         self._app_id = app_id
+        self.count_only = count_only
         self._host, self._port = host, port
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -251,6 +278,12 @@ class CollectorStandin(StartStop):
             self._actions.extend(actions)
             self._log_entries.append(entry)
 
+    def _accept_ids(self, tids: list[str], entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._accepted_requests += 1
+            self._tids.extend(tids)
+            self._log_entries.append(entry)
+
     def _log(self, entry: dict[str, Any]) -> None:
         with self._lock:
             self._log_entries.append(entry)
@@ -292,3 +325,25 @@ class CollectorStandin(StartStop):
                 "unique_transaction_ids": len(set(self._tids)),
                 "duplicates": len(self._tids) - len(set(self._tids)),
             }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve in this process (its own GIL) until SIGTERM/SIGINT; print the URL first."""
+    parser = argparse.ArgumentParser(prog="python -m tests.standins.collector")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--count-only", action="store_true", help="see the module docstring")
+    args = parser.parse_args(argv)
+    app_id = os.environ.get("MOESIF_APPLICATION_ID")
+    if not app_id:
+        parser.error("set MOESIF_APPLICATION_ID (the id the stand-in accepts)")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    with CollectorStandin(app_id, port=args.port, count_only=args.count_only) as standin:
+        print(standin.url, flush=True)
+        done.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
