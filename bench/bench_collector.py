@@ -20,7 +20,8 @@ in ``.bench/data/``):
 * ``end to end``: ``moesif-backfill run FILE --sink moesif --moesif-url <stand-in> --no-prefect
   --max-in-flight N --checkpoint DIR`` (Parquet read, transform, batching, gzip, send,
   checkpoint) to a fresh stand-in: actions_sent / the summary's ``duration_s``, and its ratio
-  to the ceiling (the Firehose path's target is 70%).
+  to the ceiling (low by construction: the ceiling sends pre-built bodies; end to end / dry run
+  is the figure to watch).
 * ``dry run`` again in every round (``run FILE --dry-run``, same ``--chunk-rows``): rows /
   ``duration_s``, the transform without sending: the most end to end could reach with free
   sending. End to end / dry run is what sending costs the pipeline.
@@ -73,7 +74,6 @@ from pipeline.shards import split_row_groups, target_rows  # noqa: E402
 
 APP_ID = "bench-collector-app-id"  # the stand-in's id, not a secret
 DEFAULT_BATCH_MAX_BYTES = 12_000_000
-TARGET_CEILING_SHARE = 0.70
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -310,8 +310,7 @@ def print_report(r: dict[str, Any]) -> None:
         rates = [x["actions_per_s"] for x in ok_e2e]
         line = f"{med(rates):>10,.0f} actions/s median"
         if "share" in r:
-            line += f" = {r['share']:.0%} of the ceiling (Firehose target >= "
-            line += f"{TARGET_CEILING_SHARE:.0%}: {fb.yes(r['share'] >= TARGET_CEILING_SHARE)})"
+            line += f" = {r['share']:.0%} of the ceiling"
         line += (
             f"; {ok_e2e[0]['actions_sent']:,} actions in {ok_e2e[0]['requests']:,} requests, "
             f"CLI CPU {med([x['cpu_s'] for x in ok_e2e])} s, stand-in "
