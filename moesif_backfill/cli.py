@@ -183,15 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="as for run: only their number counts, for the expected send duration (no AWS call)",
     )
     _quota_flags(val)
-    field_flag(
-        val,
-        RunSettings,
-        "sink",
-        choices=["firehose", "moesif"],
-        help="as for run: --sink moesif checks actions against --moesif-action-max-bytes "
-        "(no application id needed, nothing sent)",
-    )
-    field_flag(val, RunSettings, "moesif_action_max_bytes", metavar="BYTES")
+    sink_flags(val, RunSettings, validate=True)
     field_flag(val, RunSettings, "rejects", help="write every rejected row here (NDJSON)")
     add_days_parsers(sub)
     add_sql_parser(sub)

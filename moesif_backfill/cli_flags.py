@@ -170,9 +170,23 @@ def given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in model.model_fields}
 
 
-def sink_flags(p: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """--sink and the options of --sink moesif (run, nightly, range). The application id has no
-    flag: it comes from MOESIF_APPLICATION_ID or the Secret block --moesif-app-id-block names."""
+def sink_flags(
+    p: argparse.ArgumentParser, model: type[BaseModel], *, validate: bool = False
+) -> None:
+    """--sink and the options of --sink moesif (run, nightly, range, redrive; `validate`: the
+    two that decide which actions would be rejected). The application id has no flag: it
+    comes from MOESIF_APPLICATION_ID or the Secret block --moesif-app-id-block names."""
+    if validate:
+        field_flag(
+            p,
+            model,
+            "sink",
+            choices=["firehose", "moesif"],
+            help="as for run: --sink moesif checks actions against --moesif-action-max-bytes "
+            "(no application id needed, nothing sent)",
+        )
+        field_flag(p, model, "moesif_action_max_bytes", metavar="BYTES")
+        return
     field_flag(p, model, "sink", choices=["firehose", "moesif"])
     field_flag(p, model, "moesif_url", metavar="URL")
     field_flag(p, model, "moesif_app_id_block", metavar="NAME")
