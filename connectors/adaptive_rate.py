@@ -161,3 +161,31 @@ class AdaptiveRate:
             self.limits = limits
             self.increases += steps
         self.limiter.set_rates(limits)
+
+
+# Given limits are shaped to this fraction: client and service measure time differently, and
+# the quota's exact measurement is unconfirmed (docs/throughput.md).
+SHAPING_MARGIN = 0.98
+SHAPING_BURST_S = 0.2  # the client's burst: a fifth of the 1 s a quota is stated over
+
+
+def shaping(
+    max_records_per_second: float | None,
+    max_mib_per_second: float | None,
+    adaptive_rate: bool,
+    sent: Callable[[], tuple[int, int]],
+    name: str,
+) -> tuple[RateLimiter | None, AdaptiveRate | None]:
+    """A sender's shaping (docs/throughput.md): given limits, at SHAPING_MARGIN of them;
+    without limits and with `adaptive_rate`, unlimited until the service throttles, then AIMD
+    (`sent`: records and bytes sent so far). (None, None): no shaping at all."""
+    rates = (
+        max_records_per_second * SHAPING_MARGIN if max_records_per_second else None,
+        max_mib_per_second * 1024 * 1024 * SHAPING_MARGIN if max_mib_per_second else None,
+    )
+    if rates == (None, None) and not adaptive_rate:
+        return None, None
+    limiter = RateLimiter(rates, burst_s=SHAPING_BURST_S)
+    if rates != (None, None):
+        return limiter, None
+    return limiter, AdaptiveRate(limiter, sent, name=name)

@@ -55,9 +55,9 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from connectors.adaptive_rate import AdaptiveRate
+from connectors.adaptive_rate import shaping
+from connectors.chunk_tracker import BatchFailed
 from connectors.firehose_batching import (
-    BatchFailed,
     ChunkTracker,
     billable_units_total,
     plan_batches,
@@ -77,17 +77,13 @@ from connectors.firehose_errors import (
 from connectors.firehose_responses import UnusableAnswer, failed_records, http_status_of
 from connectors.firehose_stall import StallClock
 from connectors.firehose_stats import SendStats
-from connectors.rate_limit import RateLimiter, RetryPolicy
+from connectors.rate_limit import RetryPolicy
 
 __all__ = ["TRANSPORT_ERRORS", "FirehoseSender", "RetryPolicy", "SendStats", "redact"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY = RetryPolicy()  # frozen, so one shared default is safe
-# Given limits are shaped to this fraction: client and Firehose measure time differently, and
-# the quota's exact measurement is unconfirmed (docs/throughput.md).
-SHAPING_MARGIN = 0.98
-SHAPING_BURST_S = 0.2  # the client's burst: a fifth of the 1 s a quota is stated over
 
 
 class FirehoseSender:
@@ -117,22 +113,13 @@ class FirehoseSender:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        # Shaping (docs/throughput.md): given limits, at SHAPING_MARGIN of them; without
-        # limits and with adaptive_rate, unlimited until Firehose throttles, then AIMD.
-        rates = (
-            max_records_per_second * SHAPING_MARGIN if max_records_per_second else None,
-            max_mib_per_second * 1024 * 1024 * SHAPING_MARGIN if max_mib_per_second else None,
+        self._limiter, self._adaptive = shaping(
+            max_records_per_second,
+            max_mib_per_second,
+            adaptive_rate,
+            lambda: (self.stats.records_sent, self.stats.bytes_sent),
+            f"Firehose stream {stream_name!r}",
         )
-        self._limiter: RateLimiter | None = None
-        self._adaptive: AdaptiveRate | None = None
-        if rates != (None, None) or adaptive_rate:
-            self._limiter = RateLimiter(rates, burst_s=SHAPING_BURST_S)
-        if self._limiter is not None and rates == (None, None):
-            self._adaptive = AdaptiveRate(
-                self._limiter,
-                lambda: (self.stats.records_sent, self.stats.bytes_sent),
-                name=f"Firehose stream {stream_name!r}",
-            )
         # A stream acknowledging nothing for stall_timeout_s fails its batches at once.
         self._stall = StallClock(stream_name, stall_timeout_s, clock)
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="firehose-send")

@@ -11,10 +11,10 @@ at most 500 records per call, at most 4 MiB of record data per call, each record
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
+from connectors.chunk_tracker import BatchesTracker
 from moesif_backfill.errors import (
     DeliveryStalledError,
     PermanentDeliveryError,
@@ -107,21 +107,8 @@ def billable_units(size: int) -> int:
     return max(1, -(-size // BILLING_INCREMENT_BYTES))
 
 
-class BatchFailed(Exception):
-    """One batch ended without every record acknowledged (internal to the sender)."""
-
-    def __init__(
-        self, unacked: int, reason: str, *, permanent: bool, stalled: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.unacked = unacked
-        self.reason = reason
-        self.permanent = permanent
-        self.stalled = stalled  # the stream acknowledged nothing for the sender's stall timeout
-
-
-class ChunkTracker:
-    """Resolves one chunk's future once all of its batches are done."""
+class ChunkTracker(BatchesTracker[int]):
+    """Resolves one chunk's future (records acknowledged) once all of its batches are done."""
 
     def __init__(
         self,
@@ -132,76 +119,25 @@ class ChunkTracker:
         total: int,
         batches: int,
     ) -> None:
+        super().__init__(outer, total=total, batches=batches)
         self._stream_name = stream_name
         self._max_attempts = max_attempts
-        self._outer = outer
-        self._total = total
-        self._remaining = batches
-        self._unacked = 0
-        self._permanent: str | None = None
-        self._transient: str | None = None
-        self._stalled: str | None = None
-        self._lock = threading.Lock()
-        self.futures: list[Future[int]] = []
 
-    def batch_done(self, future: Future[int], *, size: int) -> None:
-        cancel_siblings = False
-        with self._lock:
-            if future.cancelled():
-                self._unacked += size
-                self._transient = self._transient or "the sender was closed before sending"
-            else:
-                exc = future.exception()
-                if isinstance(exc, BatchFailed):
-                    self._unacked += exc.unacked
-                    if exc.permanent:
-                        cancel_siblings = self._permanent is None
-                        self._permanent = self._permanent or exc.reason
-                    elif exc.stalled:
-                        self._stalled = self._stalled or exc.reason
-                    else:
-                        self._transient = self._transient or exc.reason
-                elif exc is not None:
-                    logger.error("unexpected error while sending a batch", exc_info=exc)
-                    self._unacked += size
-                    cancel_siblings = self._permanent is None
-                    self._permanent = (
-                        self._permanent or f"unexpected {type(exc).__name__} while sending (a bug)"
-                    )
-            self._remaining -= 1
-            finished = self._remaining == 0
-        if cancel_siblings:
-            for sibling in self.futures:
-                sibling.cancel()  # only batches not started yet; their callbacks count them
-        if finished:
-            self._finish()
+    def _result(self) -> int:
+        return self._total
 
-    def _finish(self) -> None:
-        name = self._stream_name
+    def _fail(self, unacked: int, total: int) -> BaseException:
+        lost = f"{unacked} of {total} records of this chunk were not acknowledged"
         if self._permanent is not None:
-            self._outer.set_exception(
-                PermanentDeliveryError(
-                    f"{self._permanent} ({self._unacked} of {self._total} records of this chunk "
-                    "were not acknowledged)"
-                )
+            return PermanentDeliveryError(f"{self._permanent} ({lost})")
+        if self._stalled is not None:
+            return DeliveryStalledError(
+                f"{self._stalled} ({lost}). The checkpoint holds every acknowledged chunk: "
+                "rerun to resume once the endpoint answers"
             )
-        elif self._stalled is not None:
-            self._outer.set_exception(
-                DeliveryStalledError(
-                    f"{self._stalled} ({self._unacked} of {self._total} records of this chunk "
-                    "were not acknowledged). The checkpoint holds every acknowledged chunk: "
-                    "rerun to resume once the endpoint answers"
-                )
-            )
-        elif self._unacked:
-            self._outer.set_exception(
-                TransientDeliveryError(
-                    f"{self._unacked} of {self._total} records of this chunk were not "
-                    f"acknowledged by Firehose stream {name!r} within "
-                    f"{self._max_attempts} attempts per batch (last error: "
-                    f"{self._transient}). Rerun later to resume from the last checkpoint; "
-                    "records Firehose already took are deduplicated by transaction_id."
-                )
-            )
-        else:
-            self._outer.set_result(self._total)
+        return TransientDeliveryError(
+            f"{lost} by Firehose stream {self._stream_name!r} within "
+            f"{self._max_attempts} attempts per batch (last error: {self._transient}). Rerun "
+            "later to resume from the last checkpoint; records Firehose already took are "
+            "deduplicated by transaction_id."
+        )

@@ -11,12 +11,11 @@ retried; 400, 401, 402, 406 and any other answer stop the run (`DestinationRefus
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from connectors.firehose_batching import BatchFailed
+from connectors.chunk_tracker import BatchesTracker
 from moesif_backfill.errors import (
     DeliveryStalledError,
     DestinationRefusedError,
@@ -92,76 +91,35 @@ def permanent_reason(status: int, endpoint: str, detail: str) -> str:
     return f"{advice}{shown}; nothing of that batch counts as delivered"
 
 
-class CollectorChunk:
+class CollectorChunk(BatchesTracker[Refusals]):
     """Resolves one chunk's future once all of its batches are done: a `Refusals` when every
     batch was acknowledged or refused, else the chunk's error (the first permanent one first)."""
 
     def __init__(self, outer: Future[Refusals], *, endpoint: str, total: int, batches: int) -> None:
-        self._outer = outer
+        super().__init__(outer, total=total, batches=batches)
         self._collector_url = endpoint
-        self._total = total
-        self._remaining = batches
         self._refused: list[tuple[int, str]] = []
-        self._unacked = 0
-        self._permanent: str | None = None
-        self._stalled: str | None = None
-        self._transient: str | None = None
-        self._lock = threading.Lock()
-        self.futures: list[Future[list[tuple[int, str]]]] = []
 
-    def batch_done(self, future: Future[list[tuple[int, str]]], *, size: int) -> None:
-        cancel_siblings = False
-        with self._lock:
-            if future.cancelled():
-                self._unacked += size
-                self._transient = self._transient or "the sender was closed before sending"
-            elif isinstance(exc := future.exception(), BatchFailed):
-                self._unacked += exc.unacked
-                if exc.permanent:
-                    cancel_siblings = self._permanent is None
-                    self._permanent = self._permanent or exc.reason
-                elif exc.stalled:
-                    self._stalled = self._stalled or exc.reason
-                else:
-                    self._transient = self._transient or exc.reason
-            elif exc is not None:
-                logger.error("unexpected error while sending a batch", exc_info=exc)
-                self._unacked += size
-                cancel_siblings = self._permanent is None
-                self._permanent = self._permanent or (
-                    f"unexpected {type(exc).__name__} while sending (a bug)"
-                )
-            else:
-                self._refused.extend(future.result())
-            self._remaining -= 1
-            finished = self._remaining == 0
-        if cancel_siblings:
-            for sibling in self.futures:
-                sibling.cancel()  # only batches not started yet; their callbacks count them
-        if finished:
-            self._finish()
+    def _acknowledged(self, value: Any) -> None:
+        self._refused.extend(value)  # the actions of the batch answered 413 on their own
 
-    def _finish(self) -> None:
-        lost = f"({self._unacked} of {self._total} actions of this chunk were not acknowledged)"
+    def _result(self) -> Refusals:
+        return Refusals(self._total, tuple(sorted(self._refused)))
+
+    def _fail(self, unacked: int, total: int) -> BaseException:
+        lost = f"{unacked} of {total} actions of this chunk were not acknowledged"
         if self._permanent is not None:
-            self._outer.set_exception(DestinationRefusedError(f"{self._permanent} {lost}"))
-        elif self._stalled is not None:
-            self._outer.set_exception(
-                DeliveryStalledError(
-                    f"{self._stalled} {lost}. The checkpoint holds every acknowledged chunk: "
-                    "rerun to resume once the Collector API answers"
-                )
+            return DestinationRefusedError(f"{self._permanent} ({lost})")
+        if self._stalled is not None:
+            return DeliveryStalledError(
+                f"{self._stalled} ({lost}). The checkpoint holds every acknowledged chunk: "
+                "rerun to resume once the Collector API answers"
             )
-        elif self._unacked:
-            self._outer.set_exception(
-                TransientDeliveryError(
-                    f"{lost[1:-1]} by Moesif's Collector API at {self._collector_url} (last error: "
-                    f"{self._transient}). Rerun later to resume from the last checkpoint; "
-                    "actions Moesif already took are deduplicated by transaction_id."
-                )
-            )
-        else:
-            self._outer.set_result(Refusals(self._total, tuple(sorted(self._refused))))
+        return TransientDeliveryError(
+            f"{lost} by Moesif's Collector API at {self._collector_url} (last error: "
+            f"{self._transient}). Rerun later to resume from the last checkpoint; actions "
+            "Moesif already took are deduplicated by transaction_id."
+        )
 
 
 __all__ = [

@@ -25,8 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from isal import igzip
 
-from connectors.adaptive_rate import AdaptiveRate
-from connectors.firehose_batching import BatchFailed
+from connectors.adaptive_rate import shaping
+from connectors.chunk_tracker import BatchFailed
 from connectors.firehose_stall import StallClock
 from connectors.firehose_stats import SendStats
 from connectors.moesif_batching import (
@@ -39,13 +39,11 @@ from connectors.moesif_batching import (
     plan_bodies,
 )
 from connectors.moesif_http import APP_ID_HEADER, TRANSPORT_ERRORS, Answer, CollectorClient
-from connectors.rate_limit import RateLimiter, RetryPolicy
+from connectors.rate_limit import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_CAP_S = 30.0
-SHAPING_MARGIN = 0.98
-SHAPING_BURST_S = 0.2
 
 
 class CollectorStats(SendStats):
@@ -96,20 +94,13 @@ class CollectorSender:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        rates = (
-            max_records_per_second * SHAPING_MARGIN if max_records_per_second else None,
-            max_mib_per_second * 1024 * 1024 * SHAPING_MARGIN if max_mib_per_second else None,
+        self._limiter, self._adaptive = shaping(
+            max_records_per_second,
+            max_mib_per_second,
+            adaptive_rate,
+            lambda: (self.stats.records_sent, self.stats.bytes_sent),
+            "Moesif Collector API",
         )
-        self._limiter: RateLimiter | None = None
-        self._adaptive: AdaptiveRate | None = None
-        if rates != (None, None) or adaptive_rate:
-            self._limiter = RateLimiter(rates, burst_s=SHAPING_BURST_S)
-        if self._limiter is not None and rates == (None, None):
-            self._adaptive = AdaptiveRate(
-                self._limiter,
-                lambda: (self.stats.records_sent, self.stats.bytes_sent),
-                name="Moesif Collector API",
-            )
         self._stall = StallClock(
             self.endpoint, stall_timeout_s, clock, label="Moesif Collector API"
         )
