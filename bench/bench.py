@@ -55,7 +55,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -103,30 +103,18 @@ def aws_env(bench_dir: Path, tree: Path | None = None) -> dict[str, str]:
     return env
 
 
-class StandIn:
-    """The strict Firehose stand-in in its own process (its own GIL), on 127.0.0.1."""
+class StandInProcess:
+    """A stand-in in its own process (its own GIL) on 127.0.0.1, which prints its URL first:
+    `cpu()` is the CPU it used since it started answering."""
 
-    def __init__(self, streams: list[str], **faults: float) -> None:
-        cmd = [sys.executable, "-m", "tests.standins.strict_firehose", "--port", "0"]
-        for name in streams:
-            cmd += ["--stream", name]
-        for key, value in faults.items():
-            cmd += ["--" + key.replace("_", "-"), str(value)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    def __init__(self, cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http://"):
             self.stop()
-            raise SystemExit(f"the strict Firehose stand-in did not start: {cmd}")
+            raise SystemExit(f"the {what} did not start: {cmd}")
         self.cpu0 = cpu_seconds(self.proc.pid)
-
-    def get(self, path: str) -> Any:
-        with _NO_PROXY.open(self.url + path, timeout=30) as response:
-            return json.loads(response.read())
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.get("/_strict/stats")
-        return result
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid) - self.cpu0
@@ -140,11 +128,31 @@ class StandIn:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> StandIn:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class StandIn(StandInProcess):
+    """The strict Firehose stand-in in its own process (its own GIL), on 127.0.0.1."""
+
+    def __init__(self, streams: list[str], **faults: float) -> None:
+        cmd = [sys.executable, "-m", "tests.standins.strict_firehose", "--port", "0"]
+        for name in streams:
+            cmd += ["--stream", name]
+        for key, value in faults.items():
+            cmd += ["--" + key.replace("_", "-"), str(value)]
+        super().__init__(cmd, "strict Firehose stand-in")
+
+    def get(self, path: str) -> Any:
+        with _NO_PROXY.open(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get("/_strict/stats")
+        return result
 
 
 def run_cli(argv: list[str], bench_dir: Path, tag: str, tree: Path | None = None) -> dict[str, Any]:

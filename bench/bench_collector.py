@@ -50,7 +50,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -77,7 +76,7 @@ DEFAULT_BATCH_MAX_BYTES = 12_000_000
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class Collector:
+class Collector(fb.StandInProcess):
     """The Collector stand-in in its own process, on 127.0.0.1."""
 
     def __init__(self, *, count_only: bool) -> None:
@@ -85,36 +84,12 @@ class Collector:
         if count_only:
             cmd.append("--count-only")
         env = dict(os.environ, MOESIF_APPLICATION_ID=APP_ID, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        if not self.url.startswith("http://"):
-            self.stop()
-            raise SystemExit(f"the Collector stand-in did not start: {cmd}")
-        self.cpu0 = fb.cpu_seconds(self.proc.pid)
+        super().__init__(cmd, "Collector stand-in", env)
 
     def stats(self) -> dict[str, Any]:
         with _NO_PROXY.open(self.url + "/stats", timeout=60) as response:
             result: dict[str, Any] = json.loads(response.read())
         return result
-
-    def cpu(self) -> float:
-        return fb.cpu_seconds(self.proc.pid) - self.cpu0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Collector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- inputs
