@@ -140,7 +140,11 @@ def test_the_redrive_deployment_runs_daily_after_the_nightly_sync_with_valid_set
     assert settings.location == DEPLOY_ENV["MOESIF_BACKFILL_FAILED_DELIVERIES"]
     assert settings.streams == [DEPLOY_ENV["MOESIF_BACKFILL_STREAM"]]
     assert str(settings.checkpoint) == DEPLOY_ENV["MOESIF_BACKFILL_CHECKPOINT"]
-    assert settings.delete_after is True and settings.mode == "send" and settings.job == "redrive"
+    assert (
+        settings.delete_after is True
+        and settings.mode == "send"
+        and settings.job == "failed-deliveries"
+    )
 
 
 def test_failed_nightly_automation_is_a_valid_prefect_automation() -> None:
