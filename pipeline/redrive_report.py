@@ -154,6 +154,42 @@ class RedriveSummary:
         d["accounted"] = self.accounted
         return d
 
+    def table_rows(self) -> list[dict[str, Any]]:
+        """The summary as metric/value rows for a table artifact: typed cells (numbers, the
+        status text), the actions by errorCode as `by errorCode: <code>` rows."""
+        keys = [
+            "status",
+            "objects_total",
+            "objects_complete",
+            "objects_deleted",
+            "lines_read",
+            "lines_rejected",
+            "lines_outside_window",
+            "actions_read",
+            "actions_sent",
+            "actions_rejected",
+            "actions_rejected_earlier",
+            "actions_skipped",
+            "actions_outside_window",
+            "actions_too_old",
+            "actions_older_than_30_days",
+            "firehose_calls",
+            "calls",
+            "records_retried",
+            "throttled_calls",
+            "server_errors",
+            "connection_errors",
+            "bytes_sent",
+            "billable_5kb_units",
+            "duration_s",
+        ]
+        d = self.to_dict()
+        rows = [{"metric": k, "value": d[k]} for k in keys]
+        rows += [
+            {"metric": f"by errorCode: {c}", "value": n} for c, n in self.by_error_code.items()
+        ]
+        return rows
+
 
 @dataclass(frozen=True)
 class RedriveOutcome:

@@ -297,7 +297,12 @@ def test_entrypoint_script_runs_the_cli_and_passes_python_and_prefect_through(
     prefix, module, names = done.stdout.strip().splitlines()[-3:]
     assert Path(prefix) == image_venv
     assert Path(module).is_relative_to(image_venv)
-    assert names.split() == ["moesif-backfill", "backfill-range", "nightly-sync"]
+    assert names.split() == [
+        "moesif-backfill",
+        "backfill-range",
+        "nightly-sync",
+        "redrive-failed-deliveries",
+    ]
     # `prefect ...` runs as given (the workers' `prefect flow-run execute`)
     prefect = run_checked([sh, str(ENTRYPOINT), "prefect", "--version"], env=env, cwd=home)
     assert prefect.stdout.strip()[0].isdigit(), prefect.stdout

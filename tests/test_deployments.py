@@ -5,8 +5,10 @@ subprocesses (`prefect work-pool create`, `prefect deploy --all`, `prefect worke
 process worker started outside the repository (the deployment's pull step must move each flow
 run into the checkout named by MOESIF_BACKFILL_HOME), and the strict Firehose stand-in:
 
-* the three deployments exist with the parameters templated from the deploying environment,
-  nightly-sync has the cron schedule 0 2 * * * (UTC) and a concurrency limit of 1;
+* the four deployments exist with the parameters templated from the deploying environment,
+  nightly-sync has the cron schedule 0 2 * * * (UTC) and a concurrency limit of 1,
+  redrive-failed-deliveries 0 4 * * * (UTC) and a concurrency limit of 1 (its schedule is
+  paused right after deploying: no scheduled redrive runs on the test's worker);
 * `nightly-sync` for day D delivers exactly D's actions; run again, nothing new; a late file in
   D's partition is delivered alone by the next run; a run scheduled at D+4 02:00 (no `date`:
   the day before its scheduled start, D+3) catches up D+1 and D+2 and delivers exactly the
@@ -52,11 +54,13 @@ DEPLOY_ENV = {
     "MOESIF_BACKFILL_MAPPING": "examples/mapping.yaml",
     "MOESIF_BACKFILL_CHECKPOINT": "s3://e2e-checkpoints/moesif/",
     "MOESIF_BACKFILL_SOURCE_TEMPLATE": "s3://e2e-exports/usage/dt={date:%Y-%m-%d}/",
+    "MOESIF_BACKFILL_FAILED_DELIVERIES": "s3://e2e-failed-records/failed/errors/",
 }
 DEPLOYMENTS = (
     "moesif-backfill/backfill",
     "backfill-range/backfill-range",
     "nightly-sync/nightly-sync",
+    "redrive-failed-deliveries/redrive-failed-deliveries",
 )
 
 
@@ -89,7 +93,12 @@ def test_every_deploy_time_variable_is_checked_and_documented() -> None:
 def test_entry_points_and_the_nightly_schedule_and_time_zone_agree() -> None:
     spec = prefect_yaml()
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == {"backfill", "backfill-range", "nightly-sync"}
+    assert set(by_name) == {
+        "backfill",
+        "backfill-range",
+        "nightly-sync",
+        "redrive-failed-deliveries",
+    }
     for deployment in by_name.values():
         path, _, function = deployment["entrypoint"].partition(":")
         assert f"def {function}(" in (ROOT / path).read_text(encoding="utf-8")
@@ -99,6 +108,43 @@ def test_entry_points_and_the_nightly_schedule_and_time_zone_agree() -> None:
     assert schedule["timezone"] == nightly["parameters"]["settings"]["timezone"] == "UTC"
     assert nightly["concurrency_limit"]["limit"] == 1
     assert "schedules" not in by_name["backfill"] and "schedules" not in by_name["backfill-range"]
+
+
+def test_the_redrive_deployment_runs_daily_after_the_nightly_sync_with_valid_settings() -> None:
+    """The entry point resolves to the flow; its parameters (deploy-time variables filled in as
+    `prefect deploy` does) validate against the flow's signature, i.e. as RedriveSettings."""
+    import importlib
+
+    from pipeline.redrive_settings import RedriveSettings
+
+    spec = prefect_yaml()
+    (redrive,) = [d for d in spec["deployments"] if d["name"] == "redrive-failed-deliveries"]
+    path, _, function = redrive["entrypoint"].partition(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    flow = getattr(module, function)
+    assert flow.name == "redrive-failed-deliveries"
+    (schedule,) = redrive["schedules"]
+    assert (schedule["cron"], schedule["timezone"], schedule["active"]) == (
+        "0 4 * * *",
+        "UTC",
+        True,
+    )
+    assert redrive["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    text = json.dumps(redrive["parameters"])
+    for name, value in DEPLOY_ENV.items():
+        text = re.sub(r"{{\s*\$" + name + r"\s*}}", value, text)
+    parameters = json.loads(text)
+    validated = flow.validate_parameters(parameters)
+    settings = validated["settings"]
+    assert isinstance(settings, RedriveSettings)
+    assert settings.location == DEPLOY_ENV["MOESIF_BACKFILL_FAILED_DELIVERIES"]
+    assert settings.streams == [DEPLOY_ENV["MOESIF_BACKFILL_STREAM"]]
+    assert str(settings.checkpoint) == DEPLOY_ENV["MOESIF_BACKFILL_CHECKPOINT"]
+    assert (
+        settings.delete_after is True
+        and settings.mode == "send"
+        and settings.job == "failed-deliveries"
+    )
 
 
 def test_failed_nightly_automation_is_a_valid_prefect_automation() -> None:
@@ -194,6 +240,10 @@ def deployed(
     try:
         env.update(DEPLOY_ENV)
         run_cli(["--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_FILE], env)
+        with client(prefect_server) as c:  # no 04:00 redrive may start on the test's worker
+            redrive = c.read_deployment_by_name(DEPLOYMENTS[-1])
+            assert [s.active for s in redrive.schedules] == [True]
+            stop_the_schedule(c, redrive)
         assert proc.poll() is None, f"the worker exited:\n{worker.log_tail()}"
         yield worker
     finally:
@@ -201,7 +251,7 @@ def deployed(
 
 
 @pytest.mark.e2e
-def test_deploy_creates_the_three_deployments(
+def test_deploy_creates_the_four_deployments(
     prefect_server: PrefectServer, deployed: Worker
 ) -> None:
     with client(prefect_server) as c:
@@ -242,6 +292,17 @@ def test_deploy_creates_the_three_deployments(
         assert nightly.global_concurrency_limit.limit == 1
         assert nightly.concurrency_options is not None
         assert nightly.concurrency_options.collision_strategy == "ENQUEUE"
+
+        redrive = found["redrive-failed-deliveries/redrive-failed-deliveries"]
+        (schedule,) = redrive.schedules
+        assert schedule.schedule.cron == "0 4 * * *"  # active when deployed, paused by `deployed`
+        assert schedule.schedule.timezone == "UTC"
+        assert (
+            redrive.parameters["settings"]["location"]
+            == (DEPLOY_ENV["MOESIF_BACKFILL_FAILED_DELIVERIES"])
+        )
+        assert redrive.global_concurrency_limit is not None
+        assert redrive.global_concurrency_limit.limit == 1
 
 
 # ---------------------------------------------------------------------------------------------
