@@ -9,13 +9,9 @@ import logging
 import threading
 from typing import Protocol
 
-from moesif_backfill.errors import (
-    DeliveryStalledError,
-    RunInterruptedError,
-    TransientDeliveryError,
-)
+from moesif_backfill.errors import RunInterruptedError
 from pipeline.redrive_report import RedriveCounts
-from pipeline.scheduler import RetryBudget
+from pipeline.scheduler import RetryBudget, retryable
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +40,7 @@ def send_with_retries(r: Passes) -> None:
         error = r.error
         if error is None or r.stop.is_set():
             break
-        retryable = isinstance(error, TransientDeliveryError) and not isinstance(
-            error, DeliveryStalledError
-        )
-        if not retryable:
+        if not retryable(error):
             raise error
         if r.counts.chunks_committed > committed:
             budget.progressed("redrive")

@@ -56,6 +56,13 @@ class RetryBudget:
         self.attempts.pop(sid, None)
 
 
+def retryable(error: BaseException) -> bool:
+    """Whether the run retries after `error` (within its budget): a transient delivery error,
+    but not a stalled endpoint (nothing acknowledged for stall_timeout_s: the run ends within
+    its bound)."""
+    return isinstance(error, TransientDeliveryError) and not isinstance(error, DeliveryStalledError)
+
+
 class ShardHost(Protocol):
     """What the scheduler asks of the run (pipeline/run.py `Run`)."""
 
@@ -117,12 +124,7 @@ class _Loop:
         if error is None:
             return
         delay = None
-        # A stalled stream (nothing acknowledged for stall_timeout_s) is not retried: the run
-        # ends within its bound.
-        retryable = isinstance(error, TransientDeliveryError) and not isinstance(
-            error, DeliveryStalledError
-        )
-        if retryable and self.first_error is None:
+        if retryable(error) and self.first_error is None:
             done = getattr(error, "shard_result", None)
             if isinstance(done, ShardResult) and done.counts.chunks_committed:
                 self.host.budget.progressed(shard.sid)
@@ -214,4 +216,4 @@ def _collect(host: ShardHost, runner: Runner, handle: Any, shard: Shard) -> Base
     return error
 
 
-__all__ = ["LAYOUT_SAVE_EVERY_S", "RetryBudget", "ShardHost", "run_shards"]
+__all__ = ["LAYOUT_SAVE_EVERY_S", "RetryBudget", "ShardHost", "retryable", "run_shards"]
