@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connectors.s3_errors import client_error_message, error_code, is_s3, split_url
-from connectors.s3_listing import ObjectInfo
+from connectors.s3_listing import ObjectInfo, object_info
 from connectors.s3_object import S3Object
 from moesif_backfill.errors import ConfigError, SourceError
 
@@ -71,14 +71,7 @@ def list_location(client: Any, loc: Location, endpoint: str = "") -> list[Object
                 key = item["Key"]
                 if key.endswith("/") and not item.get("Size"):
                     continue  # a "directory marker"
-                found.append(
-                    ObjectInfo(
-                        f"s3://{loc.bucket}/{key}",
-                        int(item["Size"]),
-                        str(item.get("ETag", "")).strip('"'),
-                        item.get("LastModified"),
-                    )
-                )
+                found.append(object_info(loc.bucket, item))
     except ClientError as exc:
         message = client_error_message(loc.url, exc, listing=True, endpoint=endpoint)
         if error_code(exc) in _CONFIG_CODES:

@@ -81,7 +81,7 @@ class _Lister:
             raise SourceError(self._error(exc)) from exc
         for item in response.get("Contents", []):
             if item["Key"] == key:
-                return _info(bucket, item)
+                return object_info(bucket, item)
         return None
 
     def head_object(self, bucket: str, key: str) -> ObjectInfo | None:
@@ -110,7 +110,7 @@ class _Lister:
                 Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}
             ):
                 found.extend(
-                    _info(bucket, item)
+                    object_info(bucket, item)
                     for item in page.get("Contents", [])
                     if not item["Key"].endswith("/")
                 )
@@ -153,7 +153,8 @@ def _ignored(rel: str) -> bool:
     return any(is_ignored_name(part) for part in rel.split("/") if part)
 
 
-def _info(bucket: str, item: dict[str, Any]) -> ObjectInfo:
+def object_info(bucket: str, item: dict[str, Any]) -> ObjectInfo:
+    """The `ObjectInfo` of one `Contents` item of a ListObjectsV2 page of `bucket`."""
     return ObjectInfo(
         f"s3://{bucket}/{item['Key']}",
         int(item["Size"]),
