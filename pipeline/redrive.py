@@ -43,12 +43,11 @@ from pipeline.redrive_plan import (
     load_redrive_state,
     preflight,
     progress_of,
-    rejects_path,
 )
 from pipeline.redrive_report import RedriveCounts, RedriveOutcome, RedriveSummary, Report
 from pipeline.redrive_retry import send_with_retries
 from pipeline.redrive_settings import RedriveSettings, default_redrive_job
-from pipeline.rejects import RejectsWriter, drop_rejects, rejects_held
+from pipeline.rejects import RejectsWriter, drop_rejects, job_rejects_path, rejects_held
 from pipeline.report import write_json_atomic
 from pipeline.sinks import DryRunSink, Sink, delivery_of
 from transforms.failed_records import decode_object
@@ -115,7 +114,7 @@ class Redrive:
         if self.loc.note:
             plan.warnings.append(self.loc.note)
         self.plan = plan
-        path = rejects_path(s, self.job)
+        path = job_rejects_path(s, self.job, s.mode, s.out)
         if path is not None and (s.mode != "send" or s.reset):
             drop_rejects(path, None)
         self.rejects = RejectsWriter(path)

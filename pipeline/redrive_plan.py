@@ -13,14 +13,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from connectors.checkpoint import CheckpointStore, FileProgress, JobState, TimeWindow
 from connectors.s3_listing import ObjectInfo
 from moesif_backfill.errors import CheckpointMismatchError, PreflightError
 from pipeline.redrive_report import Report, iso_us
 from pipeline.redrive_settings import RedriveSettings
-from pipeline.settings import DEFAULT_REJECTS_DIR
 from transforms.failed_records import Action, Line, Rejected, decode_object
 
 FINGERPRINT = "redrive-failed-deliveries/1"
@@ -201,18 +199,6 @@ def keep_reason(prog: FileProgress) -> str:
     return "; ".join(reasons)
 
 
-def rejects_path(s: RedriveSettings, job: str) -> Path | None:
-    """The rejects file: --rejects, else beside the checkpoint (as `run`'s), or in --out."""
-    if s.rejects is not None:
-        return s.rejects
-    if s.mode == "dry-run":
-        assert s.out is not None
-        return s.out / "rejects.ndjson"
-    if s.checkpoint_is_s3:
-        return DEFAULT_REJECTS_DIR / f"{job}.ndjson"
-    return Path(s.checkpoint) / job / "rejects.ndjson"
-
-
 def cutoff_at(now: dt.datetime) -> int:
     return int((now - dt.timedelta(days=30)).timestamp() * 1_000_000)
 
@@ -229,6 +215,5 @@ __all__ = [
     "load_redrive_state",
     "preflight",
     "progress_of",
-    "rejects_path",
     "split_line",
 ]

@@ -24,6 +24,8 @@ from typing import IO, Any
 
 import pyarrow as pa
 
+from pipeline.send_settings import SendSettings
+from pipeline.settings import DEFAULT_REJECTS_DIR
 from transforms.actions import ActionBatch
 
 PRIVATE_FILE_MODE = 0o600
@@ -146,3 +148,18 @@ def _source(line: str) -> str | None:
     except ValueError:
         return None  # a torn last line (a crash while writing): kept, it names no file
     return entry.get("source") if isinstance(entry, dict) else None
+
+
+def job_rejects_path(s: SendSettings, job: str, mode: str, out: Path | None) -> Path | None:
+    """A job's rejects file (`run` and `redrive` alike): --rejects; else for a send beside the
+    local checkpoint (`<checkpoint>/<job>/rejects.ndjson`), or in a local directory when the
+    checkpoint is on S3; for a dry run in its --out directory; none for validate."""
+    if s.rejects is not None:
+        return s.rejects
+    if mode == "send" and s.checkpoint_is_s3:
+        return DEFAULT_REJECTS_DIR / f"{job}.ndjson"
+    if mode == "send":
+        return Path(s.checkpoint) / job / "rejects.ndjson"
+    if mode == "dry-run" and out is not None:
+        return out / "rejects.ndjson"
+    return None

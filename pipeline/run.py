@@ -26,12 +26,12 @@ from pipeline.engine import Counts, ProgressListener
 from pipeline.layout import Shard, ShardLayout, ShardTotals, save_layout
 from pipeline.ledger import check_ledger
 from pipeline.plan import Plan, default_job_name, make_plan, reprocess_keys
-from pipeline.rejects import RejectsWriter, drop_rejects, rejects_held
+from pipeline.rejects import RejectsWriter, drop_rejects, job_rejects_path, rejects_held
 from pipeline.report import RunSummary, write_json_atomic
 from pipeline.resources import check_sink, checkpoint_store, make_sink, open_aws, s3_store
 from pipeline.runners import LocalRunner, Runner
 from pipeline.scheduler import RetryBudget, run_shards
-from pipeline.settings import DEFAULT_REJECTS_DIR, RunSettings
+from pipeline.settings import RunSettings
 from pipeline.shard_work import ShardResult, ShardWork, merge_stats
 from pipeline.sinks import Sink
 
@@ -123,15 +123,7 @@ class Run:
 
     def _rejects_path(self, plan: Plan) -> Path | None:
         s = self.settings
-        if s.rejects is not None:
-            return s.rejects
-        if s.mode == "send" and s.checkpoint_is_s3:
-            return DEFAULT_REJECTS_DIR / f"{plan.job}.ndjson"
-        if s.mode == "send":
-            return Path(s.checkpoint) / plan.job / "rejects.ndjson"
-        if s.mode == "dry-run" and s.out is not None:
-            return s.out / "rejects.ndjson"
-        return None
+        return job_rejects_path(s, plan.job, s.mode, s.out)
 
     # ------------------------------------------------------------------ process
     def local_runner(self) -> LocalRunner:
