@@ -90,11 +90,13 @@ def check_late_window(
             raise ConfigError(str(exc)) from None
     refuse = not (settings.allow_older_than_30_days or settings.skip_older_than_30_days)
     if old and refuse and settings.mode != "validate":
-        raise PreflightError(_refusal(old, oldest, deferred))
+        raise PreflightError(refusal_message(old, oldest, deferred))
     return LateRows(old, oldest, cutoff, deferred)
 
 
-def _refusal(old: int, oldest: int | None, deferred: int) -> str:
+def refusal_message(old: int, oldest: int | None, deferred: int, unit: str = "row") -> str:
+    """Why a run stops before sending: `old` `unit`s (rows, actions) older than Moesif's
+    30-day window (`deferred` of them left pending by an earlier run), and what to do."""
     oldest_text = (
         f" (oldest: {dt.datetime.fromtimestamp(oldest / 1e6, dt.UTC).isoformat()})"
         if oldest is not None
@@ -106,9 +108,9 @@ def _refusal(old: int, oldest: int | None, deferred: int) -> str:
         else ""
     )
     return (
-        f"{old:,} row(s) are more than 30 days old{oldest_text}{pending}. Moesif's Collector "
+        f"{old:,} {unit}(s) are more than 30 days old{oldest_text}{pending}. Moesif's Collector "
         "rejects events older than 30 days unless your Moesif account is enabled for "
         "backfill. Ask Moesif to enable historical import for your application, then rerun "
         "with --allow-older-than-30-days; or rerun with --skip-older-than-30-days to send the "
-        "newer rows now and leave the older ones pending. Nothing was sent."
+        f"newer {unit}s now and leave the older ones pending. Nothing was sent."
     )

@@ -33,12 +33,12 @@ from moesif_backfill import failpoints
 from moesif_backfill.errors import BackfillError
 from pipeline import resources
 from pipeline.engine import ProgressListener, drain
+from pipeline.late_window import cutoff_us
 from pipeline.redrive_chunks import ChunkWork, build_chunk, build_resend, done_counts, reject_entry
 from pipeline.redrive_ledger import RedriveLedger, open_redrive_ledger
 from pipeline.redrive_plan import (
     RedrivePlan,
     chunk_lines,
-    cutoff_at,
     keep_reason,
     load_redrive_state,
     preflight,
@@ -110,7 +110,7 @@ class Redrive:
                 self.store.reset(self.job)
         objects = list_location(self.s3.client, self.loc, self.s3.shown_endpoint)
         state = load_redrive_state(s, self.store, self.job, objects)
-        plan = RedrivePlan(self.job, self.loc.url, objects, state, cutoff_at(self.now))
+        plan = RedrivePlan(self.job, self.loc.url, objects, state, cutoff_us(self.now))
         if self.loc.note:
             plan.warnings.append(self.loc.note)
         self.plan = plan

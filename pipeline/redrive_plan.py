@@ -10,13 +10,13 @@ what is sent, rejected, outside the window or left pending as too old; the runne
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from connectors.checkpoint import CheckpointStore, FileProgress, JobState, TimeWindow
 from connectors.s3_listing import ObjectInfo
 from moesif_backfill.errors import CheckpointMismatchError, PreflightError
+from pipeline.late_window import refusal_message
 from pipeline.redrive_report import Report, iso_us
 from pipeline.redrive_settings import RedriveSettings
 from transforms.failed_records import Action, Line, Rejected, decode_object
@@ -142,11 +142,11 @@ def preflight(s: RedriveSettings, plan: RedrivePlan, read: Callable[[ObjectInfo]
     report, the progress total, and Moesif's 30-day rule (PreflightError, nothing sent, unless
     --allow-older-than-30-days or --skip-older-than-30-days)."""
     window = s.window_ms
-    deferred = 0
+    deferred = earlier = 0  # pending as too old (`earlier`: left so by an earlier run)
     for info in plan.objects:
         prog = plan.state.files.get(info.url)
         if prog is not None:
-            deferred += prog.rows_deferred
+            earlier += prog.rows_deferred
             if prog.delivered or (prog.complete and not s.allow_older_than_30_days):
                 plan.actions_total += prog.rows_sent + prog.rows_rejected
                 plan.actions_total += prog.rows_outside_window + prog.rows_deferred
@@ -170,19 +170,9 @@ def preflight(s: RedriveSettings, plan: RedrivePlan, read: Callable[[ObjectInfo]
             "enabled for backfill"
         )
     refuse = not (s.allow_older_than_30_days or s.skip_older_than_30_days)
-    if refuse and s.mode == "send" and deferred:
-        raise PreflightError(_refusal(deferred, plan.report.oldest_us))
-
-
-def _refusal(old: int, oldest_us: int | None) -> str:
-    oldest = f" (oldest: {iso_us(oldest_us)})" if oldest_us is not None else ""
-    return (
-        f"{old:,} action(s) to redrive are more than 30 days old{oldest}. Moesif's Collector "
-        "rejects events older than 30 days unless your Moesif account is enabled for "
-        "backfill. Ask Moesif to enable historical import for your application, then rerun "
-        "with --allow-older-than-30-days; or rerun with --skip-older-than-30-days to send the "
-        "newer actions now and leave the older ones pending. Nothing was sent."
-    )
+    if refuse and s.mode == "send" and (deferred or earlier):
+        old = deferred + earlier
+        raise PreflightError(refusal_message(old, plan.report.oldest_us, earlier, "action"))
 
 
 def keep_reason(prog: FileProgress) -> str:
@@ -199,17 +189,12 @@ def keep_reason(prog: FileProgress) -> str:
     return "; ".join(reasons)
 
 
-def cutoff_at(now: dt.datetime) -> int:
-    return int((now - dt.timedelta(days=30)).timestamp() * 1_000_000)
-
-
 __all__ = [
     "FINGERPRINT",
     "LineSplit",
     "RedrivePlan",
     "chunk_count",
     "chunk_lines",
-    "cutoff_at",
     "identity",
     "keep_reason",
     "load_redrive_state",
