@@ -10,11 +10,26 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a sink did with a chunk's `records`: every record was acknowledged except the
+    `refused` ones, each (its position in the submitted records, the destination's reason).
+    A refused record is never retried: the engine rejects it (rejects file, rows_rejected)."""
+
+    records: int
+    refused: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def delivered(self) -> int:
+        return self.records - len(self.refused)
 
 
 class BatchFailed(Exception):
@@ -93,4 +108,4 @@ class BatchesTracker(Generic[R]):
         raise NotImplementedError
 
 
-__all__ = ["BatchFailed", "BatchesTracker"]
+__all__ = ["BatchFailed", "BatchesTracker", "Delivery"]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import Any
 
-from connectors.chunk_tracker import BatchesTracker
+from connectors.chunk_tracker import BatchesTracker, Delivery
 from moesif_backfill.errors import (
     DeliveryStalledError,
     DestinationRefusedError,
@@ -38,14 +38,6 @@ PERMANENT_ADVICE = {
     406: "Moesif refused the batch (406: not acceptable as JSON): check that --moesif-url points "
     "at the Collector API and nothing in between rewrites the request",
 }
-
-
-class Refusals(NamedTuple):
-    """What the Collector did with a chunk's `records`: all acknowledged except `refused`, each
-    (its index in the chunk's records, why). A plain count when nothing was refused."""
-
-    records: int
-    refused: tuple[tuple[int, str], ...]
 
 
 def body_size(sizes: Sequence[int]) -> int:
@@ -91,11 +83,11 @@ def permanent_reason(status: int, endpoint: str, detail: str) -> str:
     return f"{advice}{shown}; nothing of that batch counts as delivered"
 
 
-class CollectorChunk(BatchesTracker[Refusals]):
-    """Resolves one chunk's future once all of its batches are done: a `Refusals` when every
+class CollectorChunk(BatchesTracker[Delivery]):
+    """Resolves one chunk's future once all of its batches are done: a `Delivery` when every
     batch was acknowledged or refused, else the chunk's error (the first permanent one first)."""
 
-    def __init__(self, outer: Future[Refusals], *, endpoint: str, total: int, batches: int) -> None:
+    def __init__(self, outer: Future[Delivery], *, endpoint: str, total: int, batches: int) -> None:
         super().__init__(outer, total=total, batches=batches)
         self._collector_url = endpoint
         self._refused: list[tuple[int, str]] = []
@@ -103,8 +95,8 @@ class CollectorChunk(BatchesTracker[Refusals]):
     def _acknowledged(self, value: Any) -> None:
         self._refused.extend(value)  # the actions of the batch answered 413 on their own
 
-    def _result(self) -> Refusals:
-        return Refusals(self._total, tuple(sorted(self._refused)))
+    def _result(self) -> Delivery:
+        return Delivery(self._total, tuple(sorted(self._refused)))
 
     def _fail(self, unacked: int, total: int) -> BaseException:
         lost = f"{unacked} of {total} actions of this chunk were not acknowledged"
@@ -128,7 +120,6 @@ __all__ = [
     "RETRYABLE_STATUSES",
     "RETRY_AFTER_STATUSES",
     "CollectorChunk",
-    "Refusals",
     "batch_body",
     "body_size",
     "permanent_reason",

@@ -5,7 +5,7 @@ id in a header, never in a message).
 
 `CollectorSender.submit` cuts a chunk's actions into bodies of at most `batch_max_bytes`
 (`connectors.moesif_batching`), sends them on `max_in_flight` threads and resolves the chunk's
-future with `Refusals` once every batch was acknowledged (any 2xx) or refused (an action
+future with `Delivery` once every batch was acknowledged (any 2xx) or refused (an action
 answered 413 on its own). Retries as `connectors.firehose`: exponential backoff with full
 jitter (`RetryPolicy`), at most `max_attempts` in a row per batch, a `Retry-After` of a 429/503
 honoured up to `RETRY_AFTER_CAP_S`; the stall clock fails the batches once the Collector has
@@ -26,14 +26,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from isal import igzip
 
 from connectors.adaptive_rate import shaping
-from connectors.chunk_tracker import BatchFailed
+from connectors.chunk_tracker import BatchFailed, Delivery
 from connectors.firehose_stall import StallClock
 from connectors.firehose_stats import SendStats
 from connectors.moesif_batching import (
     RETRY_AFTER_STATUSES,
     RETRYABLE_STATUSES,
     CollectorChunk,
-    Refusals,
     batch_body,
     permanent_reason,
     plan_bodies,
@@ -111,18 +110,18 @@ class CollectorSender:
     def __repr__(self) -> str:
         return f"CollectorSender(endpoint={self.endpoint!r})"
 
-    def submit(self, records: Sequence[bytes]) -> Future[Refusals]:
-        """Send `records` (each one JSON action); the future gives `Refusals` once every batch
+    def submit(self, records: Sequence[bytes]) -> Future[Delivery]:
+        """Send `records` (each one JSON action); the future gives `Delivery` once every batch
         was acknowledged or refused, or raises `DestinationRefusedError`,
         `TransientDeliveryError` or `DeliveryStalledError`. Never blocks."""
         if self._closed:
             raise RuntimeError("CollectorSender is closed")
         sizes = list(map(len, records))
         plan = plan_bodies(sizes, self.batch_max_bytes)
-        outer: Future[Refusals] = Future()
+        outer: Future[Delivery] = Future()
         outer.set_running_or_notify_cancel()
         if not plan:
-            outer.set_result(Refusals(0, ()))
+            outer.set_result(Delivery(0))
             return outer
         chunk = CollectorChunk(outer, endpoint=self.endpoint, total=len(records), batches=len(plan))
         futures = [
@@ -260,5 +259,4 @@ __all__ = [
     "CollectorClient",
     "CollectorSender",
     "CollectorStats",
-    "Refusals",
 ]

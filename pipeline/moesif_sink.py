@@ -1,7 +1,7 @@
 """The sink of `--sink moesif`: each chunk straight to Moesif's Collector API
-(`connectors.moesif_collector.CollectorSender`). A chunk's future resolves to the number of
-actions delivered, or to a `pipeline.sinks.Delivery` naming the actions the Collector refused
-(413 on their own), which the engine counts as rejected."""
+(`connectors.moesif_collector.CollectorSender`). A chunk's future resolves to a
+`pipeline.sinks.Delivery`: its actions, and those the Collector refused (413 on their own),
+which the engine counts as rejected."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors.moesif_batching import Refusals
 from connectors.moesif_collector import CollectorSender
 from pipeline.sinks import Delivery, Quota
 
@@ -30,24 +29,8 @@ class CollectorSink:
     def open_file(self, index: int, name: str) -> None:
         return None
 
-    def submit(self, records: pa.Array) -> Future[int | Delivery]:
-        inner = self.sender.submit(records.cast(pa.binary()).to_pylist())
-        outer: Future[int | Delivery] = Future()
-        outer.set_running_or_notify_cancel()
-
-        def done(f: Future[Refusals]) -> None:
-            exc = f.exception()
-            if exc is not None:
-                outer.set_exception(exc)
-                return
-            result = f.result()
-            if result.refused:
-                outer.set_result(Delivery(result.records, result.refused))
-            else:
-                outer.set_result(result.records)
-
-        inner.add_done_callback(done)
-        return outer
+    def submit(self, records: pa.Array) -> Future[Delivery]:
+        return self.sender.submit(records.cast(pa.binary()).to_pylist())
 
     def close_file(self) -> None:
         return None

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip_threaded
 
+from connectors.chunk_tracker import Delivery
 from connectors.firehose import FirehoseSender, SendStats
 from connectors.firehose_batching import BILLING_INCREMENT_BYTES
 from connectors.stream_router import split_by_stream
@@ -34,20 +35,6 @@ def byte_counts(records: pa.Array) -> tuple[int, int]:
     return int(lengths.sum()), int(units.sum())
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """What a sink did with a chunk's `records`: every record was acknowledged except the
-    `refused` ones, each (its position in the submitted records, the destination's reason).
-    A refused record is never retried: the engine rejects it (rejects file, rows_rejected)."""
-
-    records: int
-    refused: tuple[tuple[int, str], ...] = ()
-
-    @property
-    def delivered(self) -> int:
-        return self.records - len(self.refused)
-
-
 def delivery_of(result: int | Delivery) -> Delivery:
     """A sink future's result as a `Delivery` (a plain count: everything delivered)."""
     return result if isinstance(result, Delivery) else Delivery(result)
@@ -55,7 +42,7 @@ def delivery_of(result: int | Delivery) -> Delivery:
 
 # What `Sink.submit` returns: a future of the records delivered, or of a `Delivery` (a sink that
 # may refuse records for good: the Moesif Collector sink). Firehose's futures resolve to int.
-SinkFuture = Future[int] | Future[int | Delivery]
+SinkFuture = Future[int] | Future[Delivery] | Future[int | Delivery]
 
 
 def _done(value: int) -> Future[int]:
@@ -283,3 +270,16 @@ class DryRunSink(CountingSink):
 
     def close(self) -> None:
         self.close_file()
+
+
+__all__ = [
+    "CountingSink",
+    "Delivery",
+    "DryRunSink",
+    "FirehoseSink",
+    "Quota",
+    "Sink",
+    "SinkFuture",
+    "byte_counts",
+    "delivery_of",
+]

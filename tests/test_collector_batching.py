@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from connectors.chunk_tracker import Delivery
 from connectors.moesif_batching import (
-    Refusals,
     batch_body,
     body_size,
     plan_bodies,
@@ -91,7 +91,7 @@ def test_413_splits_down_to_the_one_action_refused(standin: CollectorStandin) ->
         result = s.submit(records).result(timeout=30)
     finally:
         s.close()
-    assert isinstance(result, Refusals)
+    assert isinstance(result, Delivery)
     assert result.records == 20
     assert [i for i, _ in result.refused] == [7]
     assert "413" in result.refused[0][1]
@@ -109,7 +109,7 @@ def test_retries_then_gives_up_transient(standin: CollectorStandin) -> None:
             s.submit([action(1)]).result(timeout=30)
         assert standin.delivered_ids() == []
         # the queue still holds 2: the next chunk gets through on its third attempt
-        assert s.submit([action(2)]).result(timeout=30) == Refusals(1, ())
+        assert s.submit([action(2)]).result(timeout=30) == Delivery(1, ())
     finally:
         s.close()
     assert standin.delivered_ids() == [expected_id(2)]
@@ -120,7 +120,7 @@ def test_retry_after_is_honoured(standin: CollectorStandin) -> None:
     standin.fail_next(429, retry_after=2)
     s = sender(standin, sleep=waits.append)
     try:
-        assert s.submit([action(1)]).result(timeout=30) == Refusals(1, ())
+        assert s.submit([action(1)]).result(timeout=30) == Delivery(1, ())
     finally:
         s.close()
     assert len(waits) == 1 and waits[0] >= 2.0
@@ -188,7 +188,7 @@ def test_count_only_standin_counts_the_ids_without_keeping_actions() -> None:
     with CollectorStandin(APP_ID, count_only=True) as counting:
         s = sender(counting, batch_max_bytes=5_000)
         try:
-            assert s.submit(records).result(timeout=30) == Refusals(250, ())
+            assert s.submit(records).result(timeout=30) == Delivery(250, ())
         finally:
             s.close()
         assert sorted(counting.delivered_ids()) == sorted(expected_id(i) for i in range(250))
