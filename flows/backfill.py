@@ -23,8 +23,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled
 
-from moesif_backfill.errors import BackfillError
+from moesif_backfill.errors import BackfillError, RunInterruptedError
 from pipeline.job import JobOutcome, run_job
 from pipeline.plan import default_job_name
 from pipeline.report import RunSummary
@@ -166,7 +168,7 @@ def parameter_job() -> str:
 # Flow runs from deployments are named after their job too (the CLI names its own:
 # `run_as_flow_run`, flows/nightly.py `run_days_flow`).
 @flow(name="moesif-backfill", log_prints=False, flow_run_name=parameter_job)
-def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
+def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any] | State[Any]:
     """Backfill the sources into Moesif through Firehose (or preview them with --dry-run).
 
     `listener` (the CLI's, not stored in the API): an object with `rows_done(n)` and
@@ -185,6 +187,8 @@ def backfill(settings: RunSettings, listener: Any = None) -> dict[str, Any]:
     publish_run_summary(outcome.summary)
     if listener is not None:
         listener.finished(outcome, current_flow_run())
+    if isinstance(outcome.error, RunInterruptedError):  # Ctrl-C/SIGTERM: not a failure
+        return Cancelled(message=str(outcome.error))
     if outcome.error is not None:
         raise outcome.error
     return outcome.summary.to_dict()

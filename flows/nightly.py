@@ -13,11 +13,15 @@ saying what to do) when any day could not be delivered. See docs/nightly.md.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+import threading
 from typing import Any
 
 from prefect import flow, tags
 from prefect.artifacts import create_table_artifact
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled
 
 from flows.backfill import (
     announce,
@@ -28,6 +32,7 @@ from flows.backfill import (
     flow_run_tags,
     parameter_job,
 )
+from flows.cancel import CANCELLED_MESSAGE
 from pipeline.day_run import table_rows
 from pipeline.day_settings import NightlySettings, RangeSettings
 from pipeline.nightly import DaysOutcome, run_nightly, run_range
@@ -36,12 +41,40 @@ from pipeline.settings import RunSettings
 DAY_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 
-def _run_backfill(job: str, settings: RunSettings) -> object:
+class _DayListener:
+    """What a day's nested flow run gets of the CLI's listener: its Ctrl-C/SIGTERM event
+    (`stop`), so the day stops taking chunks as a direct run does. The rows and the outcome
+    stay with the parent flow run."""
+
+    flow_run = "nested"  # `announce` names the parent flow run only
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def set_total(self, total: int | None) -> None:
+        pass
+
+    def rows_done(self, n: int) -> None:
+        pass
+
+    def finished(self, outcome: object, flow_run: object) -> None:
+        pass
+
+
+def _run_backfill(job: str, settings: RunSettings, stop: threading.Event | None = None) -> object:
     """One day's job (`<job>-YYYY-MM-DD`) as a nested `moesif-backfill` flow run named after
     it, tagged with its day (and the parent's job and mode tags: `run_days_flow`)."""
     day = job[-10:] if DAY_SUFFIX.search(job) else None
+    listener = None if stop is None else _DayListener(stop)
     with tags(*([f"day:{day}"] if day else [])):
-        return backfill.with_options(flow_run_name=job)(settings)
+        return backfill.with_options(flow_run_name=job)(settings, listener=listener)
+
+
+def _days_job(listener: Any) -> tuple[Any, threading.Event | None]:
+    """The `RunJob` of a nightly/range flow run's days, and the CLI's stop event (None from a
+    deployment)."""
+    stop = getattr(listener, "stop", None)
+    return functools.partial(_run_backfill, stop=stop), stop
 
 
 def run_days_flow(
@@ -73,8 +106,11 @@ def scheduled_start() -> dt.datetime:
     return dt.datetime.fromtimestamp(when.timestamp(), dt.UTC)
 
 
-def _finish(what: str, job: str, outcome: DaysOutcome, listener: Any) -> dict[str, Any]:
-    """Publish the per-day table, hand the outcome to the CLI's listener, fail on error."""
+def _finish(
+    what: str, job: str, outcome: DaysOutcome, listener: Any, stop: threading.Event | None
+) -> dict[str, Any] | State[Any]:
+    """Publish the per-day table, hand the outcome to the CLI's listener, fail on error (end
+    Cancelled when Ctrl-C/SIGTERM stopped it)."""
     if outcome.result:
         create_table_artifact(
             table=table_rows(outcome.days),
@@ -83,6 +119,8 @@ def _finish(what: str, job: str, outcome: DaysOutcome, listener: Any) -> dict[st
         )
     if listener is not None:
         listener.finished(outcome, current_flow_run())
+    if stop is not None and stop.is_set():
+        return Cancelled(message=CANCELLED_MESSAGE)
     if outcome.error is not None:
         raise outcome.error
     return outcome.result
@@ -104,25 +142,29 @@ def _range_name() -> str:
 @flow(name="nightly-sync", log_prints=False, flow_run_name=_nightly_name)
 def nightly_sync(
     settings: NightlySettings, date: str | None = None, listener: Any = None
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Sync yesterday (or `date`, YYYY-MM-DD) and catch up missed days; see docs/nightly.md.
     `listener` (the CLI's): `finished(outcome, flow_run)` receives the `DaysOutcome`."""
     announce(listener)
+    run_day, stop = _days_job(listener)
     with core_logs_to_api():
-        outcome = run_nightly(settings, _run_backfill, date=date, scheduled_start=scheduled_start())
-    return _finish("nightly", settings.job, outcome, listener)
+        outcome = run_nightly(
+            settings, run_day, date=date, scheduled_start=scheduled_start(), stop=stop
+        )
+    return _finish("nightly", settings.job, outcome, listener, stop)
 
 
 @flow(name="backfill-range", log_prints=False, flow_run_name=_range_name)
 def backfill_range(
     settings: RangeSettings, start: str, end: str, listener: Any = None
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Backfill the days start..end (YYYY-MM-DD, inclusive), `settings.concurrency` days at
     once; see docs/nightly.md. Does not move the nightly watermark."""
     announce(listener)
+    run_day, stop = _days_job(listener)
     with core_logs_to_api():
-        outcome = run_range(settings, _run_backfill, start=start, end=end)
-    return _finish("range", settings.job, outcome, listener)
+        outcome = run_range(settings, run_day, start=start, end=end, stop=stop)
+    return _finish("range", settings.job, outcome, listener, stop)
 
 
 __all__ = ["backfill_range", "nightly_sync", "run_days_flow", "scheduled_start"]

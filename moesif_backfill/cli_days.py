@@ -150,10 +150,10 @@ def _run(args: argparse.Namespace, settings: Any, prefect: bool, follow: Any) ->
         return follow.outcome
     from pipeline import nightly
 
-    run_job = _direct_job(follow)
+    run_job, stop = _direct_job(follow), getattr(follow, "stop", None)
     if args.command == "nightly":
-        return nightly.run_nightly(settings, run_job, date=args.date)
-    return nightly.run_range(settings, run_job, start=args.start, end=args.end)
+        return nightly.run_nightly(settings, run_job, date=args.date, stop=stop)
+    return nightly.run_range(settings, run_job, start=args.start, end=args.end, stop=stop)
 
 
 class _RowsOnly:

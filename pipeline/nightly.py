@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RANGE_DAYS = 3_660
+INTERRUPTED = "not run: interrupted (Ctrl-C or SIGTERM) before it started; rerun to resume"
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ def direct_job(
     outcome = run_job(settings, progress=progress, stop=stop)
     if outcome.error is not None:
         raise outcome.error
+
+
+def _interrupted(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
 
 
 def _store(settings: DaySettings) -> CheckpointStore:
@@ -123,16 +128,23 @@ def run_nightly(
     *,
     date: str | None = None,
     scheduled_start: dt.datetime | None = None,
+    stop: threading.Event | None = None,
 ) -> DaysOutcome:
-    """Sync `date` (default: the day before `scheduled_start`, default now) and catch up."""
+    """Sync `date` (default: the day before `scheduled_start`, default now) and catch up.
+    `stop` (the CLI's Ctrl-C/SIGTERM event): no day starts once it is set."""
+    when = scheduled_start or dt.datetime.now(dt.UTC)
     try:
-        return _nightly(settings, run_job, date, scheduled_start or dt.datetime.now(dt.UTC))
+        return _nightly(settings, run_job, date, when, stop)
     except Exception as exc:
         return DaysOutcome(error=exc)
 
 
 def _nightly(
-    settings: NightlySettings, run_job: RunJob, date: str | None, scheduled_start: dt.datetime
+    settings: NightlySettings,
+    run_job: RunJob,
+    date: str | None,
+    scheduled_start: dt.datetime,
+    stop: threading.Event | None,
 ) -> DaysOutcome:
     settings.check(allow_reset=False)
     job, timezone, window = settings.job, settings.timezone, settings.window
@@ -171,7 +183,7 @@ def _nightly(
                 span_text(selection.remaining),
             )
             results, watermark = _nightly_days(
-                settings, store, watermark, selection, workdir, run_job
+                settings, store, watermark, selection, workdir, run_job, stop
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -207,21 +219,20 @@ def _nightly_days(  # noqa: PLR0917 - the steps of one run, passed on
     selection: DaySelection,
     workdir: Path,
     run_job: RunJob,
+    interrupt: threading.Event | None,
 ) -> tuple[list[DayResult], Watermark]:
     """Run the selected days oldest first; save the watermark after each day that extends it."""
     results: list[DayResult] = []
     stop: DayResult | None = None
     completed: list[dt.date] = []
     for day, kind in selection.days():
-        if stop is not None:
-            results.append(
-                DayResult(
-                    day,
-                    kind,
-                    day_job(settings.job, day),
-                    error=f"not run: {stop.day} failed with {stop.error_type}; fix that and rerun",
-                )
+        if stop is not None or _interrupted(interrupt):
+            why = (
+                INTERRUPTED
+                if stop is None
+                else f"not run: {stop.day} failed with {stop.error_type}; fix that and rerun"
             )
+            results.append(DayResult(day, kind, day_job(settings.job, day), error=why))
             continue
         log.info("day %s (%s): starting", day, kind)
         result = run_day(settings, day, kind, workdir, run_job)
@@ -268,16 +279,30 @@ def _nightly_message(
 # ---------------------------------------------------------------------------- date range
 
 
-def run_range(settings: RangeSettings, run_job: RunJob, *, start: str, end: str) -> DaysOutcome:
+def run_range(
+    settings: RangeSettings,
+    run_job: RunJob,
+    *,
+    start: str,
+    end: str,
+    stop: threading.Event | None = None,
+) -> DaysOutcome:
     """Backfill the days start..end (inclusive), `settings.concurrency` days at once. Does not
-    move the nightly watermark."""
+    move the nightly watermark. `stop` (the CLI's Ctrl-C/SIGTERM event): no day starts once
+    it is set."""
     try:
-        return _range(settings, run_job, start, end)
+        return _range(settings, run_job, start, end, stop)
     except Exception as exc:
         return DaysOutcome(error=exc)
 
 
-def _range(settings: RangeSettings, run_job: RunJob, start: str, end: str) -> DaysOutcome:
+def _range(
+    settings: RangeSettings,
+    run_job: RunJob,
+    start: str,
+    end: str,
+    stop: threading.Event | None,
+) -> DaysOutcome:
     settings.check(allow_reset=True)
     first, last = parse_day(start, "start"), parse_day(end, "end")
     days = day_range(first, last)
@@ -288,7 +313,7 @@ def _range(settings: RangeSettings, run_job: RunJob, start: str, end: str) -> Da
     _store(settings)  # configures S3 access (and credentials) for the days' input checks
     workdir = Path(tempfile.mkdtemp(prefix="moesif-range-"))
     try:
-        results = _range_days(settings, days, workdir, run_job)
+        results = _range_days(settings, days, workdir, run_job, stop)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     ordered = [results[d] for d in days]
@@ -313,11 +338,15 @@ def _range_day(settings: RangeSettings, day: dt.date, workdir: Path, run_job: Ru
 
 
 def _range_days(
-    settings: RangeSettings, days: list[dt.date], workdir: Path, run_job: RunJob
+    settings: RangeSettings,
+    days: list[dt.date],
+    workdir: Path,
+    run_job: RunJob,
+    stop: threading.Event | None,
 ) -> dict[dt.date, DayResult]:
-    """Every day on a pool of `concurrency` threads, the next as soon as one finishes. Each
-    day runs in a copy of the caller's context (a Prefect flow run's day runs stay its nested
-    flow runs)."""
+    """Every day on a pool of `concurrency` threads, the next as soon as one finishes, until
+    `stop` is set (the days left are not run). Each day runs in a copy of the caller's context
+    (a Prefect flow run's day runs stay its nested flow runs)."""
     results: dict[dt.date, DayResult] = {}
     pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="day")
     finished = False
@@ -325,6 +354,11 @@ def _range_days(
         pending = list(days)
         inflight: set[Future[DayResult]] = set()
         while pending or inflight:
+            if _interrupted(stop):
+                for day in pending:
+                    job = day_job(settings.job, day)
+                    results[day] = DayResult(day, "range", job, error=INTERRUPTED)
+                pending = []
             while pending and len(inflight) < settings.concurrency:
                 day = pending.pop(0)
                 ctx = contextvars.copy_context()

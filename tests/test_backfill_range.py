@@ -12,6 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -192,3 +195,106 @@ def _without(args: list[str], *flags: str) -> list[str]:
         else:
             out.append(a)
     return out
+
+
+# ------------------------------------------------------------------- Ctrl-C/SIGTERM (stop)
+
+
+class _Listener:
+    """The CLI's side of a range flow run: its stop event and the outcome it receives."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.flow_run: Any = None
+        self.outcome: Any = None
+
+    def finished(self, outcome: Any, flow_run: Any) -> None:
+        self.outcome = outcome
+
+
+def _stop_after(server: Any, stream: str, n: int, stop: threading.Event) -> threading.Thread:
+    """Set `stop` once the stream has `n` records (a Ctrl-C mid-way), on a thread."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while len(server.records(stream)) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _four_days(tmp_path: Path) -> list[dt.date]:
+    days = [recent_day(9) + dt.timedelta(days=i) for i in range(4)]
+    for i, day in enumerate(days):
+        write_day(partition(tmp_path / "usage", day), day, day_start(i), 1_000)
+    return days
+
+
+def test_no_day_starts_once_stopped(
+    tmp_path: Path, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """Direct: the stop event set during day 2 ends day 2 at a chunk boundary, and days 3 and
+    4 never start (they are reported not run, and nothing of them is sent)."""
+    from pipeline import nightly
+
+    days = _four_days(tmp_path)
+    p = params(tmp_path, strict_firehose, firehose_stream, job="halt", concurrency=1)
+    p["options"] = {"chunk_rows": 100, "max_records_per_second": 1_000}
+    stop = threading.Event()
+    watcher = _stop_after(strict_firehose, firehose_stream, 1_300, stop)
+    started: list[str] = []
+
+    def run_job(job: str, settings: Any) -> None:
+        started.append(job)
+        nightly.direct_job(job, settings, stop=stop)
+
+    outcome = nightly.run_range(
+        RangeSettings.model_validate(p),
+        run_job,
+        start=days[0].isoformat(),
+        end=days[-1].isoformat(),
+        stop=stop,
+    )
+    watcher.join()
+    assert started == [f"halt-{days[0]}", f"halt-{days[1]}"]
+    assert isinstance(outcome.error, DaysFailedError)
+    status = {d.day: (d.status, d.error) for d in outcome.days}
+    assert status[days[0]] == ("complete", None)
+    assert status[days[1]][0] == "failed" and "interrupted" in str(status[days[1]][1])
+    for day in days[2:]:
+        assert status[day] == ("not_run", nightly.INTERRUPTED)
+    sent = set(strict_firehose.transaction_ids(firehose_stream))
+    assert expected_ids(day_start(0), 1_000) <= sent
+    assert not sent & (expected_ids(day_start(2), 1_000) | expected_ids(day_start(3), 1_000))
+
+
+def test_stopped_range_flow_run_ends_cancelled_with_no_day_left_open(
+    tmp_path: Path, prefect_api: str, strict_firehose: Any, firehose_stream: str
+) -> None:
+    """Prefect: the range flow run and the day it stopped end Cancelled on their own (no
+    flow run left Pending or Running), and the days after it get no flow run at all."""
+    from tests.test_operator_signals import _flow_run_states
+
+    days = _four_days(tmp_path)
+    job = f"halt-{uuid.uuid4().hex[:8]}"
+    p = params(tmp_path, strict_firehose, firehose_stream, job=job, concurrency=1)
+    p["options"] = {"chunk_rows": 100, "max_records_per_second": 1_000}
+    listener = _Listener()
+    watcher = _stop_after(strict_firehose, firehose_stream, 1_300, listener.stop)
+    state = backfill_range(
+        RangeSettings.model_validate(p),
+        start=days[0].isoformat(),
+        end=days[-1].isoformat(),
+        listener=listener,
+        return_state=True,
+    )
+    watcher.join()
+    assert state.is_cancelled(), state
+    assert _flow_run_states(prefect_api, job) == ["CANCELLED"]
+    assert sorted(_flow_run_states(prefect_api, job, prefix=True)) == ["CANCELLED", "COMPLETED"]
+    assert [d.status for d in listener.outcome.days[2:]] == ["not_run", "not_run"]
+    sent = set(strict_firehose.transaction_ids(firehose_stream))
+    assert not sent & (expected_ids(day_start(2), 1_000) | expected_ids(day_start(3), 1_000))
