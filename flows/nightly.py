@@ -119,7 +119,7 @@ def _finish(
         )
     if listener is not None:
         listener.finished(outcome, current_flow_run())
-    if stop is not None and stop.is_set():
+    if outcome.error is not None and stop is not None and stop.is_set():
         return Cancelled(message=CANCELLED_MESSAGE)
     if outcome.error is not None:
         raise outcome.error
