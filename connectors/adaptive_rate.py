@@ -169,23 +169,49 @@ SHAPING_MARGIN = 0.98
 SHAPING_BURST_S = 0.2  # the client's burst: a fifth of the 1 s a quota is stated over
 
 
-def shaping(
-    max_records_per_second: float | None,
-    max_mib_per_second: float | None,
-    adaptive_rate: bool,
-    sent: Callable[[], tuple[int, int]],
-    name: str,
-) -> tuple[RateLimiter | None, AdaptiveRate | None]:
+class Shaping:
     """A sender's shaping (docs/throughput.md): given limits, at SHAPING_MARGIN of them;
     without limits and with `adaptive_rate`, unlimited until the service throttles, then AIMD
-    (`sent`: records and bytes sent so far). (None, None): no shaping at all."""
-    rates = (
-        max_records_per_second * SHAPING_MARGIN if max_records_per_second else None,
-        max_mib_per_second * 1024 * 1024 * SHAPING_MARGIN if max_mib_per_second else None,
-    )
-    if rates == (None, None) and not adaptive_rate:
-        return None, None
-    limiter = RateLimiter(rates, burst_s=SHAPING_BURST_S)
-    if rates != (None, None):
-        return limiter, None
-    return limiter, AdaptiveRate(limiter, sent, name=name)
+    (`sent`: records and bytes sent so far, `name`: what the AIMD log lines name). Neither:
+    no shaping at all. Thread-safe; the senders' calls go through `wait` and report
+    throttling with `throttled`."""
+
+    def __init__(
+        self,
+        max_records_per_second: float | None,
+        max_mib_per_second: float | None,
+        adaptive_rate: bool,
+        sent: Callable[[], tuple[int, int]],
+        name: str,
+    ) -> None:
+        rates = (
+            max_records_per_second * SHAPING_MARGIN if max_records_per_second else None,
+            max_mib_per_second * 1024 * 1024 * SHAPING_MARGIN if max_mib_per_second else None,
+        )
+        self.limiter: RateLimiter | None = None
+        self.adaptive: AdaptiveRate | None = None
+        if rates == (None, None) and not adaptive_rate:
+            return
+        self.limiter = RateLimiter(rates, burst_s=SHAPING_BURST_S)
+        if rates == (None, None):
+            self.adaptive = AdaptiveRate(self.limiter, sent, name=name)
+
+    @property
+    def rates(self) -> tuple[float | None, float | None]:
+        """The shaping now: (records/s, bytes/s), None where unlimited."""
+        if self.limiter is None:
+            return (None, None)
+        records, nbytes = self.limiter.rates  # two dimensions: records and bytes
+        return (records, nbytes)
+
+    def wait(self, records: int, nbytes: int) -> None:
+        """Block until a call of `records` records and `nbytes` bytes may be sent."""
+        if self.adaptive is not None:
+            self.adaptive.tick()
+        if self.limiter is not None and self.limiter.rates != (None, None):
+            self.limiter.acquire((records, nbytes))
+
+    def throttled(self) -> None:
+        """The service throttled a call (after counting what it acknowledged): AIMD decreases."""
+        if self.adaptive is not None:
+            self.adaptive.on_throttled()

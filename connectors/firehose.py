@@ -55,7 +55,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from connectors.adaptive_rate import shaping
+from connectors.adaptive_rate import Shaping
 from connectors.chunk_tracker import BatchFailed
 from connectors.firehose_batching import (
     ChunkTracker,
@@ -113,7 +113,7 @@ class FirehoseSender:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        self._limiter, self._adaptive = shaping(
+        self._shaping = Shaping(
             max_records_per_second,
             max_mib_per_second,
             adaptive_rate,
@@ -181,16 +181,7 @@ class FirehoseSender:
     @property
     def rate_limits(self) -> tuple[float | None, float | None]:
         """The shaping now: (records/s, bytes/s), None where unlimited."""
-        if self._limiter is None:
-            return (None, None)
-        records, nbytes = self._limiter.rates  # the limiter of a sender has two dimensions
-        return (records, nbytes)
-
-    def _shape(self, records: int, nbytes: int) -> None:
-        if self._adaptive is not None:
-            self._adaptive.tick()
-        if self._limiter is not None and self._limiter.rates != (None, None):
-            self._limiter.acquire((records, nbytes))
+        return self._shaping.rates
 
     def _send_batch(self, batch: Sequence[bytes], sizes: Sequence[int]) -> int:
         """Send one batch (records and their sizes) until every record is acknowledged.
@@ -212,7 +203,7 @@ class FirehoseSender:
         while True:
             if self._aborted.is_set():
                 raise BatchFailed(len(pending), "the sender was closed", permanent=False)
-            self._shape(len(pending), sum(pending_sizes))
+            self._shaping.wait(len(pending), sum(pending_sizes))
             before = len(pending)
             started = self._stall.now()
             result = self._attempt(pending, pending_sizes)
@@ -265,8 +256,7 @@ class FirehoseSender:
             reason = f"{code}: {redact(error_message(exc), 200)}"
             if code in THROTTLING_CODES:
                 self.stats.add(throttled_calls=1)
-                if self._adaptive is not None:
-                    self._adaptive.on_throttled()
+                self._shaping.throttled()
                 return _Attempt(pending, sizes, reason, throttled=True)
             if code in SERVER_ERROR_CODES or (
                 http_status(exc) >= 500 and code not in CREDENTIAL_CODES
@@ -315,8 +305,7 @@ class FirehoseSender:
         throttled = sum(n for code, n in codes.items() if code in THROTTLING_CODES)
         if throttled:
             self.stats.add(throttled_records=throttled)
-            if self._adaptive is not None:
-                self._adaptive.on_throttled()  # after counting this call's acknowledged records
+            self._shaping.throttled()  # after counting this call's acknowledged records
         reason = f"{len(failed)} records failed ({', '.join(sorted(codes))})"
         return _Attempt(
             [pending[i] for i in failed], [sizes[i] for i in failed], reason, bool(throttled)

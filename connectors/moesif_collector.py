@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from isal import igzip
 
-from connectors.adaptive_rate import shaping
+from connectors.adaptive_rate import Shaping
 from connectors.chunk_tracker import BatchFailed, Delivery
 from connectors.firehose_stall import StallClock
 from connectors.firehose_stats import SendStats
@@ -93,7 +93,7 @@ class CollectorSender:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        self._limiter, self._adaptive = shaping(
+        self._shaping = Shaping(
             max_records_per_second,
             max_mib_per_second,
             adaptive_rate,
@@ -153,12 +153,6 @@ class CollectorSender:
             records[mid:], sizes[mid:], first + mid
         )
 
-    def _shape(self, records: int, nbytes: int) -> None:
-        if self._adaptive is not None:
-            self._adaptive.tick()
-        if self._limiter is not None and self._limiter.rates != (None, None):
-            self._limiter.acquire((records, nbytes))
-
     def _send(self, records: Sequence[bytes], sizes: Sequence[int]) -> bool:
         """POST one batch until a 2xx (True) or a 413 (False); raises `BatchFailed` on a
         permanent answer, when `max_attempts` in a row failed, or when stalled."""
@@ -168,7 +162,7 @@ class CollectorSender:
         while True:
             if self._aborted.is_set():
                 raise BatchFailed(len(records), "the sender was closed", permanent=False)
-            self._shape(len(records), raw)
+            self._shaping.wait(len(records), raw)
             started = self._stall.now()
             done, reason, wait = self._attempt(records, raw, body)
             if done is not None:
@@ -217,8 +211,7 @@ class CollectorSender:
             raise BatchFailed(len(records), message, permanent=True)
         if status == 429:
             self.stats.add(throttled_calls=1)
-            if self._adaptive is not None:
-                self._adaptive.on_throttled()
+            self._shaping.throttled()
         else:
             self.stats.add(server_errors=1)
         wait = None
