@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 import bench_dry_run as dry  # noqa: E402
 from bench_compare import print_comparison  # noqa: E402
+from bench_results import finish  # noqa: E402
 
 from connectors.firehose_batching import split_batches  # noqa: E402
 from connectors.firehose_client import make_firehose_client  # noqa: E402
@@ -749,15 +750,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - one linear script of sections
     print_report(results)
     if bt:
         print_comparison(results, args.tolerance)
-    results["ok"] = bool(ok)
     results["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nwrote {args.json}")
-    if not ok:
-        print("\nCORRECTNESS CHECK FAILED (records lost, duplicated or a run failed): see above")
-    return 0 if ok else 1
+    return finish(results, ok, args.json, "(records lost, duplicated or a run failed): see above")
 
 
 if __name__ == "__main__":

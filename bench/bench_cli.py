@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gzip
-import json
 import os
 import random
 import shutil
@@ -45,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_results import finish
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("help", "validate", "dry-run")
@@ -300,14 +301,7 @@ def main() -> int:
     ok = report(args, results) and not warmup_failures
     for failure in warmup_failures:
         print(f"\nwarm-up {failure['tree']} {failure['command']} FAILED ({failure['problem']})")
-    results["ok"] = ok
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    if not ok:
-        print("\nCORRECTNESS CHECK FAILED (a run exited non-zero or wrote the wrong records)")
-    return 0 if ok else 1
+    return finish(results, ok, args.json, "(a run exited non-zero or wrote the wrong records)")
 
 
 if __name__ == "__main__":

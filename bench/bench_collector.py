@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 import bench_dry_run as dry  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from bench_results import finish  # noqa: E402
 from isal import igzip  # noqa: E402
 
 import bench as fb  # noqa: E402
@@ -444,14 +445,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         results["dryrun_rows_per_s"] = dr_med
         results["share_of_dryrun"] = round(e2e_med / dr_med, 3)
     print_report(results)
-    results["ok"] = bool(ok)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nwrote {args.json}")
-    if not ok:
-        print("\nCORRECTNESS CHECK FAILED (actions lost, duplicated or a run failed): see above")
-    return 0 if ok else 1
+    return finish(results, ok, args.json, "(actions lost, duplicated or a run failed): see above")
 
 
 if __name__ == "__main__":
