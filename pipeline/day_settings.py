@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moesif_backfill.errors import ConfigError
-from pipeline.send_settings import SendSettings, Sink
+from pipeline.send_settings import SendSettings, Sink, target_problem
 from pipeline.settings import DEFAULT_CHECKPOINT_DIR, RunSettings
 
 # pipeline.days (and the checkpoint module it needs) loads with the first check: `--help` reads
@@ -120,13 +120,9 @@ class DaySettings(BaseModel):
 
     @model_validator(mode="after")
     def _sink_needs(self) -> DaySettings:
-        if self.sink == "firehose" and not self.streams:
-            raise ValueError(
-                "give --stream NAME (the Firehose stream), or --sink moesif to send straight "
-                "to Moesif's Collector API"
-            )
-        if self.sink == "moesif" and self.streams:
-            raise ValueError("--stream is for --sink firehose; --sink moesif takes no stream")
+        problem = target_problem(self.sink, self.streams, preview=False)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property

@@ -15,6 +15,23 @@ FIREHOSE_ACTION_MAX_BYTES = 1_000_000
 Sink = Literal["firehose", "moesif"]
 
 
+def target_problem(sink: str, streams: list[str], *, preview: bool) -> str | None:
+    """What is wrong with a send's target, or None: it has one, --stream NAME (Firehose) or
+    --sink moesif (the Collector API). `preview`: the command also takes --dry-run --out DIR."""
+    if sink == "firehose" and not streams:
+        also = ", or --dry-run --out DIR to preview" if preview else ""
+        return (
+            "give --stream NAME to send through Firehose, --sink moesif to send straight to "
+            f"Moesif's Collector API{also}"
+        )
+    if sink == "moesif" and streams:
+        return (
+            "--stream is for --sink firehose: --sink moesif sends to the Collector API "
+            "(--moesif-url), give one or the other"
+        )
+    return None
+
+
 class SendSettings(BaseModel):
     """Where and how a job's actions are sent, and where its progress is kept. Holds no
     secret: credentials come from boto3's chain (or a Prefect block named here)."""
@@ -168,16 +185,9 @@ class SendSettings(BaseModel):
 
     def check_target(self) -> None:
         """A send has one target: --stream (Firehose) or --sink moesif (ValueError if not)."""
-        if self.sink == "firehose" and not self.streams:
-            raise ValueError(
-                "give --stream NAME to send through Firehose, --sink moesif to send straight to "
-                "Moesif's Collector API, or --dry-run --out DIR to preview"
-            )
-        if self.sink == "moesif" and self.streams:
-            raise ValueError(
-                "--stream is for --sink firehose: --sink moesif sends to the Collector API "
-                "(--moesif-url), give one or the other"
-            )
+        problem = target_problem(self.sink, self.streams, preview=True)
+        if problem is not None:
+            raise ValueError(problem)
 
     @property
     def max_action_bytes(self) -> int:
@@ -229,4 +239,5 @@ __all__ = [
     "FIREHOSE_ACTION_MAX_BYTES",
     "SendSettings",
     "Sink",
+    "target_problem",
 ]
